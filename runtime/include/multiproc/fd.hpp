@@ -1,0 +1,45 @@
+#pragma once
+
+/// unique_fd: sole owner of a file descriptor, closed on destruction.
+/// Not thread-safe (like any value type); moving transfers ownership.
+
+#include <utility>
+
+namespace multiproc {
+
+class unique_fd {
+public:
+  unique_fd() noexcept = default;
+  explicit unique_fd(int fd) noexcept : fd_(fd) {}
+  unique_fd(unique_fd&& other) noexcept : fd_(other.release()) {}
+  unique_fd& operator=(unique_fd&& other) noexcept {
+    if (this != &other)
+      reset(other.release());
+    return *this;
+  }
+  unique_fd(const unique_fd&) = delete;
+  unique_fd& operator=(const unique_fd&) = delete;
+  ~unique_fd() { reset(); }
+
+  /// The descriptor, or -1.
+  int get() const noexcept { return fd_; }
+  explicit operator bool() const noexcept { return fd_ >= 0; }
+
+  /// Gives up ownership and returns the descriptor.
+  int release() noexcept { return std::exchange(fd_, -1); }
+
+  /// Closes the owned descriptor (if any) and takes ownership of `fd`.
+  void reset(int fd = -1) noexcept;
+
+private:
+  int fd_ = -1;
+};
+
+/// Creates a connected socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC).
+/// Returns false and sets errno on failure.
+bool make_socketpair(unique_fd& a, unique_fd& b) noexcept;
+
+/// Sets or clears O_NONBLOCK; returns false and sets errno on failure.
+bool set_nonblocking(int fd, bool on) noexcept;
+
+} // namespace multiproc
