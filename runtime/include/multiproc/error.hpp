@@ -39,6 +39,12 @@ enum class errc : uint8_t {
   closed,               ///< the object was closed by its owner
 };
 
+} // namespace multiproc
+
+CAF_ERROR_CODE_ENUM(multiproc::errc, "multiproc")
+
+namespace multiproc {
+
 /// Returns the enumerator's name, e.g. "worker_died".
 const char* to_string(errc x) noexcept;
 
@@ -67,5 +73,3 @@ std::string describe(const caf::error& x);
 std::string text_of(const caf::error& x);
 
 } // namespace multiproc
-
-CAF_ERROR_CODE_ENUM(multiproc::errc, "multiproc")

@@ -1,0 +1,183 @@
+#pragma once
+
+/// frame_channel: length-prefixed frames over a connected SOCK_STREAM socket
+/// (socketpair(AF_UNIX)). A frame is a 4-byte little-endian body length
+/// followed by the body; docs/wire_format.md specifies it.
+///
+/// Thread safety: send() may be called from any number of threads at once.
+/// Receiving is single-consumer: either one thread calls receive()/poll(), or
+/// start() hands the channel to an I/O thread that calls a frame_handler.
+///
+/// Writing never blocks the I/O thread: what the socket does not take at once
+/// is queued and flushed when the socket becomes writable. Other threads block
+/// in send() only while the queued output exceeds `send_high_watermark`
+/// (backpressure) or, without an I/O thread, until their frame is written.
+/// Frames queued concurrently are written together (batching).
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+
+#include <sys/uio.h>
+
+#include <caf/error.hpp>
+#include <caf/expected.hpp>
+
+#include "multiproc/fd.hpp"
+
+namespace multiproc {
+
+/// Size of the frame header (the body length, u32 little-endian).
+constexpr size_t frame_header_size = 4;
+
+/// Default limit on a frame body: 64 MiB.
+constexpr size_t default_max_frame_size = size_t{64} << 20;
+
+/// Options of a frame_channel; one comment per field.
+struct channel_options {
+  /// Largest accepted frame body, in bytes, for sending and receiving.
+  size_t max_frame_size = default_max_frame_size;
+  /// Queued output above which senders (other than the I/O thread) wait.
+  size_t send_high_watermark = size_t{64} << 20;
+};
+
+/// How send() treats a frame.
+enum class send_mode {
+  /// Write now from the calling thread (lowest latency).
+  immediate,
+  /// Queue; the I/O thread writes it soon, together with other queued frames
+  /// (highest throughput). Falls back to `immediate` without an I/O thread.
+  deferred,
+};
+
+/// Receives the frames read by a channel's I/O thread.
+class frame_handler {
+public:
+  virtual ~frame_handler();
+  /// Called on the I/O thread for each complete frame; `body` is valid only
+  /// during the call.
+  virtual void on_frame(std::string_view body) = 0;
+  /// Called on the I/O thread after each batch of frames read at once.
+  virtual void on_batch_end();
+  /// Called once on the I/O thread when the channel ends: errc::peer_closed
+  /// on a clean EOF, or the error that broke it (truncated_frame,
+  /// frame_too_large, system_error, or what on_frame() reported via fail()).
+  virtual void on_closed(const caf::error& reason) = 0;
+};
+
+class frame_channel {
+public:
+  explicit frame_channel(unique_fd socket, channel_options opts = {});
+  ~frame_channel();
+  frame_channel(const frame_channel&) = delete;
+  frame_channel& operator=(const frame_channel&) = delete;
+
+  /// The socket descriptor (owned by the channel).
+  int fd() const noexcept { return fd_.get(); }
+
+  const channel_options& options() const noexcept { return opts_; }
+
+  // -- sending ----------------------------------------------------------------
+
+  /// Sends one frame whose body is the concatenation of `parts`. Fails with
+  /// frame_too_large (nothing sent) if the body exceeds the limit, with
+  /// peer_closed / system_error once the channel is broken.
+  caf::error send(const std::string_view* parts, size_t num_parts,
+                  send_mode mode = send_mode::immediate);
+
+  caf::error send(std::string_view body,
+                  send_mode mode = send_mode::immediate) {
+    return send(&body, 1, mode);
+  }
+
+  /// Bytes queued and not yet written.
+  size_t pending_output() const;
+
+  /// Writes queued output now, without blocking (what the socket does not
+  /// take stays queued). Typically called by the I/O thread after a batch.
+  void flush();
+
+  // -- receiving without an I/O thread ---------------------------------------
+
+  /// Waits for the next frame. The view stays valid until the next receive()
+  /// or poll(). Errors: errc::timeout when `timeout` passes (nothing is lost),
+  /// peer_closed on EOF at a frame boundary, truncated_frame on EOF inside a
+  /// frame, frame_too_large, system_error. A broken channel keeps failing with
+  /// the same error.
+  caf::expected<std::string_view>
+  receive(std::optional<std::chrono::milliseconds> timeout = std::nullopt);
+
+  /// True when receive() would return at once (a frame, EOF or an error).
+  caf::expected<bool> poll(std::chrono::milliseconds timeout);
+
+  // -- I/O thread -------------------------------------------------------------
+
+  /// Starts the I/O thread, which reads frames into `handler` until the
+  /// channel ends. If `death_fd` >= 0 (e.g. a pidfd), its readability means
+  /// the peer is gone even if the socket stays open: the thread drains what
+  /// is readable and then ends with peer_closed. `handler` must outlive the
+  /// channel or the call to stop().
+  void start(frame_handler* handler, int death_fd = -1);
+
+  /// Ends the I/O thread (if running) and waits for it, unless called from it.
+  /// Shuts the socket down; pending output is flushed first for at most
+  /// `linger`.
+  void stop(std::chrono::milliseconds linger = std::chrono::milliseconds{0});
+
+  /// Called from on_frame() to end the channel with `reason` (e.g. a frame
+  /// that fails to decode); on_closed() follows.
+  void fail(caf::error reason);
+
+  /// True on the channel's own I/O thread.
+  bool on_io_thread() const noexcept;
+
+private:
+  // Reads what the socket has (non-blocking). Returns false on EOF/error and
+  // sets rd_error_.
+  bool read_some();
+  // Extracts the next complete frame from the receive buffer, if any.
+  // Returns false on a bad header (sets rd_error_).
+  bool next_frame(std::string_view& out);
+  // Writes queued output; lock held on entry and exit.
+  void flush_locked(std::unique_lock<std::mutex>& lk, bool may_block);
+  // Writes from an iovec array until done, EAGAIN or error.
+  ssize_t write_some(::iovec* iov, int iovcnt);
+  void break_writes(caf::error err);
+  void wake();
+  void run(frame_handler* handler, int death_fd);
+
+  unique_fd fd_;
+  channel_options opts_;
+
+  // -- receive state (single consumer) --
+  std::string rbuf_;
+  size_t rpos_ = 0;
+  size_t rend_ = 0;
+  caf::error rd_error_;
+
+  // -- send state --
+  mutable std::mutex wmu_;
+  std::condition_variable wcv_;
+  std::string pending_;
+  size_t pending_off_ = 0;
+  std::string spare_;
+  bool flushing_ = false;
+  bool wake_pending_ = false;
+  caf::error wr_error_;
+
+  // -- I/O thread --
+  unique_fd wake_fd_;
+  std::thread io_thread_;
+  std::atomic<std::thread::id> io_thread_id_{};
+  std::atomic<bool> stopping_{false};
+  std::atomic<bool> io_running_{false};
+};
+
+} // namespace multiproc

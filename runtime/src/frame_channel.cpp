@@ -1,0 +1,526 @@
+#include "multiproc/frame_channel.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include <endian.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "multiproc/error.hpp"
+
+namespace multiproc {
+
+namespace {
+
+constexpr size_t initial_rbuf_size = 64 * 1024;
+constexpr size_t shrink_rbuf_above = 8u << 20;
+constexpr int max_iov = 16;
+
+uint32_t load_le32(const char* p) noexcept {
+  uint32_t x;
+  std::memcpy(&x, p, sizeof(x));
+  return le32toh(x);
+}
+
+caf::error too_large(size_t size, size_t limit, const char* who) {
+  return make_error(errc::frame_too_large,
+                    std::string{who} + " a frame of " + std::to_string(size)
+                      + " bytes; the limit is " + std::to_string(limit)
+                      + " bytes");
+}
+
+int poll_one(int fd, short events, int timeout_ms) {
+  pollfd p{fd, events, 0};
+  for (;;) {
+    int rc = ::poll(&p, 1, timeout_ms);
+    if (rc < 0 && errno == EINTR)
+      continue;
+    return rc;
+  }
+}
+
+} // namespace
+
+frame_handler::~frame_handler() = default;
+
+void frame_handler::on_batch_end() {
+  // nop
+}
+
+frame_channel::frame_channel(unique_fd socket, channel_options opts)
+  : fd_(std::move(socket)), opts_(opts) {
+  set_nonblocking(fd_.get(), true);
+  rbuf_.resize(initial_rbuf_size);
+}
+
+frame_channel::~frame_channel() {
+  stop();
+}
+
+// -- sending ------------------------------------------------------------------
+
+ssize_t frame_channel::write_some(iovec* iov, int iovcnt) {
+  msghdr msg{};
+  msg.msg_iov = iov;
+  msg.msg_iovlen = static_cast<size_t>(iovcnt);
+  for (;;) {
+    auto n = ::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0 && errno == EINTR)
+      continue;
+    return n;
+  }
+}
+
+namespace {
+
+// Advances an iovec array by `n` written bytes; returns the new start.
+iovec* advance(iovec* iov, int& iovcnt, size_t n) {
+  while (iovcnt > 0 && n >= iov->iov_len) {
+    n -= iov->iov_len;
+    ++iov;
+    --iovcnt;
+  }
+  if (iovcnt > 0) {
+    iov->iov_base = static_cast<char*>(iov->iov_base) + n;
+    iov->iov_len -= n;
+  }
+  return iov;
+}
+
+} // namespace
+
+void frame_channel::break_writes(caf::error err) {
+  if (!wr_error_)
+    wr_error_ = std::move(err);
+  pending_.clear();
+  pending_off_ = 0;
+  wcv_.notify_all();
+}
+
+caf::error frame_channel::send(const std::string_view* parts, size_t num_parts,
+                               send_mode mode) {
+  size_t total = 0;
+  for (size_t i = 0; i < num_parts; ++i)
+    total += parts[i].size();
+  if (total > opts_.max_frame_size)
+    return too_large(total, opts_.max_frame_size, "refusing to send");
+  char hdr[frame_header_size];
+  uint32_t len = htole32(static_cast<uint32_t>(total));
+  std::memcpy(hdr, &len, sizeof(len));
+  bool has_io = io_running_.load(std::memory_order_acquire);
+  bool on_io = on_io_thread();
+  bool may_block = !on_io;
+  if (mode == send_mode::deferred && !has_io)
+    mode = send_mode::immediate;
+  std::unique_lock<std::mutex> lk{wmu_};
+  if (wr_error_)
+    return wr_error_;
+  if (mode == send_mode::immediate && !flushing_
+      && pending_off_ == pending_.size() && num_parts < max_iov) {
+    // Fast path: write straight from the caller's buffers, no copy.
+    flushing_ = true;
+    lk.unlock();
+    iovec storage[max_iov];
+    storage[0] = iovec{hdr, sizeof(hdr)};
+    for (size_t i = 0; i < num_parts; ++i)
+      storage[i + 1] = iovec{const_cast<char*>(parts[i].data()),
+                             parts[i].size()};
+    iovec* iov = storage;
+    int iovcnt = static_cast<int>(num_parts) + 1;
+    int err = 0;
+    while (iovcnt > 0) {
+      auto n = write_some(iov, iovcnt);
+      if (n >= 0) {
+        iov = advance(iov, iovcnt, static_cast<size_t>(n));
+        continue;
+      }
+      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+        err = errno;
+        break;
+      }
+      if (!may_block)
+        break;
+      if (poll_one(fd_.get(), POLLOUT, -1) < 0) {
+        err = errno;
+        break;
+      }
+    }
+    lk.lock();
+    flushing_ = false;
+    if (err != 0) {
+      auto e = err == EPIPE || err == ECONNRESET
+                 ? make_error(errc::peer_closed,
+                              "peer closed the channel while sending")
+                 : make_system_error("sendmsg on channel", err);
+      break_writes(e);
+      return e;
+    }
+    if (iovcnt > 0) {
+      // The I/O thread could not write everything: queue the rest in front
+      // of what other threads queued meanwhile.
+      std::string rest;
+      for (int i = 0; i < iovcnt; ++i)
+        rest.append(static_cast<const char*>(iov[i].iov_base), iov[i].iov_len);
+      pending_.insert(pending_off_, rest);
+    }
+    if (pending_off_ < pending_.size()) {
+      if (has_io && !on_io) {
+        if (!wake_pending_) {
+          wake_pending_ = true;
+          wake();
+        }
+      } else if (!has_io) {
+        flush_locked(lk, true);
+      }
+    }
+    wcv_.notify_all();
+    return wr_error_;
+  }
+  pending_.append(hdr, sizeof(hdr));
+  for (size_t i = 0; i < num_parts; ++i)
+    pending_.append(parts[i].data(), parts[i].size());
+  if (!flushing_) {
+    if (mode == send_mode::immediate) {
+      flush_locked(lk, may_block);
+    } else if (!on_io && !wake_pending_) {
+      wake_pending_ = true;
+      wake();
+    }
+  }
+  if (may_block && has_io) {
+    // Backpressure: wait while too much output is queued.
+    wcv_.wait(lk, [this] {
+      return wr_error_
+             || pending_.size() - pending_off_ <= opts_.send_high_watermark
+             || stopping_.load();
+    });
+  } else if (may_block && !has_io) {
+    // Without an I/O thread, a send returns once its frame is written.
+    wcv_.wait(lk, [this] {
+      return wr_error_ || (!flushing_ && pending_off_ == pending_.size());
+    });
+  }
+  return wr_error_;
+}
+
+void frame_channel::flush_locked(std::unique_lock<std::mutex>& lk,
+                                 bool may_block) {
+  flushing_ = true;
+  while (pending_off_ < pending_.size() && !wr_error_) {
+    std::string out = std::move(pending_);
+    size_t off = pending_off_;
+    pending_ = std::move(spare_);
+    pending_.clear();
+    pending_off_ = 0;
+    lk.unlock();
+    int err = 0;
+    while (off < out.size()) {
+      iovec iov{out.data() + off, out.size() - off};
+      auto n = write_some(&iov, 1);
+      if (n >= 0) {
+        off += static_cast<size_t>(n);
+        continue;
+      }
+      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+        err = errno;
+        break;
+      }
+      if (!may_block)
+        break;
+      if (poll_one(fd_.get(), POLLOUT, -1) < 0) {
+        err = errno;
+        break;
+      }
+    }
+    lk.lock();
+    if (err != 0) {
+      flushing_ = false;
+      break_writes(err == EPIPE || err == ECONNRESET
+                     ? make_error(errc::peer_closed,
+                                  "peer closed the channel while sending")
+                     : make_system_error("sendmsg on channel", err));
+      return;
+    }
+    if (off < out.size()) {
+      pending_.insert(0, out, off, std::string::npos);
+      break;
+    }
+    out.clear();
+    if (out.capacity() <= (4u << 20))
+      spare_ = std::move(out);
+  }
+  flushing_ = false;
+  if (pending_off_ < pending_.size() && !on_io_thread()
+      && io_running_.load() && !wake_pending_) {
+    wake_pending_ = true;
+    wake();
+  }
+  wcv_.notify_all();
+}
+
+void frame_channel::flush() {
+  std::unique_lock<std::mutex> lk{wmu_};
+  if (!flushing_ && !wr_error_ && pending_off_ < pending_.size())
+    flush_locked(lk, false);
+}
+
+size_t frame_channel::pending_output() const {
+  std::lock_guard<std::mutex> guard{wmu_};
+  return pending_.size() - pending_off_;
+}
+
+// -- receiving ----------------------------------------------------------------
+
+bool frame_channel::read_some() {
+  if (rpos_ == rend_) {
+    rpos_ = rend_ = 0;
+    if (rbuf_.size() > shrink_rbuf_above) {
+      rbuf_.resize(initial_rbuf_size);
+      rbuf_.shrink_to_fit();
+    }
+  }
+  // Make room: a whole announced frame fits after compaction.
+  size_t want = 0;
+  if (rend_ - rpos_ >= frame_header_size) {
+    auto len = load_le32(rbuf_.data() + rpos_);
+    if (len <= opts_.max_frame_size)
+      want = frame_header_size + len;
+  }
+  if (rend_ == rbuf_.size() || rpos_ + want > rbuf_.size()) {
+    if (rpos_ > 0) {
+      std::memmove(rbuf_.data(), rbuf_.data() + rpos_, rend_ - rpos_);
+      rend_ -= rpos_;
+      rpos_ = 0;
+    }
+    if (rend_ == rbuf_.size() || want > rbuf_.size())
+      rbuf_.resize(std::max(rbuf_.size() * 2, want));
+  }
+  for (;;) {
+    auto n = ::recv(fd_.get(), rbuf_.data() + rend_, rbuf_.size() - rend_,
+                    MSG_DONTWAIT);
+    if (n > 0) {
+      rend_ += static_cast<size_t>(n);
+      return true;
+    }
+    if (n == 0) {
+      if (rpos_ < rend_) {
+        std::string what = "the channel closed inside a frame: ";
+        if (rend_ - rpos_ < frame_header_size)
+          what += std::to_string(rend_ - rpos_) + " of "
+                  + std::to_string(frame_header_size) + " header bytes";
+        else
+          what += std::to_string(rend_ - rpos_ - frame_header_size) + " of "
+                  + std::to_string(load_le32(rbuf_.data() + rpos_))
+                  + " body bytes";
+        rd_error_ = make_error(errc::truncated_frame, std::move(what));
+      } else {
+        rd_error_ = make_error(errc::peer_closed, "the peer closed the channel");
+      }
+      return false;
+    }
+    if (errno == EINTR)
+      continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK)
+      return true;
+    rd_error_ = errno == ECONNRESET
+                  ? make_error(errc::peer_closed, "the peer reset the channel")
+                  : make_system_error("recv on channel", errno);
+    return false;
+  }
+}
+
+bool frame_channel::next_frame(std::string_view& out) {
+  if (rend_ - rpos_ < frame_header_size)
+    return false;
+  auto len = load_le32(rbuf_.data() + rpos_);
+  if (len > opts_.max_frame_size) {
+    rd_error_ = too_large(len, opts_.max_frame_size, "the peer announced");
+    return false;
+  }
+  if (rend_ - rpos_ < frame_header_size + len)
+    return false;
+  out = std::string_view{rbuf_.data() + rpos_ + frame_header_size, len};
+  rpos_ += frame_header_size + len;
+  return true;
+}
+
+caf::expected<std::string_view>
+frame_channel::receive(std::optional<std::chrono::milliseconds> timeout) {
+  using clock = std::chrono::steady_clock;
+  auto deadline = timeout ? clock::now() + *timeout : clock::time_point::max();
+  for (;;) {
+    std::string_view frame;
+    if (next_frame(frame))
+      return frame;
+    if (rd_error_)
+      return rd_error_;
+    int wait_ms = -1;
+    if (timeout) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - clock::now());
+      wait_ms = static_cast<int>(std::max<int64_t>(0, left.count()));
+    }
+    int rc = poll_one(fd_.get(), POLLIN, wait_ms);
+    if (rc < 0)
+      return make_system_error("poll on channel", errno);
+    if (rc == 0)
+      return make_error(errc::timeout,
+                        "no message within "
+                          + std::to_string(timeout ? timeout->count() : 0)
+                          + " ms");
+    if (!read_some())
+      return rd_error_;
+  }
+}
+
+caf::expected<bool> frame_channel::poll(std::chrono::milliseconds timeout) {
+  using clock = std::chrono::steady_clock;
+  auto deadline = clock::now() + timeout;
+  for (;;) {
+    if (rd_error_)
+      return true;
+    if (rend_ - rpos_ >= frame_header_size) {
+      auto len = load_le32(rbuf_.data() + rpos_);
+      if (len > opts_.max_frame_size || rend_ - rpos_ >= frame_header_size + len)
+        return true;
+    }
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+      deadline - clock::now());
+    int rc = poll_one(fd_.get(), POLLIN,
+                      static_cast<int>(std::max<int64_t>(0, left.count())));
+    if (rc < 0)
+      return make_system_error("poll on channel", errno);
+    if (rc == 0)
+      return false;
+    if (!read_some())
+      return true;
+  }
+}
+
+// -- I/O thread ---------------------------------------------------------------
+
+bool frame_channel::on_io_thread() const noexcept {
+  return io_thread_id_.load(std::memory_order_relaxed)
+         == std::this_thread::get_id();
+}
+
+void frame_channel::wake() {
+  uint64_t one = 1;
+  if (wake_fd_)
+    [[maybe_unused]] auto n = ::write(wake_fd_.get(), &one, sizeof(one));
+}
+
+void frame_channel::fail(caf::error reason) {
+  if (!rd_error_)
+    rd_error_ = std::move(reason);
+}
+
+void frame_channel::start(frame_handler* handler, int death_fd) {
+  wake_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  io_running_ = true;
+  io_thread_ = std::thread{[this, handler, death_fd] { run(handler, death_fd); }};
+}
+
+void frame_channel::run(frame_handler* handler, int death_fd) {
+  io_thread_id_ = std::this_thread::get_id();
+  auto process_frames = [&] {
+    std::string_view frame;
+    while (!rd_error_ && next_frame(frame))
+      handler->on_frame(frame);
+    handler->on_batch_end();
+  };
+  caf::error reason;
+  // Frames that arrived before start() was called.
+  process_frames();
+  while (!rd_error_) {
+    bool want_out;
+    {
+      std::lock_guard<std::mutex> guard{wmu_};
+      want_out = !flushing_ && pending_off_ < pending_.size() && !wr_error_;
+    }
+    pollfd fds[3];
+    fds[0] = pollfd{fd_.get(), static_cast<short>(POLLIN | (want_out ? POLLOUT : 0)), 0};
+    fds[1] = pollfd{wake_fd_.get(), POLLIN, 0};
+    fds[2] = pollfd{death_fd, POLLIN, 0};
+    int rc = ::poll(fds, death_fd >= 0 ? 3 : 2, -1);
+    if (rc < 0) {
+      if (errno == EINTR)
+        continue;
+      rd_error_ = make_system_error("poll on channel", errno);
+      break;
+    }
+    if (fds[1].revents != 0) {
+      uint64_t dummy;
+      [[maybe_unused]] auto n = ::read(wake_fd_.get(), &dummy, sizeof(dummy));
+    }
+    if (stopping_.load()) {
+      rd_error_ = make_error(errc::closed, "the channel was closed");
+      break;
+    }
+    if ((fds[0].revents & POLLOUT) != 0 || fds[1].revents != 0) {
+      std::unique_lock<std::mutex> lk{wmu_};
+      wake_pending_ = false;
+      if (!flushing_)
+        flush_locked(lk, false);
+    }
+    if ((fds[0].revents & (POLLIN | POLLHUP | POLLERR)) != 0) {
+      bool ok = read_some();
+      process_frames();
+      if (!ok)
+        break;
+    }
+    if (death_fd >= 0 && fds[2].revents != 0) {
+      // The peer is gone: take what it wrote before dying, then end.
+      while (!rd_error_) {
+        auto before = rend_;
+        bool ok = read_some();
+        process_frames();
+        if (!ok || rend_ == before)
+          break;
+      }
+      if (!rd_error_)
+        rd_error_ = make_error(errc::peer_closed, "the peer process exited");
+    }
+  }
+  {
+    std::lock_guard<std::mutex> guard{wmu_};
+    break_writes(rd_error_);
+  }
+  io_running_ = false;
+  handler->on_closed(rd_error_);
+}
+
+void frame_channel::stop(std::chrono::milliseconds linger) {
+  if (linger.count() > 0 && fd_) {
+    auto deadline = std::chrono::steady_clock::now() + linger;
+    std::unique_lock<std::mutex> lk{wmu_};
+    while (!wr_error_ && pending_off_ < pending_.size()
+           && std::chrono::steady_clock::now() < deadline) {
+      if (!flushing_ && !io_running_.load())
+        flush_locked(lk, false);
+      wcv_.wait_until(lk, std::min(deadline, std::chrono::steady_clock::now()
+                                               + std::chrono::milliseconds{5}));
+    }
+  }
+  stopping_ = true;
+  wake();
+  {
+    std::lock_guard<std::mutex> guard{wmu_};
+    wcv_.notify_all();
+  }
+  if (io_thread_.joinable()) {
+    if (on_io_thread())
+      io_thread_.detach();
+    else
+      io_thread_.join();
+  }
+  if (fd_)
+    ::shutdown(fd_.get(), SHUT_RDWR);
+}
+
+} // namespace multiproc

@@ -1,0 +1,132 @@
+#pragma once
+
+/// Cereal archives for multiproc's payloads. The bytes are those of Cereal's
+/// BinaryArchive (host byte order, no metadata), but the output archive
+/// appends straight to a std::string (no ostream per message) and the input
+/// archive reads from a memory view with bounds checks: a size prefix larger
+/// than the bytes left is rejected before anything is allocated, so a
+/// malicious length cannot make the decoder allocate gigabytes.
+
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <type_traits>
+
+#include <cereal/cereal.hpp>
+
+namespace multiproc::detail {
+
+/// Appends Cereal binary encodings to a std::string.
+class wire_output_archive
+  : public cereal::OutputArchive<wire_output_archive,
+                                 cereal::AllowEmptyClassElision> {
+public:
+  explicit wire_output_archive(std::string& out)
+    : cereal::OutputArchive<wire_output_archive,
+                            cereal::AllowEmptyClassElision>(this),
+      out_(out) {
+  }
+
+  void save_binary(const void* data, size_t size) {
+    out_.append(static_cast<const char*>(data), size);
+  }
+
+private:
+  std::string& out_;
+};
+
+/// Thrown by wire_input_archive on malformed input; caught in serialization/.
+class wire_decode_error : public std::runtime_error {
+public:
+  using std::runtime_error::runtime_error;
+};
+
+/// Reads Cereal binary encodings from a memory view.
+class wire_input_archive
+  : public cereal::InputArchive<wire_input_archive,
+                                cereal::AllowEmptyClassElision> {
+public:
+  explicit wire_input_archive(std::string_view in)
+    : cereal::InputArchive<wire_input_archive,
+                           cereal::AllowEmptyClassElision>(this),
+      in_(in) {
+  }
+
+  void load_binary(void* data, size_t size) {
+    if (size > in_.size() - pos_)
+      throw wire_decode_error("needs " + std::to_string(size)
+                              + " more bytes, only "
+                              + std::to_string(in_.size() - pos_) + " left");
+    std::memcpy(data, in_.data() + pos_, size);
+    pos_ += size;
+  }
+
+  /// Bytes not yet consumed.
+  size_t remaining() const noexcept { return in_.size() - pos_; }
+
+private:
+  std::string_view in_;
+  size_t pos_ = 0;
+};
+
+// -- arithmetic types ---------------------------------------------------------
+
+template <class T>
+std::enable_if_t<std::is_arithmetic<T>::value>
+CEREAL_SAVE_FUNCTION_NAME(wire_output_archive& ar, const T& x) {
+  ar.save_binary(std::addressof(x), sizeof(T));
+}
+
+template <class T>
+std::enable_if_t<std::is_arithmetic<T>::value>
+CEREAL_LOAD_FUNCTION_NAME(wire_input_archive& ar, T& x) {
+  ar.load_binary(std::addressof(x), sizeof(T));
+}
+
+// -- name-value pairs: the name is dropped ------------------------------------
+
+template <class Archive, class T>
+CEREAL_ARCHIVE_RESTRICT(wire_input_archive, wire_output_archive)
+CEREAL_SERIALIZE_FUNCTION_NAME(Archive& ar, cereal::NameValuePair<T>& x) {
+  ar(x.value);
+}
+
+// -- size tags: checked against the bytes left --------------------------------
+
+template <class T>
+void CEREAL_SAVE_FUNCTION_NAME(wire_output_archive& ar,
+                               const cereal::SizeTag<T>& x) {
+  ar(x.size);
+}
+
+template <class T>
+void CEREAL_LOAD_FUNCTION_NAME(wire_input_archive& ar, cereal::SizeTag<T>& x) {
+  ar(x.size);
+  // Every element takes at least one byte on the wire (empty classes aside).
+  if (static_cast<uint64_t>(x.size) > ar.remaining())
+    throw wire_decode_error("a size prefix of " + std::to_string(x.size)
+                            + " exceeds the " + std::to_string(ar.remaining())
+                            + " bytes left");
+}
+
+// -- contiguous binary data ---------------------------------------------------
+
+template <class T>
+void CEREAL_SAVE_FUNCTION_NAME(wire_output_archive& ar,
+                               const cereal::BinaryData<T>& x) {
+  ar.save_binary(x.data, static_cast<size_t>(x.size));
+}
+
+template <class T>
+void CEREAL_LOAD_FUNCTION_NAME(wire_input_archive& ar,
+                               cereal::BinaryData<T>& x) {
+  ar.load_binary(x.data, static_cast<size_t>(x.size));
+}
+
+} // namespace multiproc::detail
+
+CEREAL_REGISTER_ARCHIVE(multiproc::detail::wire_output_archive)
+CEREAL_REGISTER_ARCHIVE(multiproc::detail::wire_input_archive)
+CEREAL_SETUP_ARCHIVE_TRAITS(multiproc::detail::wire_input_archive,
+                            multiproc::detail::wire_output_archive)

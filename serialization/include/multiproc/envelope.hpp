@@ -1,0 +1,113 @@
+#pragma once
+
+/// The envelope: the fixed 20-byte header at the start of every frame body,
+/// then the payload (docs/wire_format.md):
+///
+///     offset size field
+///     0      1    version      (wire::protocol_version)
+///     1      1    kind         (wire::kind)
+///     2      2    flags        (0; reserved)
+///     4      8    type id      (FNV-1a 64 of the type's stable name; 0: empty)
+///     12     8    request id   (0 for messages that expect no reply)
+///     20     ...  payload      (Cereal binary encoding of one value)
+///
+/// All integers are little-endian. Pure functions; thread-safe.
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <caf/error.hpp>
+#include <caf/expected.hpp>
+#include <caf/message.hpp>
+
+#include "multiproc/message_registry.hpp"
+
+namespace multiproc::wire {
+
+constexpr uint8_t protocol_version = 1;
+constexpr size_t envelope_size = 20;
+
+/// What a frame carries.
+enum class kind : uint8_t {
+  hello = 1,    ///< handshake: a `hello` payload, sent first by both ends
+  request = 2,  ///< a message that expects a reply with the same request id
+  response = 3, ///< the reply to a request
+  error = 4,    ///< the reply to a request is an error (`wire_error` payload)
+  async = 5,    ///< a message that expects no reply
+  shutdown = 6, ///< the parent asks the worker to finish and exit
+};
+
+const char* to_string(kind k) noexcept;
+
+struct envelope {
+  uint8_t version = protocol_version;
+  kind what = kind::async;
+  uint16_t flags = 0;
+  type_id type = 0;
+  uint64_t request_id = 0;
+};
+
+/// Writes `env` into `out` (envelope_size bytes).
+void write_envelope(const envelope& env, char* out) noexcept;
+
+/// Parses the envelope at the start of `body`; `payload` receives the rest.
+/// Fails with protocol_error for a short body, another version or an unknown
+/// kind.
+caf::expected<envelope> read_envelope(std::string_view body,
+                                      std::string_view& payload);
+
+/// The payload of a `kind::error` frame.
+struct wire_error {
+  uint8_t code = 0;
+  std::string category;
+  std::string text;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(code, category, text);
+  }
+};
+
+/// The payload of a `kind::hello` frame.
+struct hello {
+  uint32_t pid = 0;
+  std::string name;
+  uint64_t fingerprint = 0;
+  std::vector<std::string> types;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(pid, name, fingerprint, types);
+  }
+};
+
+/// This process's hello.
+hello make_hello(std::string name);
+
+/// Compares a peer's hello with ours; fingerprint_mismatch names the types
+/// only one side has.
+caf::error check_hello(const hello& mine, const hello& theirs);
+
+} // namespace multiproc::wire
+
+namespace multiproc {
+
+/// Encodes a CAF message of zero or one registered values: sets `type` (0 for
+/// an empty message) and appends the payload to `out`. Fails with
+/// unknown_type (naming the C++ type) or encode_failed.
+caf::error encode_message(const caf::message& msg, type_id& type,
+                          std::string& out);
+
+/// Decodes a payload of type `type` into a CAF message. Fails with
+/// unknown_type (naming the id) or decode_failed.
+caf::expected<caf::message> decode_message(type_id type,
+                                           std::string_view payload);
+
+/// Encodes an error for a `kind::error` frame.
+std::string encode_error(const caf::error& err);
+
+/// Decodes a `kind::error` payload into `out`. Returns false, with the
+/// decode_failed error in `out`, if the payload is malformed.
+bool decode_error(std::string_view payload, caf::error& out);
+
+} // namespace multiproc

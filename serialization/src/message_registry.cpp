@@ -1,0 +1,130 @@
+#include "multiproc/message_registry.hpp"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <unordered_map>
+
+#include <cereal/types/string.hpp>
+#include <cereal/types/vector.hpp>
+
+namespace multiproc {
+
+struct message_registry::impl {
+  std::unordered_map<type_id, message_type> by_id;
+  std::unordered_map<std::type_index, type_id> by_type;
+  std::unordered_map<uint16_t, type_id> by_caf_nr;
+};
+
+message_registry::impl& message_registry::data() const {
+  static impl instance;
+  return instance;
+}
+
+message_registry& message_registry::instance() {
+  static message_registry registry;
+  return registry;
+}
+
+void message_registry::add(message_type entry) {
+  auto& d = data();
+  auto i = d.by_id.find(entry.id);
+  if (i != d.by_id.end()) {
+    if (i->second.name == entry.name && i->second.type == entry.type)
+      return; // the same registration seen from another translation unit
+    std::fprintf(stderr,
+                 "multiproc: cannot register message type '%s' (%s): its "
+                 "name or id is already taken by '%s' (%s)\n",
+                 entry.name.c_str(), entry.type.name(), i->second.name.c_str(),
+                 i->second.type.name());
+    std::abort();
+  }
+  auto j = d.by_type.find(entry.type);
+  if (j != d.by_type.end()) {
+    std::fprintf(stderr,
+                 "multiproc: type %s is registered twice, as '%s' and '%s'\n",
+                 entry.type.name(), d.by_id.at(j->second).name.c_str(),
+                 entry.name.c_str());
+    std::abort();
+  }
+  d.by_type.emplace(entry.type, entry.id);
+  if (entry.caf_type_nr != 0)
+    d.by_caf_nr.emplace(entry.caf_type_nr, entry.id);
+  d.by_id.emplace(entry.id, std::move(entry));
+}
+
+const message_type* message_registry::find(type_id id) const noexcept {
+  auto& d = data();
+  auto i = d.by_id.find(id);
+  return i == d.by_id.end() ? nullptr : &i->second;
+}
+
+const message_type*
+message_registry::find(const std::type_info& type) const noexcept {
+  auto& d = data();
+  auto i = d.by_type.find(std::type_index{type});
+  return i == d.by_type.end() ? nullptr : find(i->second);
+}
+
+const message_type*
+message_registry::find(const std::string& name) const noexcept {
+  return find(type_id_of(name));
+}
+
+const message_type* message_registry::find(const caf::message& msg,
+                                           size_t pos) const noexcept {
+  auto rtti = msg.type(pos);
+  if (rtti.first != 0) {
+    auto& d = data();
+    auto i = d.by_caf_nr.find(rtti.first);
+    return i == d.by_caf_nr.end() ? nullptr : find(i->second);
+  }
+  return rtti.second != nullptr ? find(*rtti.second) : nullptr;
+}
+
+std::vector<std::string> message_registry::names() const {
+  std::vector<std::string> result;
+  for (auto& kvp : data().by_id)
+    result.push_back(kvp.second.name);
+  std::sort(result.begin(), result.end());
+  return result;
+}
+
+uint64_t message_registry::fingerprint() const noexcept {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (auto& name : names()) {
+    for (char c : name) {
+      h ^= static_cast<uint8_t>(c);
+      h *= 0x100000001b3ull;
+    }
+    h ^= 0xff;
+    h *= 0x100000001b3ull;
+  }
+  return h;
+}
+
+// -- built-in types -----------------------------------------------------------
+
+namespace {
+
+const bool builtins_registered = [] {
+  detail::register_message<bool>("bool");
+  detail::register_message<int8_t>("i8");
+  detail::register_message<int16_t>("i16");
+  detail::register_message<int32_t>("i32");
+  detail::register_message<int64_t>("i64");
+  detail::register_message<uint8_t>("u8");
+  detail::register_message<uint16_t>("u16");
+  detail::register_message<uint32_t>("u32");
+  detail::register_message<uint64_t>("u64");
+  detail::register_message<float>("f32");
+  detail::register_message<double>("f64");
+  detail::register_message<std::string>("string");
+  detail::register_message<std::vector<char>>("bytes");
+  return true;
+}();
+
+} // namespace
+
+} // namespace multiproc

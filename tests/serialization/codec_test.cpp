@@ -1,0 +1,242 @@
+// Tests serialization/: the type registry, the Cereal codec, the envelope,
+// error frames and the handshake check.
+#include <cstring>
+#include <limits>
+
+#include <gtest/gtest.h>
+
+#include <caf/sec.hpp>
+#include <cereal/types/string.hpp>
+#include <cereal/types/vector.hpp>
+
+#include "multiproc/envelope.hpp"
+#include "multiproc/message_registry.hpp"
+
+using namespace multiproc;
+
+namespace codec_test {
+
+struct point {
+  int32_t x = 0;
+  int32_t y = 0;
+  std::string label;
+  std::vector<double> weights;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(x, y, label, weights);
+  }
+};
+
+struct not_registered {
+  int value = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(value);
+  }
+};
+
+struct throws_on_encode {
+  template <class Archive>
+  void save(Archive&) const {
+    throw std::runtime_error("cannot save this");
+  }
+  template <class Archive>
+  void load(Archive&) {
+  }
+};
+
+} // namespace codec_test
+
+MULTIPROC_MESSAGE(codec_test::point, "codec_test.point")
+MULTIPROC_MESSAGE(codec_test::throws_on_encode, "codec_test.throws_on_encode")
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(codec_test::not_registered)
+
+using codec_test::point;
+
+TEST(MessageRegistry, FindsTypesByNameIdAndCppType) {
+  auto& reg = message_registry::instance();
+  auto* by_name = reg.find(std::string{"codec_test.point"});
+  ASSERT_NE(by_name, nullptr);
+  EXPECT_EQ(by_name->id, type_id_of("codec_test.point"));
+  EXPECT_EQ(reg.find(typeid(point)), by_name);
+  EXPECT_EQ(reg.find(by_name->id), by_name);
+  EXPECT_NE(reg.find(typeid(int32_t)), nullptr);
+  EXPECT_NE(reg.find(typeid(std::string)), nullptr);
+  EXPECT_EQ(reg.find(typeid(codec_test::not_registered)), nullptr);
+}
+
+TEST(MessageRegistry, FingerprintCoversRegisteredNames) {
+  auto& reg = message_registry::instance();
+  EXPECT_EQ(reg.fingerprint(), reg.fingerprint());
+  auto names = reg.names();
+  EXPECT_TRUE(std::is_sorted(names.begin(), names.end()));
+  EXPECT_NE(std::find(names.begin(), names.end(), "codec_test.point"),
+            names.end());
+}
+
+TEST(Codec, RoundTripsARegisteredStruct) {
+  point p{3, -4, "corner", {0.5, 1.5}};
+  std::string bytes;
+  ASSERT_FALSE(encode(p, bytes));
+  auto q = decode<point>(bytes);
+  ASSERT_TRUE(q) << describe(q.error());
+  EXPECT_EQ(q->x, 3);
+  EXPECT_EQ(q->y, -4);
+  EXPECT_EQ(q->label, "corner");
+  EXPECT_EQ(q->weights, (std::vector<double>{0.5, 1.5}));
+}
+
+TEST(Codec, ReportsATruncatedPayload) {
+  point p{1, 2, "abcdef", {}};
+  std::string bytes;
+  ASSERT_FALSE(encode(p, bytes));
+  bytes.resize(bytes.size() - 3);
+  auto q = decode<point>(bytes);
+  ASSERT_FALSE(q);
+  EXPECT_EQ(q.error(), errc::decode_failed);
+  EXPECT_NE(text_of(q.error()).find("codec_test.point"), std::string::npos)
+    << describe(q.error());
+}
+
+TEST(Codec, RejectsAHugeSizePrefixWithoutAllocating) {
+  // x, y, then a string length of 2^62: must fail fast, not allocate.
+  std::string bytes(8, '\0');
+  uint64_t huge = uint64_t{1} << 62;
+  bytes.append(reinterpret_cast<const char*>(&huge), sizeof(huge));
+  auto q = decode<point>(bytes);
+  ASSERT_FALSE(q);
+  EXPECT_EQ(q.error(), errc::decode_failed);
+  EXPECT_NE(text_of(q.error()).find("size prefix"), std::string::npos)
+    << describe(q.error());
+}
+
+TEST(Codec, RejectsTrailingBytes) {
+  std::string bytes;
+  ASSERT_FALSE(encode(int32_t{7}, bytes));
+  bytes += "junk";
+  auto x = decode<int32_t>(bytes);
+  ASSERT_FALSE(x);
+  EXPECT_EQ(x.error(), errc::decode_failed);
+}
+
+TEST(Codec, EncodeFailureIsReportedAtTheCallSite) {
+  std::string bytes;
+  auto err = encode(codec_test::throws_on_encode{}, bytes);
+  EXPECT_EQ(err, errc::encode_failed);
+  EXPECT_NE(text_of(err).find("cannot save this"), std::string::npos);
+}
+
+TEST(Codec, EncodesAndDecodesCafMessages) {
+  auto msg = caf::make_message(point{5, 6, "m", {}});
+  type_id type = 0;
+  std::string bytes;
+  ASSERT_FALSE(encode_message(msg, type, bytes));
+  EXPECT_EQ(type, type_id_of("codec_test.point"));
+  auto back = decode_message(type, bytes);
+  ASSERT_TRUE(back);
+  ASSERT_TRUE(back->match_elements<point>());
+  EXPECT_EQ(back->get_as<point>(0).y, 6);
+  // Builtin CAF types map to multiproc's builtin names.
+  bytes.clear();
+  ASSERT_FALSE(encode_message(caf::make_message(int32_t{42}), type, bytes));
+  EXPECT_EQ(type, type_id_of("i32"));
+  auto i = decode_message(type, bytes);
+  ASSERT_TRUE(i);
+  EXPECT_EQ(i->get_as<int32_t>(0), 42);
+}
+
+TEST(Codec, EmptyMessagesHaveTypeZero) {
+  type_id type = 99;
+  std::string bytes;
+  ASSERT_FALSE(encode_message(caf::message{}, type, bytes));
+  EXPECT_EQ(type, 0u);
+  EXPECT_TRUE(bytes.empty());
+  auto back = decode_message(0, "");
+  ASSERT_TRUE(back);
+  EXPECT_TRUE(back->empty());
+  EXPECT_EQ(decode_message(0, "x").error(), errc::decode_failed);
+}
+
+TEST(Codec, RefusesUnregisteredAndMultiValueMessages) {
+  type_id type = 0;
+  std::string bytes;
+  auto err = encode_message(caf::make_message(codec_test::not_registered{}),
+                            type, bytes);
+  EXPECT_EQ(err, errc::unknown_type);
+  EXPECT_NE(text_of(err).find("MULTIPROC_MESSAGE"), std::string::npos);
+  err = encode_message(caf::make_message(int32_t{1}, int32_t{2}), type, bytes);
+  EXPECT_EQ(err, errc::encode_failed);
+}
+
+TEST(Codec, ReportsAnUnknownTypeId) {
+  auto msg = decode_message(0x1234, "");
+  ASSERT_FALSE(msg);
+  EXPECT_EQ(msg.error(), errc::unknown_type);
+  EXPECT_NE(text_of(msg.error()).find("0000000000001234"), std::string::npos);
+}
+
+TEST(Envelope, RoundTripsAllFields) {
+  wire::envelope env;
+  env.what = wire::kind::request;
+  env.type = 0x0102030405060708ull;
+  env.request_id = 77;
+  char buf[wire::envelope_size + 3];
+  wire::write_envelope(env, buf);
+  std::memcpy(buf + wire::envelope_size, "abc", 3);
+  std::string_view payload;
+  auto back = wire::read_envelope({buf, sizeof(buf)}, payload);
+  ASSERT_TRUE(back);
+  EXPECT_EQ(back->what, wire::kind::request);
+  EXPECT_EQ(back->type, env.type);
+  EXPECT_EQ(back->request_id, 77u);
+  EXPECT_EQ(payload, "abc");
+  // Little-endian on the wire.
+  EXPECT_EQ(buf[4], 0x08);
+  EXPECT_EQ(buf[12], 77);
+}
+
+TEST(Envelope, RejectsShortFramesOtherVersionsAndUnknownKinds) {
+  std::string_view payload;
+  auto short_frame = wire::read_envelope("abc", payload);
+  EXPECT_EQ(short_frame.error(), errc::protocol_error);
+  char buf[wire::envelope_size] = {};
+  wire::write_envelope(wire::envelope{}, buf);
+  buf[0] = 9;
+  auto version = wire::read_envelope({buf, sizeof(buf)}, payload);
+  EXPECT_EQ(version.error(), errc::protocol_error);
+  EXPECT_NE(text_of(version.error()).find("version 9"), std::string::npos);
+  buf[0] = wire::protocol_version;
+  buf[1] = 42;
+  auto kind = wire::read_envelope({buf, sizeof(buf)}, payload);
+  EXPECT_EQ(kind.error(), errc::protocol_error);
+  EXPECT_NE(text_of(kind.error()).find("kind 42"), std::string::npos);
+}
+
+TEST(ErrorFrame, RoundTripsMultiprocAndCafErrors) {
+  caf::error out;
+  ASSERT_TRUE(decode_error(
+    encode_error(make_error(errc::worker_exception, "boom")), out));
+  EXPECT_EQ(out, errc::worker_exception);
+  EXPECT_EQ(text_of(out), "boom");
+  ASSERT_TRUE(
+    decode_error(encode_error(caf::make_error(caf::sec::unexpected_response)),
+                 out));
+  EXPECT_EQ(out.category(), caf::atom("system"));
+  EXPECT_EQ(out.code(), static_cast<uint8_t>(caf::sec::unexpected_response));
+  EXPECT_FALSE(decode_error("\x01", out));
+  EXPECT_EQ(out, errc::decode_failed);
+}
+
+TEST(Handshake, NamesTheTypesOnlyOneSideHas) {
+  auto mine = wire::make_hello("parent");
+  EXPECT_FALSE(wire::check_hello(mine, mine));
+  auto theirs = mine;
+  theirs.name = "worker w[1]";
+  theirs.types.push_back("extra.type");
+  theirs.fingerprint ^= 1;
+  auto err = wire::check_hello(mine, theirs);
+  EXPECT_EQ(err, errc::fingerprint_mismatch);
+  EXPECT_NE(text_of(err).find("only in worker w[1]: [extra.type]"),
+            std::string::npos)
+    << describe(err);
+}
