@@ -1,0 +1,175 @@
+#pragma once
+
+/// Worker actors in child processes.
+///
+/// A worker actor is an ordinary CAF event-based behavior, registered by name
+/// with one line and spawned in a child process:
+///
+///     caf::behavior squarer(caf::event_based_actor*) {
+///       return {[](const square& x) { return x.value * x.value; }};
+///     }
+///     MULTIPROC_WORKER("squarer", squarer);
+///     ...
+///     auto worker = multiproc::spawn_worker(sys, "squarer");  // caf::actor
+///     self->request(*worker, 1s, square{7}).then([](int y) { ... });
+///
+/// The handle behaves like a local actor: requests (with .then/.await/
+/// .receive), fire-and-forget sends, monitors and links work. Messages cross
+/// the process boundary as Cereal bytes (types registered with
+/// MULTIPROC_MESSAGE), one value per message. docs/actors.md has the details.
+///
+/// Failures: when the child dies, every request in flight to it fails at once
+/// with errc::worker_died ("worker squarer[1234] killed by SIGSEGV") and the
+/// handle's monitors get a down message with that error. An exception thrown
+/// by a handler reaches the requester as errc::worker_exception naming the
+/// exception's type, its what() and the worker; the worker keeps serving.
+///
+/// Thread safety: all functions may be called from any thread. Do not make
+/// blocking calls (request<R>, stop_worker) from inside a handler that runs
+/// on a worker's I/O thread (a response handler of a request to a worker).
+
+#include <chrono>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <caf/actor.hpp>
+#include <caf/actor_system.hpp>
+#include <caf/behavior.hpp>
+#include <caf/expected.hpp>
+#include <caf/message.hpp>
+
+#include "multiproc/bootstrap.hpp"
+#include "multiproc/detail/guarded_behavior.hpp"
+#include "multiproc/frame_channel.hpp"
+#include "multiproc/message_registry.hpp"
+#include "multiproc/output.hpp"
+#include "multiproc/process.hpp"
+#include "multiproc/start_method.hpp"
+
+namespace multiproc {
+
+/// Options for spawn_worker(); one comment per field.
+struct worker_options {
+  /// How to start the child; empty: default_start_method().
+  std::optional<start_method> method;
+  /// The process name in logs and errors; empty: the worker's entry name.
+  std::string name;
+  /// Where the child's stdout/stderr lines go; empty: the parent's stderr.
+  output_sink sink;
+  /// How long spawn_worker() waits for the child to be ready.
+  std::chrono::milliseconds start_timeout{10000};
+  /// How long a graceful stop may take before the child is killed.
+  std::chrono::milliseconds shutdown_timeout{2000};
+  /// Frame size limit and backpressure of the parent<->child channel.
+  channel_options channel;
+  /// Test hook: message type names the child registers in addition to this
+  /// program's, to provoke a fingerprint mismatch.
+  std::vector<std::string> extra_child_types;
+};
+
+/// Identity of a worker process, as seen from the parent.
+struct worker_info {
+  std::string name;
+  pid_t pid = 0;
+  start_method method = start_method::spawn;
+};
+
+/// Creates the worker actor inside the child.
+using worker_factory = std::function<caf::actor(caf::actor_system&)>;
+
+/// Registers a worker entry by name (called by MULTIPROC_WORKER).
+bool register_worker(const char* name, worker_factory factory);
+
+/// True if a worker is registered under `name`.
+bool has_worker(const std::string& name);
+
+/// Starts a child process running the worker registered as `entry` and
+/// returns a handle to its actor once the child is ready (handshake done).
+/// Errors: unknown_entry, not_bootstrapped, fork_unsafe, spawn_failed,
+/// fingerprint_mismatch, timeout.
+caf::expected<caf::actor> spawn_worker(caf::actor_system& sys,
+                                       const std::string& entry,
+                                       worker_options opts = {});
+
+/// Returns the identity of a worker handle, or nullopt for other actors.
+std::optional<worker_info> info_of(const caf::actor& worker);
+
+/// Asks the worker to finish (its actor gets an exit message), waits up to
+/// its shutdown_timeout, then kills it; returns how the process ended.
+caf::expected<exit_status> stop_worker(const caf::actor& worker);
+
+/// Kills the worker process with SIGKILL and returns its exit status.
+caf::expected<exit_status> kill_worker(const caf::actor& worker);
+
+namespace detail {
+
+using encode_fn = void (*)(const void* value, std::string& out);
+
+/// Sends one value to a worker and waits for the reply (plain code).
+caf::expected<caf::message> sync_request(const caf::actor& worker,
+                                         std::chrono::milliseconds timeout,
+                                         type_id type, encode_fn encode,
+                                         const void* value);
+
+/// Sends one value to a worker without waiting for anything.
+caf::error async_send(const caf::actor& worker, type_id type, encode_fn encode,
+                      const void* value);
+
+type_id registered_id(const std::type_info& type);
+
+template <class Self>
+caf::actor spawn_guarded(caf::actor_system& sys, caf::behavior (*fn)(Self*),
+                         const char* name) {
+  return sys.spawn([fn, name](Self* self) -> caf::behavior {
+    return guard_behavior(fn(self), name);
+  });
+}
+
+} // namespace detail
+
+/// Sends `msg` to a worker and waits at most `timeout` for its typed reply,
+/// from plain (non-actor) code, without CAF's scheduler on the path.
+/// Errors: the handler's error, worker_exception, worker_died, timeout,
+/// type_mismatch (reply of another type), unknown_type, encode_failed.
+template <class R, class T>
+caf::expected<R> request(const caf::actor& worker,
+                         std::chrono::milliseconds timeout, const T& msg) {
+  auto id = detail::registered_id(typeid(T));
+  auto reply = detail::sync_request(worker, timeout, id,
+                                    &detail::encode_value<T>, &msg);
+  if (!reply)
+    return std::move(reply.error());
+  if constexpr (std::is_same<R, caf::message>::value) {
+    return std::move(*reply);
+  } else {
+    if (reply->template match_elements<R>())
+      return reply->template get_as<R>(0);
+    return make_error(errc::type_mismatch,
+                      "expected a reply of type " + std::string{typeid(R).name()}
+                        + ", got " + caf::to_string(*reply));
+  }
+}
+
+/// Sends `msg` to a worker without waiting (fire-and-forget, batched).
+template <class T>
+caf::error send(const caf::actor& worker, const T& msg) {
+  return detail::async_send(worker, detail::registered_id(typeid(T)),
+                            &detail::encode_value<T>, &msg);
+}
+
+/// The name of the worker running in this process ("" in the parent).
+const std::string& this_worker_name();
+
+} // namespace multiproc
+
+/// Registers a worker entry: `name` is a string literal, `fn` a function
+/// `caf::behavior fn(Self*)` for any event-based actor type Self (e.g.
+/// caf::event_based_actor or caf::stateful_actor<State>).
+#define MULTIPROC_WORKER(name, fn)                                             \
+  static const bool MULTIPROC_PP_CAT(multiproc_worker_registered_,             \
+                                     __COUNTER__)                              \
+    = ::multiproc::register_worker(name, [](caf::actor_system& sys) {          \
+        return ::multiproc::detail::spawn_guarded(sys, &fn, name);             \
+      });

@@ -1,0 +1,918 @@
+// Worker actors in child processes: the parent-side proxy and bridge, the
+// child-side entry, and the blocking request path. docs/actors.md explains
+// the design; docs/wire_format.md the frames.
+
+#include "multiproc/worker.hpp"
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <caf/actor_cast.hpp>
+#include <caf/actor_config.hpp>
+#include <caf/actor_system_config.hpp>
+#include <caf/atom.hpp>
+#include <caf/exit_reason.hpp>
+#include <caf/mailbox_element.hpp>
+#include <caf/make_actor.hpp>
+#include <caf/monitorable_actor.hpp>
+#include <caf/send.hpp>
+#include <caf/system_messages.hpp>
+#include <cereal/types/string.hpp>
+#include <cereal/types/vector.hpp>
+
+#include "inline_unit.hpp"
+#include "multiproc/envelope.hpp"
+
+namespace multiproc {
+
+// -- registry -----------------------------------------------------------------
+
+namespace {
+
+std::map<std::string, worker_factory>& worker_registry() {
+  static std::map<std::string, worker_factory> instance;
+  return instance;
+}
+
+std::string& this_worker_name_storage() {
+  static std::string name;
+  return name;
+}
+
+constexpr const char* worker_entry_name = "multiproc.worker";
+
+/// What the parent tells the child at start (the entry's args bytes).
+struct worker_spec {
+  std::string entry;
+  std::string name;
+  std::vector<std::string> extra_types;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(entry, name, extra_types);
+  }
+};
+
+std::string registered_workers() {
+  std::string result;
+  for (auto& kvp : worker_registry()) {
+    if (!result.empty())
+      result += ", ";
+    result += kvp.first;
+  }
+  return "[" + result + "]";
+}
+
+} // namespace
+
+bool register_worker(const char* name, worker_factory factory) {
+  auto& reg = worker_registry();
+  if (!reg.emplace(name, std::move(factory)).second) {
+    std::fprintf(stderr, "multiproc: worker '%s' is registered twice\n", name);
+    std::abort();
+  }
+  return true;
+}
+
+bool has_worker(const std::string& name) {
+  return worker_registry().count(name) != 0;
+}
+
+const std::string& this_worker_name() {
+  return this_worker_name_storage();
+}
+
+namespace detail {
+
+type_id registered_id(const std::type_info& type) {
+  auto* entry = message_registry::instance().find(type);
+  return entry ? entry->id : 0;
+}
+
+} // namespace detail
+
+namespace {
+
+// -- helpers ------------------------------------------------------------------
+
+caf::error unregistered(const char* what) {
+  return make_error(errc::unknown_type,
+                    std::string{"type "} + what
+                      + " is not registered; add MULTIPROC_MESSAGE(T, "
+                        "\"name\")");
+}
+
+/// Encodes an envelope and a payload into the thread's reusable buffer.
+std::string& frame_buffer() {
+  thread_local std::string buf;
+  buf.clear();
+  buf.resize(wire::envelope_size);
+  return buf;
+}
+
+void finish_envelope(std::string& buf, wire::kind what, type_id type,
+                     uint64_t rid) {
+  wire::envelope env;
+  env.what = what;
+  env.type = type;
+  env.request_id = rid;
+  wire::write_envelope(env, buf.data());
+}
+
+/// Encodes a CAF message as a frame of kind `what`; on failure, `buf` is
+/// left unusable and the error returned.
+caf::error encode_frame(std::string& buf, wire::kind what, uint64_t rid,
+                        const caf::message& content) {
+  type_id type = 0;
+  if (auto err = encode_message(content, type, buf))
+    return err;
+  finish_envelope(buf, what, type, rid);
+  return caf::none;
+}
+
+std::string encode_error_frame(uint64_t rid, const caf::error& err) {
+  std::string buf(wire::envelope_size, '\0');
+  buf += encode_error(err);
+  finish_envelope(buf, wire::kind::error, 0, rid);
+  return buf;
+}
+
+// -- blocking reply slot ------------------------------------------------------
+
+long futex(std::atomic<uint32_t>* addr, int op, uint32_t val,
+           const timespec* timeout) {
+  return ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(addr), op, val,
+                   timeout, nullptr, 0);
+}
+
+/// Where the I/O thread puts the reply for a blocked caller. The caller spins
+/// briefly (a reply usually comes within tens of microseconds) and then
+/// sleeps on a futex.
+class sync_slot {
+public:
+  void fulfill(caf::message reply, caf::error err) {
+    reply_ = std::move(reply);
+    err_ = std::move(err);
+    if (state_.exchange(done, std::memory_order_acq_rel) == sleeping)
+      futex(&state_, FUTEX_WAKE_PRIVATE, 1, nullptr);
+  }
+
+  /// Returns false on timeout.
+  bool wait(std::chrono::steady_clock::time_point deadline) {
+    for (int i = 0; i < spin_iterations; ++i) {
+      if (state_.load(std::memory_order_acquire) == done)
+        return true;
+      __builtin_ia32_pause();
+    }
+    for (;;) {
+      uint32_t expected = waiting;
+      if (!state_.compare_exchange_strong(expected, sleeping)
+          && expected == done)
+        return true;
+      auto left = deadline - std::chrono::steady_clock::now();
+      if (left <= std::chrono::steady_clock::duration::zero())
+        return state_.load(std::memory_order_acquire) == done;
+      auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left);
+      timespec ts{static_cast<time_t>(ns.count() / 1000000000),
+                  static_cast<long>(ns.count() % 1000000000)};
+      futex(&state_, FUTEX_WAIT_PRIVATE, sleeping, &ts);
+      if (state_.load(std::memory_order_acquire) == done)
+        return true;
+    }
+  }
+
+  caf::message reply_;
+  caf::error err_;
+
+private:
+  static constexpr uint32_t waiting = 0;
+  static constexpr uint32_t sleeping = 1;
+  static constexpr uint32_t done = 2;
+  static constexpr int spin_iterations = 20000;
+  std::atomic<uint32_t> state_{waiting};
+};
+
+// -- parent side --------------------------------------------------------------
+
+struct pending_request {
+  caf::strong_actor_ptr target; // receives the response (actor requests)
+  caf::message_id mid;
+  std::shared_ptr<sync_slot> slot; // or: a blocked caller
+};
+
+class worker_proxy;
+
+/// Owns the child process and its channel; the I/O thread delivers replies.
+class worker_bridge : public frame_handler,
+                      public std::enable_shared_from_this<worker_bridge> {
+public:
+  worker_bridge(caf::actor_system& sys, process proc,
+                std::unique_ptr<frame_channel> ch, worker_options opts)
+    : sys_(sys),
+      proc_(std::move(proc)),
+      ch_(std::move(ch)),
+      opts_(std::move(opts)),
+      unit_(&sys) {
+    info_.name = opts_.name;
+    info_.pid = proc_.pid();
+    info_.method = proc_.method();
+  }
+
+  const worker_info& info() const noexcept {
+    return info_;
+  }
+
+  std::string who() const {
+    return "worker " + info_.name + "[" + std::to_string(info_.pid) + "]";
+  }
+
+  void start(caf::weak_actor_ptr proxy) {
+    proxy_ = std::move(proxy);
+    keep_alive_ = shared_from_this();
+    ch_->start(this, proc_.exit_fd());
+  }
+
+  // -- sending ----------------------------------------------------------------
+
+  /// Forwards a request from an actor; the reply goes to `target`.
+  void forward_request(caf::strong_actor_ptr target, caf::message_id mid,
+                       const caf::message& content,
+                       caf::execution_unit* eu) {
+    auto rid = next_id();
+    caf::error dead;
+    {
+      std::lock_guard<std::mutex> guard{mu_};
+      if (death_error_)
+        dead = death_error_;
+      else
+        pending_.emplace(rid, pending_request{target, mid, nullptr});
+    }
+    if (dead) {
+      reply_error(target, mid, dead, eu);
+      return;
+    }
+    auto& buf = frame_buffer();
+    auto err = encode_frame(buf, wire::kind::request, rid, content);
+    if (!err)
+      err = ch_->send(buf, send_mode::immediate);
+    if (err && take(rid))
+      reply_error(target, mid, err, eu);
+  }
+
+  caf::error forward_async(const caf::message& content) {
+    if (auto err = death_error())
+      return err;
+    auto& buf = frame_buffer();
+    if (auto err = encode_frame(buf, wire::kind::async, 0, content))
+      return err;
+    return ch_->send(buf, send_mode::deferred);
+  }
+
+  caf::expected<caf::message> sync_request(std::chrono::milliseconds timeout,
+                                           type_id type,
+                                           detail::encode_fn encode,
+                                           const void* value) {
+    if (ch_->on_io_thread())
+      return make_error(errc::invalid_argument,
+                        "a blocking request to " + who()
+                          + " from its own I/O thread would deadlock; use "
+                            "self->request(...).then(...) in handlers");
+    auto& buf = frame_buffer();
+    try {
+      encode(value, buf);
+    } catch (const std::exception& e) {
+      auto* entry = message_registry::instance().find(type);
+      return make_error(errc::encode_failed,
+                        "cannot encode a value of type '"
+                          + (entry ? entry->name : std::string{"?"})
+                          + "': " + e.what());
+    }
+    auto rid = next_id();
+    finish_envelope(buf, wire::kind::request, type, rid);
+    auto slot = std::make_shared<sync_slot>();
+    {
+      std::lock_guard<std::mutex> guard{mu_};
+      if (death_error_)
+        return death_error_;
+      pending_.emplace(rid, pending_request{nullptr, {}, slot});
+    }
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    if (auto err = ch_->send(buf, send_mode::immediate)) {
+      if (take(rid))
+        return err;
+    }
+    if (!slot->wait(deadline)) {
+      if (take(rid))
+        return make_error(errc::timeout, "request to " + who()
+                                           + " timed out after "
+                                           + std::to_string(timeout.count())
+                                           + " ms");
+      slot->wait(std::chrono::steady_clock::time_point::max());
+    }
+    if (slot->err_)
+      return std::move(slot->err_);
+    return std::move(slot->reply_);
+  }
+
+  caf::error async_send(type_id type, detail::encode_fn encode,
+                        const void* value) {
+    if (auto err = death_error())
+      return err;
+    auto& buf = frame_buffer();
+    try {
+      encode(value, buf);
+    } catch (const std::exception& e) {
+      return make_error(errc::encode_failed,
+                        std::string{"cannot encode a message: "} + e.what());
+    }
+    finish_envelope(buf, wire::kind::async, type, 0);
+    return ch_->send(buf, send_mode::deferred);
+  }
+
+  // -- stopping ---------------------------------------------------------------
+
+  /// Asks the child to finish; returns at once.
+  void begin_shutdown() {
+    bool expected = false;
+    if (!shutdown_requested_.compare_exchange_strong(expected, true))
+      return;
+    std::string buf(wire::envelope_size, '\0');
+    finish_envelope(buf, wire::kind::shutdown, 0, 0);
+    if (ch_->send(buf, send_mode::deferred))
+      kill_child();
+  }
+
+  void kill_child() {
+    [[maybe_unused]] auto err = proc_.kill();
+  }
+
+  /// Waits until the I/O thread has seen the end of the child.
+  caf::expected<exit_status> wait_done(std::chrono::milliseconds timeout) {
+    std::unique_lock<std::mutex> lk{mu_};
+    if (!done_cv_.wait_for(lk, timeout, [this] { return done_; }))
+      return make_error(errc::timeout,
+                        who() + " did not end within "
+                          + std::to_string(timeout.count()) + " ms");
+    if (status_)
+      return *status_;
+    return death_error_;
+  }
+
+  caf::expected<exit_status> stop() {
+    begin_shutdown();
+    auto result = wait_done(opts_.shutdown_timeout);
+    if (result)
+      return result;
+    kill_child();
+    return wait_done(std::chrono::milliseconds{5000});
+  }
+
+  caf::expected<exit_status> kill() {
+    kill_child();
+    return wait_done(std::chrono::milliseconds{5000});
+  }
+
+  // -- frame_handler ----------------------------------------------------------
+
+  void on_frame(std::string_view body) override {
+    std::string_view payload;
+    auto env = wire::read_envelope(body, payload);
+    if (!env) {
+      ch_->fail(env.error());
+      return;
+    }
+    switch (env->what) {
+      case wire::kind::response:
+      case wire::kind::error: {
+        auto entry = take(env->request_id);
+        if (!entry)
+          return; // the caller gave up (timeout); drop the late reply
+        caf::message reply;
+        caf::error err;
+        if (env->what == wire::kind::response) {
+          auto msg = decode_message(env->type, payload);
+          if (!msg) {
+            err = msg.error();
+            deliver(*entry, {}, err);
+            ch_->fail(std::move(err));
+            return;
+          }
+          reply = std::move(*msg);
+        } else {
+          if (!decode_error(payload, err)) {
+            deliver(*entry, {}, err);
+            ch_->fail(std::move(err));
+            return;
+          }
+        }
+        deliver(*entry, std::move(reply), std::move(err));
+        return;
+      }
+      case wire::kind::async: {
+        // A worker's own messages to its parent have no addressee yet.
+        auto msg = decode_message(env->type, payload);
+        if (!msg)
+          ch_->fail(std::move(msg.error()));
+        return;
+      }
+      default:
+        ch_->fail(make_error(errc::protocol_error,
+                             who() + " sent an unexpected "
+                               + wire::to_string(env->what) + " frame"));
+    }
+  }
+
+  void on_batch_end() override {
+    unit_.run_jobs();
+  }
+
+  void on_closed(const caf::error& reason) override {
+    // Find out how the child ended.
+    bool clean_eof = reason == errc::peer_closed || reason == errc::closed;
+    auto grace = clean_eof ? opts_.shutdown_timeout
+                           : std::chrono::milliseconds{0};
+    auto st = proc_.join(grace);
+    if (!st) {
+      kill_child();
+      st = proc_.join(std::chrono::milliseconds{5000});
+    }
+    caf::error death;
+    std::string how = st ? st->to_string() : describe(st.error());
+    if (clean_eof)
+      death = make_error(errc::worker_died, who() + " " + how);
+    else
+      death = make_error(errc::worker_died, who() + " broke the channel ("
+                                              + describe(reason)
+                                              + ") and was stopped; it "
+                                              + how);
+    std::unordered_map<uint64_t, pending_request> orphans;
+    {
+      std::lock_guard<std::mutex> guard{mu_};
+      death_error_ = death;
+      orphans.swap(pending_);
+    }
+    for (auto& kvp : orphans)
+      deliver(kvp.second, {}, death);
+    unit_.run_jobs();
+    auto proxy = caf::actor_cast<caf::strong_actor_ptr>(proxy_);
+    if (proxy) {
+      bool normal = shutdown_requested_ && st && st->success();
+      static_cast<caf::monitorable_actor*>(proxy->get())->cleanup(normal ? caf::error{caf::exit_reason::normal}
+                                   : death,
+                            nullptr);
+    }
+    {
+      std::lock_guard<std::mutex> guard{mu_};
+      if (st)
+        status_ = *st;
+      done_ = true;
+    }
+    done_cv_.notify_all();
+    auto self = std::move(keep_alive_); // may destroy *this on return
+  }
+
+private:
+  uint64_t next_id() noexcept {
+    return next_id_.fetch_add(1, std::memory_order_relaxed)
+           & caf::message_id::request_id_mask;
+  }
+
+  caf::error death_error() {
+    std::lock_guard<std::mutex> guard{mu_};
+    return death_error_;
+  }
+
+  std::optional<pending_request> take(uint64_t rid) {
+    std::lock_guard<std::mutex> guard{mu_};
+    auto i = pending_.find(rid);
+    if (i == pending_.end())
+      return std::nullopt;
+    auto result = std::move(i->second);
+    pending_.erase(i);
+    return result;
+  }
+
+  void reply_error(const caf::strong_actor_ptr& target, caf::message_id mid,
+                   const caf::error& err, caf::execution_unit* eu) {
+    if (target && mid.is_request())
+      target->enqueue(caf::make_mailbox_element(
+                        caf::actor_cast<caf::strong_actor_ptr>(proxy_),
+                        mid.response_id(), {}, caf::make_message(err)),
+                      eu);
+  }
+
+  void deliver(pending_request& entry, caf::message reply, caf::error err) {
+    if (entry.slot) {
+      entry.slot->fulfill(std::move(reply), std::move(err));
+      return;
+    }
+    if (!entry.target)
+      return;
+    if (err)
+      reply = caf::make_message(std::move(err));
+    entry.target->enqueue(caf::make_mailbox_element(
+                            caf::actor_cast<caf::strong_actor_ptr>(proxy_),
+                            entry.mid.response_id(), {}, std::move(reply)),
+                          &unit_);
+  }
+
+  caf::actor_system& sys_;
+  process proc_;
+  std::unique_ptr<frame_channel> ch_;
+  worker_options opts_;
+  worker_info info_;
+  detail::inline_unit unit_;
+  caf::weak_actor_ptr proxy_;
+  std::shared_ptr<worker_bridge> keep_alive_;
+  std::atomic<uint64_t> next_id_{1};
+  std::atomic<bool> shutdown_requested_{false};
+  std::mutex mu_;
+  std::condition_variable done_cv_;
+  std::unordered_map<uint64_t, pending_request> pending_;
+  caf::error death_error_;
+  std::optional<exit_status> status_;
+  bool done_ = false;
+};
+
+/// The parent's handle to a worker: an actor whose mailbox is the channel.
+class worker_proxy : public caf::monitorable_actor {
+public:
+  worker_proxy(caf::actor_config& cfg, std::shared_ptr<worker_bridge> bridge)
+    : caf::monitorable_actor(cfg), bridge_(std::move(bridge)) {
+  }
+
+  const char* name() const override {
+    return "multiproc_worker";
+  }
+
+  void enqueue(caf::mailbox_element_ptr what,
+               caf::execution_unit* eu) override {
+    auto content = what->move_content_to_message();
+    if (content.match_elements<caf::exit_msg>()) {
+      auto& reason = content.get_as<caf::exit_msg>(0).reason;
+      if (reason == caf::exit_reason::kill)
+        bridge_->kill_child();
+      else
+        bridge_->begin_shutdown();
+      return;
+    }
+    if (what->mid.is_response())
+      return; // the worker makes no requests to parent actors
+    if (what->mid.is_request()) {
+      auto target = what->stages.empty() ? what->sender : what->stages.back();
+      bridge_->forward_request(std::move(target), what->mid, content, eu);
+      return;
+    }
+    [[maybe_unused]] auto err = bridge_->forward_async(content);
+  }
+
+  void on_destroy() override {
+    bridge_->begin_shutdown();
+    caf::monitorable_actor::on_destroy();
+  }
+
+  const std::shared_ptr<worker_bridge>& bridge() const noexcept {
+    return bridge_;
+  }
+
+private:
+  std::shared_ptr<worker_bridge> bridge_;
+};
+
+worker_bridge* bridge_of(const caf::actor& worker) {
+  auto* ptr = caf::actor_cast<caf::abstract_actor*>(worker);
+  auto* proxy = dynamic_cast<worker_proxy*>(ptr);
+  return proxy ? proxy->bridge().get() : nullptr;
+}
+
+caf::error not_a_worker() {
+  return make_error(errc::invalid_argument,
+                    "the actor is not a multiproc worker handle");
+}
+
+} // namespace
+
+caf::expected<caf::actor> spawn_worker(caf::actor_system& sys,
+                                       const std::string& entry,
+                                       worker_options opts) {
+  if (!has_worker(entry))
+    return make_error(errc::unknown_entry,
+                      "no worker is registered as '" + entry
+                        + "'; registered workers: " + registered_workers());
+  if (opts.name.empty())
+    opts.name = entry;
+  worker_spec spec{entry, opts.name, opts.extra_child_types};
+  std::string args;
+  if (auto err = encode(spec, args))
+    return err;
+  process_options popts;
+  popts.method = opts.method;
+  popts.name = opts.name;
+  popts.sink = opts.sink;
+  auto proc = start_process(worker_entry_name, std::move(args), popts);
+  if (!proc)
+    return std::move(proc.error());
+  auto who = "worker " + opts.name + "[" + std::to_string(proc->pid()) + "]";
+  auto ch = std::make_unique<frame_channel>(proc->take_channel(),
+                                            opts.channel);
+  // Handshake: both ends send their hello first, then check the other's.
+  auto fail = [&](caf::error err) -> caf::expected<caf::actor> {
+    [[maybe_unused]] auto kerr = proc->kill();
+    [[maybe_unused]] auto st = proc->join(std::chrono::milliseconds{5000});
+    return err;
+  };
+  std::string hello_frame(wire::envelope_size, '\0');
+  if (auto err = encode(wire::make_hello("parent"), hello_frame))
+    return fail(err);
+  finish_envelope(hello_frame, wire::kind::hello, 0, 0);
+  if (auto err = ch->send(hello_frame))
+    return fail(make_error(errc::spawn_failed,
+                           who + " could not be greeted: " + describe(err)));
+  auto frame = ch->receive(opts.start_timeout);
+  if (!frame) {
+    if (frame.error() == errc::timeout)
+      return fail(make_error(errc::spawn_failed,
+                             who + " was not ready within "
+                               + std::to_string(opts.start_timeout.count())
+                               + " ms"));
+    auto st = proc->join(std::chrono::milliseconds{5000});
+    return make_error(errc::spawn_failed,
+                      who + " ended before it was ready: "
+                        + (st ? st->to_string() : describe(frame.error())));
+  }
+  std::string_view payload;
+  auto env = wire::read_envelope(*frame, payload);
+  if (!env)
+    return fail(env.error());
+  if (env->what != wire::kind::hello)
+    return fail(make_error(errc::protocol_error,
+                           who + " sent a " + wire::to_string(env->what)
+                             + " frame before its hello"));
+  auto theirs = decode<wire::hello>(payload);
+  if (!theirs)
+    return fail(theirs.error());
+  theirs->name = who;
+  if (auto err = wire::check_hello(wire::make_hello("the parent"), *theirs))
+    return fail(err);
+  auto bridge = std::make_shared<worker_bridge>(sys, std::move(*proc),
+                                                std::move(ch), opts);
+  caf::actor_config cfg;
+  auto handle = caf::make_actor<worker_proxy, caf::actor>(
+    sys.next_actor_id(), sys.node(), &sys, cfg, bridge);
+  bridge->start(caf::actor_cast<caf::weak_actor_ptr>(handle));
+  return handle;
+}
+
+std::optional<worker_info> info_of(const caf::actor& worker) {
+  if (auto* b = bridge_of(worker))
+    return b->info();
+  return std::nullopt;
+}
+
+caf::expected<exit_status> stop_worker(const caf::actor& worker) {
+  if (auto* b = bridge_of(worker))
+    return b->stop();
+  return not_a_worker();
+}
+
+caf::expected<exit_status> kill_worker(const caf::actor& worker) {
+  if (auto* b = bridge_of(worker))
+    return b->kill();
+  return not_a_worker();
+}
+
+namespace detail {
+
+caf::expected<caf::message> sync_request(const caf::actor& worker,
+                                         std::chrono::milliseconds timeout,
+                                         type_id type, encode_fn encode,
+                                         const void* value) {
+  if (type == 0)
+    return unregistered("of the request");
+  if (auto* b = bridge_of(worker))
+    return b->sync_request(timeout, type, encode, value);
+  return not_a_worker();
+}
+
+caf::error async_send(const caf::actor& worker, type_id type, encode_fn encode,
+                      const void* value) {
+  if (type == 0)
+    return unregistered("of the message");
+  if (auto* b = bridge_of(worker))
+    return b->async_send(type, encode, value);
+  return not_a_worker();
+}
+
+} // namespace detail
+
+// -- child side ---------------------------------------------------------------
+
+namespace {
+
+class child_bridge;
+
+/// The worker's view of its parent: replies sent to it travel back over the
+/// channel.
+class parent_proxy : public caf::monitorable_actor {
+public:
+  parent_proxy(caf::actor_config& cfg, frame_channel* ch)
+    : caf::monitorable_actor(cfg), ch_(ch) {
+  }
+
+  const char* name() const override {
+    return "multiproc_parent";
+  }
+
+  void enqueue(caf::mailbox_element_ptr what, caf::execution_unit*) override {
+    auto mode = ch_->on_io_thread() ? send_mode::deferred
+                                    : send_mode::immediate;
+    auto content = what->move_content_to_message();
+    if (what->mid.is_response()) {
+      auto rid = what->mid.request_id().integer_value();
+      if (content.match_elements<caf::error>()) {
+        auto buf = encode_error_frame(rid, content.get_as<caf::error>(0));
+        [[maybe_unused]] auto err = ch_->send(buf, mode);
+        return;
+      }
+      auto& buf = frame_buffer();
+      if (auto err = encode_frame(buf, wire::kind::response, rid, content)) {
+        // A result that cannot be encoded fails that request only.
+        auto ebuf = encode_error_frame(rid, err);
+        [[maybe_unused]] auto err2 = ch_->send(ebuf, mode);
+        return;
+      }
+      [[maybe_unused]] auto err = ch_->send(buf, mode);
+      return;
+    }
+    auto& buf = frame_buffer();
+    if (!encode_frame(buf, wire::kind::async, 0, content))
+      [[maybe_unused]] auto err = ch_->send(buf, mode);
+  }
+
+private:
+  frame_channel* ch_;
+};
+
+class child_bridge : public frame_handler {
+public:
+  child_bridge(caf::actor_system& sys, frame_channel& ch, caf::actor worker)
+    : ch_(ch), unit_(&sys), worker_(std::move(worker)) {
+    caf::actor_config cfg;
+    parent_ = caf::make_actor<parent_proxy, caf::strong_actor_ptr>(
+      sys.next_actor_id(), sys.node(), &sys, cfg, &ch);
+  }
+
+  void on_frame(std::string_view body) override {
+    std::string_view payload;
+    auto env = wire::read_envelope(body, payload);
+    if (!env) {
+      ch_.fail(env.error());
+      return;
+    }
+    switch (env->what) {
+      case wire::kind::request:
+      case wire::kind::async: {
+        auto msg = decode_message(env->type, payload);
+        if (!msg) {
+          ch_.fail(std::move(msg.error()));
+          return;
+        }
+        auto mid = env->what == wire::kind::request
+                     ? caf::make_message_id(env->request_id
+                                            & caf::message_id::request_id_mask)
+                     : caf::make_message_id();
+        worker_->enqueue(caf::make_mailbox_element(parent_, mid, {},
+                                                   std::move(*msg)),
+                         &unit_);
+        return;
+      }
+      case wire::kind::shutdown:
+        finish(0, {});
+        return;
+      default:
+        ch_.fail(make_error(errc::protocol_error,
+                            std::string{"the parent sent an unexpected "}
+                              + wire::to_string(env->what) + " frame"));
+    }
+  }
+
+  void on_batch_end() override {
+    unit_.run_jobs();
+    ch_.flush();
+  }
+
+  void on_closed(const caf::error& reason) override {
+    if (reason == errc::peer_closed || reason == errc::closed)
+      finish(0, {});
+    else
+      finish(65, reason);
+  }
+
+  /// Records how the child should end and wakes the main thread.
+  void finish(int code, const caf::error& reason) {
+    std::lock_guard<std::mutex> guard{mu_};
+    if (done_)
+      return;
+    done_ = true;
+    exit_code_ = code;
+    reason_ = reason;
+    cv_.notify_all();
+  }
+
+  int wait() {
+    std::unique_lock<std::mutex> lk{mu_};
+    cv_.wait(lk, [this] { return done_; });
+    if (reason_)
+      std::fprintf(stderr, "multiproc: worker %s[%d] stops: %s\n",
+                   this_worker_name().c_str(), static_cast<int>(::getpid()),
+                   describe(reason_).c_str());
+    return exit_code_;
+  }
+
+private:
+  frame_channel& ch_;
+  detail::inline_unit unit_;
+  caf::actor worker_;
+  caf::strong_actor_ptr parent_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  int exit_code_ = 0;
+  caf::error reason_;
+};
+
+int worker_entry(child_context& ctx) {
+  auto spec = decode<worker_spec>(ctx.args);
+  if (!spec) {
+    std::fprintf(stderr, "multiproc: bad worker spec: %s\n",
+                 describe(spec.error()).c_str());
+    return 64;
+  }
+  this_worker_name_storage() = spec->name;
+  auto i = worker_registry().find(spec->entry);
+  if (i == worker_registry().end()) {
+    std::fprintf(stderr, "multiproc: no worker is registered as '%s'\n",
+                 spec->entry.c_str());
+    return 64;
+  }
+  for (auto& name : spec->extra_types)
+    message_registry::instance().add(message_type{
+      name, type_id_of(name), std::type_index{typeid(void)}, 0,
+      nullptr, nullptr});
+  frame_channel ch{std::move(ctx.channel)};
+  std::string hello_frame(wire::envelope_size, '\0');
+  [[maybe_unused]] auto eerr = encode(wire::make_hello(spec->name),
+                                      hello_frame);
+  finish_envelope(hello_frame, wire::kind::hello, 0, 0);
+  if (ch.send(hello_frame))
+    return 0; // the parent is gone already
+  auto frame = ch.receive(std::chrono::milliseconds{30000});
+  if (!frame)
+    return frame.error() == errc::peer_closed ? 0 : 65;
+  std::string_view payload;
+  auto env = wire::read_envelope(*frame, payload);
+  if (!env || env->what != wire::kind::hello) {
+    std::fprintf(stderr, "multiproc: worker %s expected a hello frame\n",
+                 spec->name.c_str());
+    return 65;
+  }
+  auto theirs = decode<wire::hello>(payload);
+  if (!theirs)
+    return 65;
+  if (wire::check_hello(wire::make_hello(spec->name), *theirs))
+    return 65; // the parent reports the mismatch
+  int code = 0;
+  {
+    caf::actor_system_config cfg;
+    cfg.set("scheduler.max-threads", size_t{1});
+    cfg.set("scheduler.policy", caf::atom("sharing"));
+    caf::actor_system sys{cfg};
+    auto worker = i->second(sys);
+    child_bridge bridge{sys, ch, worker};
+    caf::actor_cast<caf::abstract_actor*>(worker)->attach_functor([&bridge](const caf::error& reason) {
+      bridge.finish(reason && reason != caf::exit_reason::normal ? 1 : 0, {});
+    });
+    ch.start(&bridge);
+    code = bridge.wait();
+    ch.stop(std::chrono::milliseconds{1000});
+    caf::anon_send_exit(worker, caf::exit_reason::user_shutdown);
+    worker = nullptr;
+    sys.await_all_actors_done();
+  }
+  return code;
+}
+
+const bool worker_entry_registered = register_entry(worker_entry_name,
+                                                    &worker_entry);
+
+} // namespace
+
+} // namespace multiproc
