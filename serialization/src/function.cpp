@@ -5,6 +5,7 @@
 #include <memory>
 
 #include <cxxabi.h>
+#include <unistd.h>
 
 #include <cereal/types/string.hpp>
 

@@ -28,6 +28,7 @@
 
 #include <cereal/types/tuple.hpp>
 
+#include "multiproc/bootstrap.hpp"
 #include "multiproc/message_registry.hpp"
 #include "multiproc/pipe.hpp"
 #include "multiproc/process.hpp"

@@ -1,0 +1,255 @@
+// The child side: descriptor layout, the boot record, the lifeline watcher
+// and running the entry.
+
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <thread>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio_ext.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "multiproc/error.hpp"
+#include "process_internal.hpp"
+
+namespace multiproc::detail {
+
+// -- descriptors -------------------------------------------------------------------
+
+bool setup_child_fds(int out, int err, int channel, int lifeline) noexcept {
+  int devnull = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (devnull < 0)
+    return false;
+  int src[5] = {devnull, out < 0 ? devnull : out, err < 0 ? devnull : err,
+                channel, lifeline};
+  // Move every source above the target range first, so that placing one
+  // descriptor never overwrites a source that is still needed.
+  int high[5];
+  for (int i = 0; i < 5; ++i) {
+    high[i] = ::fcntl(src[i], F_DUPFD_CLOEXEC, 16);
+    if (high[i] < 0)
+      return false;
+  }
+  for (int i = 0; i < 5; ++i)
+    if (::dup2(high[i], i) < 0) // dup2 clears FD_CLOEXEC on the target
+      return false;
+  if (::close_range(5, ~0U, 0) != 0)
+    return false;
+  return ::fcntl(child_channel_fd, F_SETFD, FD_CLOEXEC) == 0
+         && ::fcntl(child_lifeline_fd, F_SETFD, FD_CLOEXEC) == 0;
+}
+
+// -- boot record --------------------------------------------------------------------
+
+namespace {
+
+// Layout (native byte order, both ends are the same program on one machine):
+// magic "MPB1", u32 entry size, u32 name size, u32 zero, u64 args size,
+// then entry, name and args bytes. See docs/processes.md.
+constexpr size_t header_size = 24;
+constexpr char magic[4] = {'M', 'P', 'B', '1'};
+constexpr uint32_t max_name_size = 4096;
+constexpr uint64_t max_args_size = uint64_t{1} << 32;
+
+} // namespace
+
+caf::error write_boot_record(int fd, const boot_record& rec,
+                             std::chrono::milliseconds timeout) {
+  std::string buf(header_size, '\0');
+  auto entry_size = static_cast<uint32_t>(rec.entry.size());
+  auto name_size = static_cast<uint32_t>(rec.name.size());
+  auto args_size = static_cast<uint64_t>(rec.args.size());
+  std::memcpy(&buf[0], magic, 4);
+  std::memcpy(&buf[4], &entry_size, 4);
+  std::memcpy(&buf[8], &name_size, 4);
+  std::memcpy(&buf[16], &args_size, 8);
+  buf += rec.entry;
+  buf += rec.name;
+  buf += rec.args;
+  auto deadline = clock::now() + timeout;
+  size_t done = 0;
+  while (done < buf.size()) {
+    auto n = ::send(fd, buf.data() + done, buf.size() - done,
+                    MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n >= 0) {
+      done += static_cast<size_t>(n);
+      continue;
+    }
+    if (errno == EINTR)
+      continue;
+    if (errno == EPIPE || errno == ECONNRESET)
+      return caf::none; // the child is gone; join() tells how it ended
+    if (errno != EAGAIN && errno != EWOULDBLOCK)
+      return make_system_error("cannot send the boot record to the child",
+                               errno);
+    int rev = poll_until(fd, POLLOUT, deadline);
+    if (rev == 0)
+      return make_error(errc::spawn_failed,
+                        "the child did not read its boot record within "
+                          + std::to_string(timeout.count()) + " ms");
+    if (rev < 0)
+      return make_system_error("poll on the child's channel", errno);
+  }
+  return caf::none;
+}
+
+namespace {
+
+caf::error read_exactly(int fd, char* buf, size_t len,
+                        clock::time_point deadline) {
+  size_t done = 0;
+  while (done < len) {
+    int rev = poll_until(fd, POLLIN, deadline);
+    if (rev == 0)
+      return make_error(errc::timeout, "no boot record from the parent");
+    if (rev < 0)
+      return make_system_error("poll on the channel", errno);
+    auto n = ::read(fd, buf + done, len - done);
+    if (n > 0) {
+      done += static_cast<size_t>(n);
+      continue;
+    }
+    if (n == 0)
+      return make_error(errc::peer_closed,
+                        "the parent closed the channel before the boot "
+                        "record was complete");
+    if (errno != EINTR && errno != EAGAIN)
+      return make_system_error("read of the boot record", errno);
+  }
+  return caf::none;
+}
+
+} // namespace
+
+caf::expected<boot_record> read_boot_record(int fd,
+                                            std::chrono::milliseconds timeout) {
+  auto deadline = clock::now() + timeout;
+  char header[header_size];
+  if (auto err = read_exactly(fd, header, header_size, deadline))
+    return err;
+  uint32_t entry_size = 0;
+  uint32_t name_size = 0;
+  uint64_t args_size = 0;
+  std::memcpy(&entry_size, header + 4, 4);
+  std::memcpy(&name_size, header + 8, 4);
+  std::memcpy(&args_size, header + 16, 8);
+  if (std::memcmp(header, magic, 4) != 0 || entry_size > max_name_size
+      || name_size > max_name_size || args_size > max_args_size)
+    return make_error(errc::protocol_error, "malformed boot record");
+  boot_record rec;
+  rec.entry.resize(entry_size);
+  rec.name.resize(name_size);
+  rec.args.resize(static_cast<size_t>(args_size));
+  for (auto* str : {&rec.entry, &rec.name, &rec.args})
+    if (!str->empty())
+      if (auto err = read_exactly(fd, &(*str)[0], str->size(), deadline))
+        return err;
+  return rec;
+}
+
+// -- running the entry ------------------------------------------------------------
+
+namespace {
+
+/// Blocks on the lifeline; EOF means the parent died: die with it.
+void watch_lifeline() {
+  char byte;
+  for (;;) {
+    auto n = ::read(child_lifeline_fd, &byte, 1);
+    if (n > 0 || (n < 0 && errno == EINTR))
+      continue;
+    ::kill(::getpid(), SIGKILL);
+    ::_exit(boot_failed_exit_code); // not reached
+  }
+}
+
+[[noreturn]] void finish(int code, bool exec_child) {
+  std::fflush(nullptr);
+  if (exec_child)
+    std::exit(code);
+  ::_exit(code);
+}
+
+} // namespace
+
+void run_child(boot_record rec, start_method method, bool exec_child) {
+  auto& st = state();
+  st.child = true;
+  st.bootstrapped = true;
+  if (!exec_child) {
+    // Output the parent buffered before the fork is the parent's to print.
+    __fpurge(stdout);
+    __fpurge(stderr);
+  }
+  // Line-buffered, so that lines are not stuck in stdio when the child
+  // crashes. An explicit buffer also resets the pointers of a stream the
+  // parent used before fork (glibc ignores _IOLBF on it otherwise).
+  static char stdout_buf[BUFSIZ];
+  std::setvbuf(stdout, stdout_buf, _IOLBF, sizeof(stdout_buf));
+  std::thread{watch_lifeline}.detach();
+  auto fn = find_entry(rec.entry);
+  if (fn == nullptr) {
+    std::fprintf(stderr,
+                 "multiproc: no entry is registered as '%s' in this "
+                 "executable\n",
+                 rec.entry.c_str());
+    finish(unknown_entry_exit_code, exec_child);
+  }
+  int code = 1;
+  {
+    child_context ctx;
+    ctx.entry = std::move(rec.entry);
+    ctx.name = std::move(rec.name);
+    ctx.args = std::move(rec.args);
+    ctx.channel.reset(child_channel_fd);
+    ctx.method = method;
+    try {
+      code = fn(ctx);
+    } catch (const std::exception& ex) {
+      std::fprintf(stderr, "multiproc: entry '%s' threw: %s\n",
+                   ctx.entry.c_str(), ex.what());
+      code = 1;
+    } catch (...) {
+      std::fprintf(stderr, "multiproc: entry '%s' threw a non-std exception\n",
+                   ctx.entry.c_str());
+      code = 1;
+    }
+  }
+  finish(code, exec_child);
+}
+
+void run_child_if_spawned() {
+  const char* spec = ::getenv(child_env_var);
+  if (spec == nullptr)
+    return;
+  std::string value = spec;
+  ::unsetenv(child_env_var);
+  if (value != "1") {
+    std::fprintf(stderr, "multiproc: malformed %s=%s in the environment\n",
+                 child_env_var, value.c_str());
+    ::_exit(boot_failed_exit_code);
+  }
+  if (::fcntl(child_channel_fd, F_SETFD, FD_CLOEXEC) != 0
+      || ::fcntl(child_lifeline_fd, F_SETFD, FD_CLOEXEC) != 0) {
+    std::fprintf(stderr,
+                 "multiproc: started in worker mode without descriptors 3 "
+                 "and 4\n");
+    ::_exit(boot_failed_exit_code);
+  }
+  auto rec = read_boot_record(child_channel_fd, std::chrono::seconds{30});
+  if (!rec) {
+    std::fprintf(stderr, "multiproc: child boot failed: %s\n",
+                 describe(rec.error()).c_str());
+    ::_exit(boot_failed_exit_code);
+  }
+  run_child(std::move(*rec), start_method::spawn, true);
+}
+
+} // namespace multiproc::detail

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# quickstart.sh: from a fresh Debian 12 checkout to a running demo or a tested build.
+#
+#   bash scripts/quickstart.sh demo                  build the release preset, run `multiproc demo`
+#   bash scripts/quickstart.sh test [PRESET] [ARGS]  build PRESET (release, debug, asan, tsan;
+#                                                    default release), run ctest --preset PRESET [ARGS]
+#
+# Both first make sure the Debian packages multiproc needs are installed: as root
+# they are installed with apt-get; otherwise the script prints the command to run.
+# Exits non-zero on the first failing step. Builds go to build/<preset>/ (CMakePresets.json).
+set -euo pipefail
+
+readonly PACKAGES=(
+  cmake ninja-build g++
+  libcaf-dev libcereal-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
+  python3
+)
+readonly PRESETS=(release debug asan tsan)
+
+section() {
+  printf '\n==== %s ====\n' "$*"
+}
+
+die() {
+  printf 'quickstart: error: %s\n' "$*" >&2
+  exit 1
+}
+
+usage() {
+  sed -n '2,6s/^# \{0,1\}//p' "$0" >&2
+  exit 2
+}
+
+# Runs a step under a section header; reports its duration, or which step failed.
+step() {
+  local title=$1
+  shift
+  section "$title"
+  local start=$SECONDS
+  if ! "$@"; then
+    printf '\nquickstart: FAILED: %s (%s)\n' "$title" "$*" >&2
+    exit 1
+  fi
+  printf -- '---- %s: done in %ds\n' "$title" $((SECONDS - start))
+}
+
+ensure_dependencies() {
+  section "Dependencies"
+  command -v dpkg-query >/dev/null 2>&1 ||
+    die "dpkg-query not found: this script supports Debian 12 (bookworm); see docs/building.md"
+  local missing=() pkg
+  for pkg in "${PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+      missing+=("$pkg")
+    fi
+  done
+  if ((${#missing[@]} == 0)); then
+    echo "all ${#PACKAGES[@]} packages are installed"
+    return
+  fi
+  echo "missing packages: ${missing[*]}"
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "Install them with:"
+    echo "  sudo apt-get update && sudo apt-get install -y --no-install-recommends ${missing[*]}"
+    exit 1
+  fi
+  apt-get update
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+}
+
+check_preset() {
+  local p
+  for p in "${PRESETS[@]}"; do
+    [[ $1 == "$p" ]] && return 0
+  done
+  die "unknown preset '$1' (choose one of: ${PRESETS[*]})"
+}
+
+configure_and_build() {
+  local preset=$1
+  step "Configure ($preset)" cmake --preset "$preset"
+  step "Build ($preset)" cmake --build --preset "$preset"
+}
+
+run_demo() {
+  ensure_dependencies
+  configure_and_build release
+  local tool=build/release/tools/multiproc
+  [[ -x $tool ]] || die "$tool was not built"
+  step "Demo: $tool demo" "$tool" demo
+}
+
+run_tests() {
+  local preset=${1:-release}
+  shift || true
+  check_preset "$preset"
+  ensure_dependencies
+  configure_and_build "$preset"
+  step "Test ($preset)" ctest --preset "$preset" "$@"
+}
+
+main() {
+  (($# >= 1)) || usage
+  # Everything below uses paths relative to the repository root.
+  cd "$(dirname "${BASH_SOURCE[0]}")/.."
+  local mode=$1
+  shift
+  local start=$SECONDS
+  case $mode in
+    demo) (($# == 0)) || usage; run_demo ;;
+    test) run_tests "$@" ;;
+    -h | --help | help) usage ;;
+    *) usage ;;
+  esac
+  section "OK: $mode finished in $((SECONDS - start))s"
+}
+
+main "$@"

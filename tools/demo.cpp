@@ -1,0 +1,406 @@
+// `multiproc demo`: this process generates blocks of pseudo-random bytes,
+// worker processes hash them (FNV-1a 64 and CRC-32) and reply, and this
+// process checks every reply against its own computation. Halfway through,
+// one worker is told to crash: the requests in flight to it fail with
+// worker_died, and the lost tasks go to the surviving workers.
+
+#include "demo.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <csignal>
+#include <cstdint>
+#include <cstdio>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <caf/actor_system.hpp>
+#include <caf/actor_system_config.hpp>
+#include <caf/after.hpp>
+#include <caf/event_based_actor.hpp>
+#include <caf/scoped_actor.hpp>
+#include <caf/system_messages.hpp>
+#include <cereal/types/vector.hpp>
+
+#include "multiproc/worker.hpp"
+
+namespace demo {
+
+// -- messages -------------------------------------------------------------------
+
+/// A block to hash (reply: block_hash).
+struct hash_block {
+  uint32_t id = 0;
+  std::vector<char> data;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(id, data);
+  }
+};
+
+/// The hashes of block `id`.
+struct block_hash {
+  uint32_t id = 0;
+  uint64_t fnv = 0;
+  uint32_t crc = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(id, fnv, crc);
+  }
+};
+
+/// Makes the worker raise SIGSEGV (reply: none, ever).
+struct crash_now {
+  template <class Archive>
+  void serialize(Archive&) {
+  }
+};
+
+} // namespace demo
+
+MULTIPROC_MESSAGE(demo::hash_block, "multiproc.demo.hash_block")
+MULTIPROC_MESSAGE(demo::block_hash, "multiproc.demo.block_hash")
+MULTIPROC_MESSAGE(demo::crash_now, "multiproc.demo.crash_now")
+
+namespace demo {
+
+// -- the work --------------------------------------------------------------------
+
+constexpr size_t block_size = 64 * 1024;
+
+uint64_t fnv1a64(const std::vector<char>& data) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (char c : data) {
+    h ^= static_cast<uint8_t>(c);
+    h *= 0x100000001b3ull;
+  }
+  return h;
+}
+
+uint32_t crc32(const std::vector<char>& data) {
+  static const auto table = [] {
+    std::vector<uint32_t> t(256);
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k)
+        c = (c & 1) ? 0xedb88320u ^ (c >> 1) : c >> 1;
+      t[i] = c;
+    }
+    return t;
+  }();
+  uint32_t c = 0xffffffffu;
+  for (char x : data)
+    c = table[(c ^ static_cast<uint8_t>(x)) & 0xff] ^ (c >> 8);
+  return c ^ 0xffffffffu;
+}
+
+/// Block `id`: xorshift64 bytes seeded by the id, the same in every process.
+std::vector<char> make_block(uint32_t id) {
+  std::vector<char> data(block_size);
+  uint64_t x = 0x9e3779b97f4a7c15ull * (id + 1);
+  for (auto& c : data) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    c = static_cast<char>(x >> 56);
+  }
+  return data;
+}
+
+block_hash hash_of(const hash_block& x) {
+  return {x.id, fnv1a64(x.data), crc32(x.data)};
+}
+
+/// Folds the hashes of all blocks, in id order, into one number.
+uint64_t checksum(const std::vector<block_hash>& hashes) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (auto& x : hashes) {
+    h = (h ^ x.fnv) * 0x100000001b3ull;
+    h = (h ^ x.crc) * 0x100000001b3ull;
+  }
+  return h;
+}
+
+// -- the worker (runs in the child processes) ---------------------------------------
+
+caf::behavior hasher(caf::event_based_actor*) {
+  return {
+    [](const hash_block& x) { return hash_of(x); },
+    [](const crash_now&) -> block_hash {
+      std::signal(SIGSEGV, SIG_DFL);
+      std::raise(SIGSEGV);
+      return {};
+    },
+  };
+}
+
+} // namespace demo
+
+MULTIPROC_WORKER("multiproc.demo.hasher", demo::hasher)
+
+namespace demo {
+
+// -- the parent ---------------------------------------------------------------------
+
+using namespace std::chrono_literals;
+
+constexpr auto task_timeout = 10s;
+
+struct worker_slot {
+  caf::actor handle;
+  multiproc::worker_info info;
+  size_t sent = 0;
+  size_t answered = 0;
+  bool alive = true;
+};
+
+std::string label(const worker_slot& w) {
+  return w.info.name + "[" + std::to_string(w.info.pid) + "]";
+}
+
+class pipeline {
+public:
+  pipeline(caf::actor_system& sys, size_t tasks)
+    : self_(sys), results_(tasks), answered_(tasks, false) {
+  }
+
+  std::vector<worker_slot> workers;
+
+  /// Sends the blocks `ids` round-robin to the living workers, all at once,
+  /// then collects the replies. Returns the ids whose request failed; a
+  /// worker that died is marked dead.
+  std::vector<uint32_t> round(const std::vector<uint32_t>& ids) {
+    std::vector<size_t> alive;
+    for (size_t i = 0; i < workers.size(); ++i)
+      if (workers[i].alive)
+        alive.push_back(i);
+    if (alive.empty())
+      return ids;
+    std::vector<pending> in_flight;
+    for (size_t k = 0; k < ids.size(); ++k)
+      in_flight.push_back(send_block(alive[k % alive.size()], ids[k]));
+    return collect(in_flight);
+  }
+
+  /// Tells worker `victim` to crash, with `ids` queued behind the crash.
+  /// Returns the ids whose request failed.
+  std::vector<uint32_t> crash(size_t victim, const std::vector<uint32_t>& ids) {
+    auto& w = workers[victim];
+    self_->monitor(w.handle);
+    std::printf("crash: asking %s to raise SIGSEGV, with %zu tasks queued "
+                "behind it\n",
+                label(w).c_str(), ids.size());
+    auto crash_reply = self_->request(w.handle, task_timeout, crash_now{});
+    std::vector<pending> in_flight;
+    for (auto id : ids)
+      in_flight.push_back(send_block(victim, id));
+    crash_reply.receive(
+      [&](const block_hash&) {
+        std::printf("  %s replied instead of crashing\n", label(w).c_str());
+      },
+      [&](caf::error& err) {
+        std::printf("  the crash request failed: %s\n",
+                    multiproc::describe(err).c_str());
+        if (err == multiproc::errc::worker_died)
+          w.alive = false;
+      });
+    auto failed = collect(in_flight);
+    self_->receive(
+      [&](caf::down_msg& down) {
+        std::printf("  monitor: %s is down: %s\n", label(w).c_str(),
+                    multiproc::describe(down.reason).c_str());
+      },
+      caf::after(std::chrono::seconds{5}) >> [&] {
+        std::printf("  monitor: no down message from %s within 5 s\n",
+                    label(w).c_str());
+      });
+    return failed;
+  }
+
+  /// Prints sent/answered per worker.
+  void print_counts() const {
+    for (auto& w : workers)
+      std::printf("  %-16s %3zu tasks sent, %3zu answered%s\n",
+                  label(w).c_str(), w.sent, w.answered,
+                  w.alive ? "" : " (dead)");
+  }
+
+  /// True if every block was answered once with the right hashes.
+  bool verify(const std::vector<block_hash>& expected, uint64_t& got) const {
+    got = checksum(results_);
+    for (size_t i = 0; i < expected.size(); ++i)
+      if (!answered_[i] || results_[i].fnv != expected[i].fnv
+          || results_[i].crc != expected[i].crc)
+        return false;
+    return got == checksum(expected);
+  }
+
+  size_t answered() const {
+    size_t n = 0;
+    for (bool x : answered_)
+      n += x ? 1 : 0;
+    return n;
+  }
+
+private:
+  using handle = decltype(std::declval<caf::scoped_actor&>()->request(
+    caf::actor{}, task_timeout, hash_block{}));
+
+  struct pending {
+    size_t worker;
+    uint32_t id;
+    handle reply;
+  };
+
+  pending send_block(size_t worker, uint32_t id) {
+    auto& w = workers[worker];
+    ++w.sent;
+    return {worker, id,
+            self_->request(w.handle, task_timeout,
+                           hash_block{id, make_block(id)})};
+  }
+
+  std::vector<uint32_t> collect(std::vector<pending>& in_flight) {
+    std::vector<uint32_t> failed;
+    size_t died = 0;
+    std::string why;
+    for (auto& p : in_flight) {
+      auto& w = workers[p.worker];
+      p.reply.receive(
+        [&](const block_hash& x) {
+          ++w.answered;
+          results_[x.id] = x;
+          answered_[x.id] = true;
+        },
+        [&](caf::error& err) {
+          failed.push_back(p.id);
+          if (err == multiproc::errc::worker_died) {
+            w.alive = false;
+            ++died;
+            why = multiproc::describe(err);
+          } else {
+            std::printf("  block %u on %s failed: %s\n", p.id,
+                        label(w).c_str(), multiproc::describe(err).c_str());
+          }
+        });
+    }
+    if (died > 0)
+      std::printf("  %zu task(s) in flight failed with %s\n", died,
+                  why.c_str());
+    return failed;
+  }
+
+  caf::scoped_actor self_;
+  std::vector<block_hash> results_;
+  std::vector<bool> answered_;
+};
+
+std::vector<uint32_t> id_range(size_t first, size_t last) {
+  std::vector<uint32_t> ids;
+  for (auto i = first; i < last; ++i)
+    ids.push_back(static_cast<uint32_t>(i));
+  return ids;
+}
+
+} // namespace demo
+
+int run_demo(const demo_options& opts) {
+  using namespace demo;
+  auto start = std::chrono::steady_clock::now();
+  caf::actor_system_config cfg;
+  caf::actor_system sys{cfg};
+  pipeline pl{sys, opts.tasks};
+
+  // 1. Start the workers.
+  auto method = opts.method.value_or(multiproc::default_start_method());
+  std::printf("starting %zu workers (start method: %s)\n", opts.workers,
+              multiproc::to_string(method));
+  if (method == multiproc::start_method::fork)
+    std::printf("note: this process runs a CAF actor system (threads), so the "
+                "runtime refuses fork; forkserver forks from a "
+                "single-threaded server instead\n");
+  for (size_t i = 0; i < opts.workers; ++i) {
+    multiproc::worker_options wopts;
+    wopts.method = method;
+    wopts.name = "hasher-" + std::to_string(i + 1);
+    auto w = multiproc::spawn_worker(sys, "multiproc.demo.hasher", wopts);
+    if (!w) {
+      std::printf("cannot start %s: %s\n", wopts.name.c_str(),
+                  multiproc::describe(w.error()).c_str());
+      for (auto& x : pl.workers)
+        [[maybe_unused]] auto st = multiproc::stop_worker(x.handle);
+      return 1;
+    }
+    worker_slot slot;
+    slot.handle = *w;
+    slot.info = *multiproc::info_of(*w);
+    std::printf("  %s started (pid %d, %s)\n", slot.info.name.c_str(),
+                static_cast<int>(slot.info.pid),
+                multiproc::to_string(slot.info.method));
+    pl.workers.push_back(std::move(slot));
+  }
+
+  // 2. The expected results, computed here.
+  std::vector<block_hash> expected;
+  for (uint32_t i = 0; i < opts.tasks; ++i)
+    expected.push_back(hash_of(hash_block{i, make_block(i)}));
+
+  // 3. First half of the blocks over all workers.
+  auto half = opts.tasks / 2;
+  std::printf("round 1: %zu blocks of %zu KiB over %zu workers\n", half,
+              block_size / 1024, pl.workers.size());
+  auto retry = pl.round(id_range(0, half));
+  pl.print_counts();
+
+  // 4. The last worker crashes with some blocks queued behind the crash.
+  auto victim = pl.workers.size() - 1;
+  auto queued = id_range(half, half + std::min<size_t>(2, opts.tasks - half));
+  auto lost = pl.crash(victim, queued);
+  retry.insert(retry.end(), lost.begin(), lost.end());
+
+  // 5. The rest, plus whatever was lost, over the survivors.
+  auto rest = id_range(half + queued.size(), opts.tasks);
+  rest.insert(rest.end(), retry.begin(), retry.end());
+  for (int n = 2; !rest.empty() && n <= 4; ++n) {
+    std::printf("round %d: %zu blocks (%zu re-sent) over the survivors\n", n,
+                rest.size(), retry.size());
+    rest = pl.round(rest);
+    retry = rest;
+  }
+  pl.print_counts();
+
+  // 6. Verify against the local computation.
+  uint64_t sum = 0;
+  bool ok = pl.verify(expected, sum);
+  std::printf("checksum 0x%016llx: %s\n", static_cast<unsigned long long>(sum),
+              ok ? "matches the local computation"
+                 : "DOES NOT match the local computation");
+
+  // 7. Stop every worker; the crashed one reports how it ended.
+  std::printf("stopping the workers\n");
+  size_t crashed = 0;
+  for (auto& w : pl.workers) {
+    auto st = multiproc::stop_worker(w.handle);
+    if (st && st->signaled)
+      ++crashed;
+    std::printf("  %s %s\n", label(w).c_str(),
+                st ? st->to_string().c_str()
+                   : multiproc::describe(st.error()).c_str());
+  }
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+              std::chrono::steady_clock::now() - start)
+              .count();
+  if (!ok) {
+    std::printf("demo: FAILED: %zu/%zu tasks answered correctly\n",
+                pl.answered(), opts.tasks);
+    return 1;
+  }
+  std::printf("demo: %zu/%zu tasks answered by %zu workers (%zu crashed on "
+              "purpose), checksum 0x%016llx verified in %lld ms\n",
+              pl.answered(), opts.tasks, pl.workers.size(), crashed,
+              static_cast<unsigned long long>(sum),
+              static_cast<long long>(ms));
+  return 0;
+}

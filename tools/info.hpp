@@ -1,0 +1,6 @@
+#pragma once
+
+// `multiproc info`: start methods, limits, library and protocol versions.
+
+/// Prints the information to stdout; returns the process exit code.
+int run_info();
