@@ -70,12 +70,12 @@ bool has_entry(const std::string& name);
 
 } // namespace multiproc
 
-#define MULTIPROC_PP_CAT_IMPL(a, b) a##b
-#define MULTIPROC_PP_CAT(a, b) MULTIPROC_PP_CAT_IMPL(a, b)
+#define MULTIPROC_ENTRY_CAT_I(a, b) a##b
+#define MULTIPROC_ENTRY_CAT(a, b) MULTIPROC_ENTRY_CAT_I(a, b)
 
 /// Registers an entry function at namespace scope, in one line:
 /// `MULTIPROC_REGISTER_ENTRY("square", square_main);`
 #define MULTIPROC_REGISTER_ENTRY(name, fn)                                     \
-  [[maybe_unused]] static const bool MULTIPROC_PP_CAT(                         \
+  [[maybe_unused]] static const bool MULTIPROC_ENTRY_CAT(                      \
     multiproc_entry_registered_, __COUNTER__)                                  \
     = ::multiproc::register_entry(name, fn)
