@@ -98,7 +98,8 @@ void frame_channel::break_writes(caf::error err) {
   if (!wr_error_)
     wr_error_ = std::move(err);
   pending_.clear();
-  pending_off_ = 0;
+  out_.clear();
+  out_off_ = 0;
   wcv_.notify_all();
 }
 
@@ -120,8 +121,8 @@ caf::error frame_channel::send(const std::string_view* parts, size_t num_parts,
   std::unique_lock<std::mutex> lk{wmu_};
   if (wr_error_)
     return wr_error_;
-  if (mode == send_mode::immediate && !flushing_
-      && pending_off_ == pending_.size() && num_parts < max_iov) {
+  if (mode == send_mode::immediate && !flushing_ && !has_pending_locked()
+      && num_parts < max_iov) {
     // Fast path: write straight from the caller's buffers, no copy.
     flushing_ = true;
     lk.unlock();
@@ -163,12 +164,12 @@ caf::error frame_channel::send(const std::string_view* parts, size_t num_parts,
     if (iovcnt > 0) {
       // The I/O thread could not write everything: queue the rest in front
       // of what other threads queued meanwhile.
-      std::string rest;
+      out_.clear();
+      out_off_ = 0;
       for (int i = 0; i < iovcnt; ++i)
-        rest.append(static_cast<const char*>(iov[i].iov_base), iov[i].iov_len);
-      pending_.insert(pending_off_, rest);
+        out_.append(static_cast<const char*>(iov[i].iov_base), iov[i].iov_len);
     }
-    if (pending_off_ < pending_.size()) {
+    if (has_pending_locked()) {
       if (has_io && !on_io) {
         if (!wake_pending_) {
           wake_pending_ = true;
@@ -195,14 +196,13 @@ caf::error frame_channel::send(const std::string_view* parts, size_t num_parts,
   if (may_block && has_io) {
     // Backpressure: wait while too much output is queued.
     wcv_.wait(lk, [this] {
-      return wr_error_
-             || pending_.size() - pending_off_ <= opts_.send_high_watermark
+      return wr_error_ || pending_bytes_locked() <= opts_.send_high_watermark
              || stopping_.load();
     });
   } else if (may_block && !has_io) {
     // Without an I/O thread, a send returns once its frame is written.
     wcv_.wait(lk, [this] {
-      return wr_error_ || (!flushing_ && pending_off_ == pending_.size());
+      return wr_error_ || (!flushing_ && !has_pending_locked());
     });
   }
   return wr_error_;
@@ -210,17 +210,21 @@ caf::error frame_channel::send(const std::string_view* parts, size_t num_parts,
 
 void frame_channel::flush_locked(std::unique_lock<std::mutex>& lk,
                                  bool may_block) {
+  // The flusher owns out_: what is being written, in order before pending_.
   flushing_ = true;
-  while (pending_off_ < pending_.size() && !wr_error_) {
-    std::string out = std::move(pending_);
-    size_t off = pending_off_;
-    pending_ = std::move(spare_);
-    pending_.clear();
-    pending_off_ = 0;
+  while (!wr_error_) {
+    if (out_off_ == out_.size()) {
+      if (pending_.empty())
+        break;
+      out_.clear();
+      out_.swap(pending_);
+      out_off_ = 0;
+    }
     lk.unlock();
     int err = 0;
-    while (off < out.size()) {
-      iovec iov{out.data() + off, out.size() - off};
+    size_t off = out_off_;
+    while (off < out_.size()) {
+      iovec iov{out_.data() + off, out_.size() - off};
       auto n = write_some(&iov, 1);
       if (n >= 0) {
         off += static_cast<size_t>(n);
@@ -238,6 +242,7 @@ void frame_channel::flush_locked(std::unique_lock<std::mutex>& lk,
       }
     }
     lk.lock();
+    out_off_ = off;
     if (err != 0) {
       flushing_ = false;
       break_writes(err == EPIPE || err == ECONNRESET
@@ -246,17 +251,17 @@ void frame_channel::flush_locked(std::unique_lock<std::mutex>& lk,
                      : make_system_error("sendmsg on channel", err));
       return;
     }
-    if (off < out.size()) {
-      pending_.insert(0, out, off, std::string::npos);
-      break;
+    if (off < out_.size())
+      break; // the socket is full: the I/O thread continues on POLLOUT
+    if (out_.capacity() > (4u << 20)) {
+      out_.clear();
+      out_.shrink_to_fit();
+      out_off_ = 0;
     }
-    out.clear();
-    if (out.capacity() <= (4u << 20))
-      spare_ = std::move(out);
   }
   flushing_ = false;
-  if (pending_off_ < pending_.size() && !on_io_thread()
-      && io_running_.load() && !wake_pending_) {
+  if (has_pending_locked() && !on_io_thread() && io_running_.load()
+      && !wake_pending_) {
     wake_pending_ = true;
     wake();
   }
@@ -265,13 +270,13 @@ void frame_channel::flush_locked(std::unique_lock<std::mutex>& lk,
 
 void frame_channel::flush() {
   std::unique_lock<std::mutex> lk{wmu_};
-  if (!flushing_ && !wr_error_ && pending_off_ < pending_.size())
+  if (!flushing_ && !wr_error_ && has_pending_locked())
     flush_locked(lk, false);
 }
 
 size_t frame_channel::pending_output() const {
   std::lock_guard<std::mutex> guard{wmu_};
-  return pending_.size() - pending_off_;
+  return pending_bytes_locked();
 }
 
 // -- receiving ----------------------------------------------------------------
@@ -441,7 +446,7 @@ void frame_channel::run(frame_handler* handler, int death_fd) {
     bool want_out;
     {
       std::lock_guard<std::mutex> guard{wmu_};
-      want_out = !flushing_ && pending_off_ < pending_.size() && !wr_error_;
+      want_out = !flushing_ && has_pending_locked() && !wr_error_;
     }
     pollfd fds[3];
     fds[0] = pollfd{fd_.get(), static_cast<short>(POLLIN | (want_out ? POLLOUT : 0)), 0};
@@ -499,7 +504,7 @@ void frame_channel::stop(std::chrono::milliseconds linger) {
   if (linger.count() > 0 && fd_) {
     auto deadline = std::chrono::steady_clock::now() + linger;
     std::unique_lock<std::mutex> lk{wmu_};
-    while (!wr_error_ && pending_off_ < pending_.size()
+    while (!wr_error_ && has_pending_locked()
            && std::chrono::steady_clock::now() < deadline) {
       if (!flushing_ && !io_running_.load())
         flush_locked(lk, false);

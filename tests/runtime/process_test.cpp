@@ -326,27 +326,6 @@ TEST(StartProcess, RefusesForkWhenMultithreadedAndNamesTheAlternatives) {
   EXPECT_NE(text.find("spawn"), std::string::npos) << text;
 }
 
-TEST(StartProcess, ForkserverStartsWorkersQuickly) {
-  process_options opts;
-  opts.method = start_method::forkserver;
-  // Warm up, then take the best of a few runs (the machine is shared).
-  auto best = std::chrono::steady_clock::duration::max();
-  for (int i = 0; i < 5; ++i) {
-    auto t0 = std::chrono::steady_clock::now();
-    auto proc = start_process("test.exit_with_code", "0", opts);
-    auto t1 = std::chrono::steady_clock::now();
-    ASSERT_TRUE(proc) << describe(proc.error());
-    best = std::min(best, t1 - t0);
-    auto st = proc->join(10s);
-    ASSERT_TRUE(st) << describe(st.error());
-    EXPECT_TRUE(st->success());
-  }
-  EXPECT_LT(best, 20ms); // generous: sanitizers and a loaded machine
-  std::printf("best forkserver start: %lld us\n",
-              static_cast<long long>(
-                std::chrono::duration_cast<std::chrono::microseconds>(best)
-                  .count()));
-}
 
 // -- one body per start method ---------------------------------------------------------
 

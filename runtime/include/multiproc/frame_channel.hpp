@@ -150,6 +150,12 @@ private:
   // Writes from an iovec array until done, EAGAIN or error.
   ssize_t write_some(::iovec* iov, int iovcnt);
   void break_writes(caf::error err);
+  size_t pending_bytes_locked() const noexcept {
+    return pending_.size() + (out_.size() - out_off_);
+  }
+  bool has_pending_locked() const noexcept {
+    return pending_bytes_locked() != 0;
+  }
   void wake();
   void run(frame_handler* handler, int death_fd);
 
@@ -165,9 +171,9 @@ private:
   // -- send state --
   mutable std::mutex wmu_;
   std::condition_variable wcv_;
-  std::string pending_;
-  size_t pending_off_ = 0;
-  std::string spare_;
+  std::string pending_;     // queued frames, after out_
+  std::string out_;         // being written by the flusher
+  size_t out_off_ = 0;      // bytes of out_ already written
   bool flushing_ = false;
   bool wake_pending_ = false;
   caf::error wr_error_;
