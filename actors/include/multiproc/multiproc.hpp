@@ -1,0 +1,15 @@
+#pragma once
+
+/// The whole multiproc API in one include.
+
+#include "multiproc/bootstrap.hpp"
+#include "multiproc/envelope.hpp"
+#include "multiproc/error.hpp"
+#include "multiproc/function.hpp"
+#include "multiproc/message_registry.hpp"
+#include "multiproc/pipe.hpp"
+#include "multiproc/process.hpp"
+#include "multiproc/start_method.hpp"
+#include "multiproc/worker.hpp"
+
+#include <caf/all.hpp>
