@@ -12,16 +12,18 @@ foreach(var MULTIPROC_BUILD_DIR STAGE_DIR CONSUMER_SOURCE_DIR CONSUMER_BINARY_DI
   endif()
 endforeach()
 
-# Runs a command; on failure prints its output and stops the test.
+# Runs a command; on failure prints its output and stops the test. Leaves its
+# stdout in step_output (stderr, e.g. sanitizer notes, is not compared).
 function(run_step name)
   message(STATUS "[install test] ${name}")
   execute_process(COMMAND ${ARGN}
     RESULT_VARIABLE rc
     OUTPUT_VARIABLE out
-    ERROR_VARIABLE out)
+    ERROR_VARIABLE err)
   if(NOT rc EQUAL 0)
     string(REPLACE ";" " " cmdline "${ARGN}")
-    message(FATAL_ERROR "[install test] ${name} failed (${rc}):\n  ${cmdline}\n${out}")
+    message(FATAL_ERROR "[install test] ${name} failed (${rc}):\n  ${cmdline}\n"
+                        "stdout:\n${out}\nstderr:\n${err}")
   endif()
   set(step_output "${out}" PARENT_SCOPE)
 endfunction()

@@ -29,7 +29,8 @@ public:
   }
 
   void save_binary(const void* data, size_t size) {
-    out_.append(static_cast<const char*>(data), size);
+    if (size != 0)
+      out_.append(static_cast<const char*>(data), size);
   }
 
 private:
@@ -58,6 +59,8 @@ public:
       throw wire_decode_error("needs " + std::to_string(size)
                               + " more bytes, only "
                               + std::to_string(in_.size() - pos_) + " left");
+    if (size == 0)
+      return;
     std::memcpy(data, in_.data() + pos_, size);
     pos_ += size;
   }
