@@ -336,26 +336,37 @@ std::vector<double> fork_first_reply(reporter& out) {
   return result;
 }
 
-void bench_pipe(reporter& out) {
+// `part`: "" for everything, or one of rtt, tput, bw, spawn.
+void bench_pipe(reporter& out, const std::string& part) {
+  auto want = [&](const char* x) { return part.empty() || part == x; };
   // First, while this process is still single-threaded.
-  out.add("cpp_spawn_first_reply_fork", "ms", fork_first_reply(out));
+  if (want("spawn"))
+    out.add("cpp_spawn_first_reply_fork", "ms", fork_first_reply(out));
   caf::actor_system_config cfg;
   caf::actor_system sys{cfg};
-  auto worker = multiproc::spawn_worker(sys, "bench.echo");
-  if (!worker) {
-    out.note("cannot start the bench worker: "
-             + multiproc::describe(worker.error()));
-    return;
+  if (want("rtt") || want("tput") || want("bw")) {
+    auto worker = multiproc::spawn_worker(sys, "bench.echo");
+    if (!worker) {
+      out.note("cannot start the bench worker: "
+               + multiproc::describe(worker.error()));
+      return;
+    }
+    if (want("rtt")) {
+      out.add("cpp_pipe_rtt_p50", "us", actor_rtt(sys, *worker, 20000));
+      out.add("cpp_pipe_sync_rtt_p50", "us", sync_rtt(*worker, 20000));
+    }
+    if (want("tput"))
+      out.add("cpp_pipe_tput_64B", "msg/s", throughput(*worker, 1000000));
+    if (want("bw"))
+      out.add("cpp_pipe_bw_1MiB", "GB/s", bandwidth(*worker, 2000));
+    [[maybe_unused]] auto st = multiproc::stop_worker(*worker);
   }
-  out.add("cpp_pipe_rtt_p50", "us", actor_rtt(sys, *worker, 20000));
-  out.add("cpp_pipe_sync_rtt_p50", "us", sync_rtt(*worker, 20000));
-  out.add("cpp_pipe_tput_64B", "msg/s", throughput(*worker, 1000000));
-  out.add("cpp_pipe_bw_1MiB", "GB/s", bandwidth(*worker, 2000));
-  [[maybe_unused]] auto st = multiproc::stop_worker(*worker);
-  out.add("cpp_spawn_first_reply_forkserver", "ms",
-          spawn_first_reply(sys, multiproc::start_method::forkserver));
-  out.add("cpp_spawn_first_reply_spawn", "ms",
-          spawn_first_reply(sys, multiproc::start_method::spawn));
+  if (want("spawn")) {
+    out.add("cpp_spawn_first_reply_forkserver", "ms",
+            spawn_first_reply(sys, multiproc::start_method::forkserver));
+    out.add("cpp_spawn_first_reply_spawn", "ms",
+            spawn_first_reply(sys, multiproc::start_method::spawn));
+  }
 }
 
 } // namespace
@@ -365,18 +376,21 @@ int run_bench(const std::vector<std::string>& what, bool json) {
   bool any = false;
   for (auto& w : what) {
     if (w == "pipe" || w == "all") {
-      bench_pipe(out);
+      bench_pipe(out, "");
+      any = true;
+    } else if (w.rfind("pipe.", 0) == 0) {
+      bench_pipe(out, w.substr(5));
       any = true;
     } else {
       std::fprintf(stderr,
                    "multiproc bench: unknown benchmark '%s' (known: pipe, "
-                   "all)\n",
+                   "pipe.rtt, pipe.tput, pipe.bw, pipe.spawn, all)\n",
                    w.c_str());
       return 2;
     }
   }
   if (!any)
-    bench_pipe(out);
+    bench_pipe(out, "");
   out.finish();
   return 0;
 }

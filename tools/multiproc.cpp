@@ -48,8 +48,12 @@ int main(int argc, char** argv) {
   std::vector<std::string> what;
   bool json = false;
   auto* bench_cmd = app.add_subcommand("bench", "Run benchmarks");
-  bench_cmd->add_option("what", what, "Benchmark groups: pipe, all")
-    ->check(CLI::IsMember({"pipe", "all"}));
+  bench_cmd
+    ->add_option("what", what,
+                 "Benchmark groups: pipe, all, or one part of pipe: pipe.rtt, "
+                 "pipe.tput, pipe.bw, pipe.spawn")
+    ->check(CLI::IsMember(
+      {"pipe", "all", "pipe.rtt", "pipe.tput", "pipe.bw", "pipe.spawn"}));
   bench_cmd->add_flag("--json", json, "Print one JSON object");
   bench_cmd->callback([&] {
     if (what.empty())

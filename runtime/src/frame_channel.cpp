@@ -20,6 +20,8 @@ namespace {
 constexpr size_t initial_rbuf_size = 64 * 1024;
 constexpr size_t shrink_rbuf_above = 8u << 20;
 constexpr int max_iov = 16;
+constexpr size_t large_frame = 64 * 1024;
+constexpr size_t max_kept_out_capacity = size_t{64} << 20;
 
 uint32_t load_le32(const char* p) noexcept {
   uint32_t x;
@@ -55,6 +57,13 @@ void frame_handler::on_batch_end() {
 frame_channel::frame_channel(unique_fd socket, channel_options opts)
   : fd_(std::move(socket)), opts_(opts) {
   set_nonblocking(fd_.get(), true);
+  if (opts_.socket_buffer_size > 0) {
+    // A larger socket buffer means fewer wake-ups per large message; the
+    // kernel caps it at net.core.wmem_max / rmem_max.
+    int size = static_cast<int>(opts_.socket_buffer_size);
+    ::setsockopt(fd_.get(), SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
+    ::setsockopt(fd_.get(), SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));
+  }
   rbuf_.resize(initial_rbuf_size);
 }
 
@@ -116,7 +125,9 @@ caf::error frame_channel::send(const std::string_view* parts, size_t num_parts,
   bool has_io = io_running_.load(std::memory_order_acquire);
   bool on_io = on_io_thread();
   bool may_block = !on_io;
-  if (mode == send_mode::deferred && !has_io)
+  // Queueing pays off for small frames only: a large frame is written from
+  // the caller's buffer (no copy), like an immediate one.
+  if (mode == send_mode::deferred && (!has_io || total >= large_frame))
     mode = send_mode::immediate;
   std::unique_lock<std::mutex> lk{wmu_};
   if (wr_error_)
@@ -253,7 +264,7 @@ void frame_channel::flush_locked(std::unique_lock<std::mutex>& lk,
     }
     if (off < out_.size())
       break; // the socket is full: the I/O thread continues on POLLOUT
-    if (out_.capacity() > (4u << 20)) {
+    if (out_.capacity() > max_kept_out_capacity) {
       out_.clear();
       out_.shrink_to_fit();
       out_off_ = 0;

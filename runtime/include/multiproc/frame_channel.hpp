@@ -46,6 +46,8 @@ struct channel_options {
   size_t max_frame_size = default_max_frame_size;
   /// Queued output above which senders (other than the I/O thread) wait.
   size_t send_high_watermark = size_t{64} << 20;
+  /// SO_SNDBUF/SO_RCVBUF to request for the socket (0: the kernel's default).
+  size_t socket_buffer_size = size_t{4} << 20;
 };
 
 /// How send() treats a frame.

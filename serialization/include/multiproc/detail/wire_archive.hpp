@@ -7,11 +7,14 @@
 /// than the bytes left is rejected before anything is allocated, so a
 /// malicious length cannot make the decoder allocate gigabytes.
 
+#include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <stdexcept>
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <vector>
 
 #include <cereal/cereal.hpp>
 
@@ -67,6 +70,17 @@ public:
 
   /// Bytes not yet consumed.
   size_t remaining() const noexcept { return in_.size() - pos_; }
+
+  /// Consumes `size` bytes and returns a view of them.
+  std::string_view take(size_t size) {
+    if (size > in_.size() - pos_)
+      throw wire_decode_error("needs " + std::to_string(size)
+                              + " more bytes, only "
+                              + std::to_string(in_.size() - pos_) + " left");
+    auto result = in_.substr(pos_, size);
+    pos_ += size;
+    return result;
+  }
 
 private:
   std::string_view in_;
@@ -125,6 +139,45 @@ template <class T>
 void CEREAL_LOAD_FUNCTION_NAME(wire_input_archive& ar,
                                cereal::BinaryData<T>& x) {
   ar.load_binary(x.data, static_cast<size_t>(x.size));
+}
+
+// -- byte containers: one copy, no zero-fill first ---------------------------
+//
+// Cereal's generic loaders resize (zero-filling) and then copy; for byte
+// buffers these overloads copy once. The encoding is Cereal's: a uint64 size
+// followed by the bytes.
+
+template <class Container>
+void load_bytes(wire_input_archive& ar, Container& out) {
+  uint64_t size = 0;
+  ar.load_binary(&size, sizeof(size));
+  if (size > ar.remaining())
+    throw wire_decode_error("a size prefix of " + std::to_string(size)
+                            + " exceeds the " + std::to_string(ar.remaining())
+                            + " bytes left");
+  auto bytes = ar.take(static_cast<size_t>(size));
+  using value_type = typename Container::value_type;
+  auto* first = reinterpret_cast<const value_type*>(bytes.data());
+  out.assign(first, first + bytes.size());
+}
+
+inline void CEREAL_LOAD_FUNCTION_NAME(wire_input_archive& ar,
+                                      std::vector<char>& x) {
+  load_bytes(ar, x);
+}
+
+inline void CEREAL_LOAD_FUNCTION_NAME(wire_input_archive& ar,
+                                      std::vector<unsigned char>& x) {
+  load_bytes(ar, x);
+}
+
+inline void CEREAL_LOAD_FUNCTION_NAME(wire_input_archive& ar,
+                                      std::vector<signed char>& x) {
+  load_bytes(ar, x);
+}
+
+inline void CEREAL_LOAD_FUNCTION_NAME(wire_input_archive& ar, std::string& x) {
+  load_bytes(ar, x);
 }
 
 } // namespace multiproc::detail
