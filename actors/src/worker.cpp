@@ -196,7 +196,7 @@ private:
   static constexpr uint32_t waiting = 0;
   static constexpr uint32_t sleeping = 1;
   static constexpr uint32_t done = 2;
-  static constexpr int spin_iterations = 20000;
+  static constexpr int spin_iterations = 2000;
   std::atomic<uint32_t> state_{waiting};
 };
 
@@ -849,6 +849,13 @@ private:
   caf::error reason_;
 };
 
+/// The lean configuration of a worker's actor system: one scheduler thread
+/// (the channel's I/O thread runs the worker's handlers anyway).
+void configure_child_system(caf::actor_system_config& cfg) {
+  cfg.set("scheduler.max-threads", size_t{1});
+  cfg.set("scheduler.policy", caf::atom("sharing"));
+}
+
 int worker_entry(child_context& ctx) {
   auto spec = decode<worker_spec>(ctx.args);
   if (!spec) {
@@ -874,6 +881,10 @@ int worker_entry(child_context& ctx) {
   finish_envelope(hello_frame, wire::kind::hello, 0, 0);
   if (ch.send(hello_frame))
     return 0; // the parent is gone already
+  // Build the actor system while the parent checks our hello.
+  caf::actor_system_config cfg;
+  configure_child_system(cfg);
+  caf::actor_system sys{cfg};
   auto frame = ch.receive(std::chrono::milliseconds{30000});
   if (!frame)
     return frame.error() == errc::peer_closed ? 0 : 65;
@@ -891,10 +902,6 @@ int worker_entry(child_context& ctx) {
     return 65; // the parent reports the mismatch
   int code = 0;
   {
-    caf::actor_system_config cfg;
-    cfg.set("scheduler.max-threads", size_t{1});
-    cfg.set("scheduler.policy", caf::atom("sharing"));
-    caf::actor_system sys{cfg};
     auto worker = i->second(sys);
     child_bridge bridge{sys, ch, worker};
     caf::actor_cast<caf::abstract_actor*>(worker)->attach_functor([&bridge](const caf::error& reason) {
