@@ -21,6 +21,8 @@ constexpr size_t initial_rbuf_size = 64 * 1024;
 constexpr size_t shrink_rbuf_above = 8u << 20;
 constexpr int max_iov = 16;
 constexpr size_t large_frame = 64 * 1024;
+constexpr size_t deferred_batch_bytes = 32 * 1024;
+constexpr auto deferred_linger = std::chrono::microseconds{20};
 constexpr size_t max_kept_out_capacity = size_t{64} << 20;
 
 uint32_t load_le32(const char* p) noexcept {
@@ -199,9 +201,14 @@ caf::error frame_channel::send(const std::string_view* parts, size_t num_parts,
   if (!flushing_) {
     if (mode == send_mode::immediate) {
       flush_locked(lk, may_block);
-    } else if (!on_io && !wake_pending_) {
-      wake_pending_ = true;
-      wake();
+    } else if (!on_io) {
+      if (pending_.size() >= deferred_batch_bytes) {
+        // A full batch: the sender writes it itself, no wake-up needed.
+        flush_locked(lk, false);
+      } else if (!wake_pending_) {
+        wake_pending_ = true;
+        wake();
+      }
     }
   }
   if (may_block && has_io) {
@@ -479,6 +486,18 @@ void frame_channel::run(frame_handler* handler, int death_fd) {
       break;
     }
     if ((fds[0].revents & POLLOUT) != 0 || fds[1].revents != 0) {
+      if (fds[1].revents != 0 && (fds[0].revents & POLLOUT) == 0) {
+        // Woken for deferred frames: linger a moment so that a busy sender
+        // fills a batch (one write, one wake-up per batch instead of per
+        // frame). Immediate sends and full batches do not wait for this.
+        bool small;
+        {
+          std::lock_guard<std::mutex> guard{wmu_};
+          small = pending_bytes_locked() < deferred_batch_bytes;
+        }
+        if (small && !stopping_.load())
+          std::this_thread::sleep_for(deferred_linger);
+      }
       std::unique_lock<std::mutex> lk{wmu_};
       wake_pending_ = false;
       if (!flushing_)

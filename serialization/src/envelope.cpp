@@ -157,7 +157,12 @@ caf::expected<caf::message> decode_message(type_id type,
                           + std::to_string(payload.size()) + " payload bytes");
     return caf::message{};
   }
-  auto* entry = message_registry::instance().find(type);
+  // Consecutive messages are mostly of one type: remember the last lookup.
+  thread_local const message_type* last = nullptr;
+  auto* entry = last != nullptr && last->id == type
+                  ? last
+                  : message_registry::instance().find(type);
+  last = entry;
   if (entry == nullptr) {
     char buf[32];
     std::snprintf(buf, sizeof(buf), "%016llx",

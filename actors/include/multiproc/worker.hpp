@@ -138,7 +138,7 @@ caf::actor spawn_guarded(caf::actor_system& sys, caf::behavior (*fn)(Self*),
 template <class R, class T>
 caf::expected<R> request(const caf::actor& worker,
                          std::chrono::milliseconds timeout, const T& msg) {
-  auto id = detail::registered_id(typeid(T));
+  static const auto id = detail::registered_id(typeid(T));
   auto reply = detail::sync_request(worker, timeout, id,
                                     &detail::encode_value<T>, &msg);
   if (!reply)
@@ -157,8 +157,8 @@ caf::expected<R> request(const caf::actor& worker,
 /// Sends `msg` to a worker without waiting (fire-and-forget, batched).
 template <class T>
 caf::error send(const caf::actor& worker, const T& msg) {
-  return detail::async_send(worker, detail::registered_id(typeid(T)),
-                            &detail::encode_value<T>, &msg);
+  static const auto id = detail::registered_id(typeid(T));
+  return detail::async_send(worker, id, &detail::encode_value<T>, &msg);
 }
 
 /// The name of the worker running in this process ("" in the parent).
