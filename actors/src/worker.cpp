@@ -286,8 +286,9 @@ public:
                           + " from its own I/O thread would deadlock; use "
                             "self->request(...).then(...) in handlers");
     auto& buf = frame_buffer();
+    detail::gather_list gather;
     try {
-      encode(value, buf);
+      encode(value, buf, &gather);
     } catch (const std::exception& e) {
       auto* entry = message_registry::instance().find(type);
       return make_error(errc::encode_failed,
@@ -305,7 +306,9 @@ public:
       pending_.emplace(rid, pending_request{nullptr, {}, slot});
     }
     auto deadline = std::chrono::steady_clock::now() + timeout;
-    if (auto err = ch_->send(buf, send_mode::immediate)) {
+    std::string_view parts[2 * detail::gather_list::max_refs + 1];
+    auto num_parts = gather.parts(buf, parts);
+    if (auto err = ch_->send(parts, num_parts, send_mode::immediate)) {
       if (take(rid))
         return err;
     }
@@ -327,14 +330,17 @@ public:
     if (auto err = death_error())
       return err;
     auto& buf = frame_buffer();
+    detail::gather_list gather;
     try {
-      encode(value, buf);
+      encode(value, buf, &gather);
     } catch (const std::exception& e) {
       return make_error(errc::encode_failed,
                         std::string{"cannot encode a message: "} + e.what());
     }
     finish_envelope(buf, wire::kind::async, type, 0);
-    return ch_->send(buf, send_mode::deferred);
+    std::string_view parts[2 * detail::gather_list::max_refs + 1];
+    auto num_parts = gather.parts(buf, parts);
+    return ch_->send(parts, num_parts, send_mode::deferred);
   }
 
   // -- stopping ---------------------------------------------------------------

@@ -323,9 +323,17 @@ bool frame_channel::read_some() {
     if (rend_ == rbuf_.size() || want > rbuf_.size())
       rbuf_.resize(std::max(rbuf_.size() * 2, want));
   }
+  // Read a large frame up to its last byte only, and after a large frame
+  // read just the next header first: the next frame then starts at the front
+  // of the buffer and nothing has to be moved. Small frames are read in as
+  // big chunks as the buffer allows.
+  size_t max_read = rbuf_.size() - rend_;
+  if (want >= large_frame)
+    max_read = std::min(max_read, rpos_ + want - rend_);
+  else if (want == 0 && last_frame_large_)
+    max_read = std::min(max_read, frame_header_size - (rend_ - rpos_));
   for (;;) {
-    auto n = ::recv(fd_.get(), rbuf_.data() + rend_, rbuf_.size() - rend_,
-                    MSG_DONTWAIT);
+    auto n = ::recv(fd_.get(), rbuf_.data() + rend_, max_read, MSG_DONTWAIT);
     if (n > 0) {
       rend_ += static_cast<size_t>(n);
       return true;
@@ -368,6 +376,7 @@ bool frame_channel::next_frame(std::string_view& out) {
   if (rend_ - rpos_ < frame_header_size + len)
     return false;
   out = std::string_view{rbuf_.data() + rpos_ + frame_header_size, len};
+  last_frame_large_ = len >= large_frame;
   rpos_ += frame_header_size + len;
   return true;
 }

@@ -21,12 +21,17 @@ caf::error pipe_end::check_open(bool allowed, const char* what) const {
   return caf::none;
 }
 
-caf::error pipe_end::send_frame(type_id type, std::string& buf) {
+caf::error pipe_end::send_frame(type_id type, std::string& buf,
+                               const detail::gather_list* gather) {
   wire::envelope env;
   env.what = wire::kind::async;
   env.type = type;
   wire::write_envelope(env, buf.data());
-  return ch_->send(buf);
+  if (gather == nullptr)
+    return ch_->send(buf);
+  std::string_view parts[2 * detail::gather_list::max_refs + 1];
+  auto n = gather->parts(buf, parts);
+  return ch_->send(parts, n);
 }
 
 caf::error pipe_end::send_message(const caf::message& msg) {

@@ -107,7 +107,8 @@ caf::expected<exit_status> kill_worker(const caf::actor& worker);
 
 namespace detail {
 
-using encode_fn = void (*)(const void* value, std::string& out);
+using encode_fn = void (*)(const void* value, std::string& out,
+                           gather_list* gather);
 
 /// Sends one value to a worker and waits for the reply (plain code).
 caf::expected<caf::message> sync_request(const caf::actor& worker,
@@ -140,7 +141,7 @@ caf::expected<R> request(const caf::actor& worker,
                          std::chrono::milliseconds timeout, const T& msg) {
   static const auto id = detail::registered_id(typeid(T));
   auto reply = detail::sync_request(worker, timeout, id,
-                                    &detail::encode_value<T>, &msg);
+                                    &detail::encode_value_gather<T>, &msg);
   if (!reply)
     return std::move(reply.error());
   if constexpr (std::is_same<R, caf::message>::value) {
@@ -158,7 +159,7 @@ caf::expected<R> request(const caf::actor& worker,
 template <class T>
 caf::error send(const caf::actor& worker, const T& msg) {
   static const auto id = detail::registered_id(typeid(T));
-  return detail::async_send(worker, id, &detail::encode_value<T>, &msg);
+  return detail::async_send(worker, id, &detail::encode_value_gather<T>, &msg);
 }
 
 /// The name of the worker running in this process ("" in the parent).

@@ -168,6 +168,7 @@ private:
   std::string rbuf_;
   size_t rpos_ = 0;
   size_t rend_ = 0;
+  bool last_frame_large_ = false;
   caf::error rd_error_;
 
   // -- send state --

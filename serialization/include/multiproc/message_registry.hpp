@@ -91,6 +91,14 @@ void encode_value(const void* value, std::string& out) {
   ar(*static_cast<const T*>(value));
 }
 
+/// Like encode_value, but large byte ranges are referenced in `gather`.
+template <class T>
+void encode_value_gather(const void* value, std::string& out,
+                         gather_list* gather) {
+  wire_output_archive ar{out, gather};
+  ar(*static_cast<const T*>(value));
+}
+
 template <class T>
 T decode_value(std::string_view bytes) {
   T value{};

@@ -53,9 +53,14 @@ public:
                           + " is not registered; add MULTIPROC_MESSAGE(T, "
                             "\"name\")");
     std::string buf(wire::envelope_size, '\0');
-    if (auto err = encode(value, buf))
-      return err;
-    return send_frame(entry->id, buf);
+    detail::gather_list gather;
+    try {
+      detail::encode_value_gather<T>(&value, buf, &gather);
+    } catch (const std::exception& e) {
+      return make_error(errc::encode_failed, "cannot encode a value of type '"
+                                               + entry->name + "': " + e.what());
+    }
+    return send_frame(entry->id, buf, &gather);
   }
 
   /// Sends a CAF message holding zero or one registered value.
@@ -96,7 +101,8 @@ public:
 
 private:
   caf::error check_open(bool allowed, const char* what) const;
-  caf::error send_frame(type_id type, std::string& buf);
+  caf::error send_frame(type_id type, std::string& buf,
+                        const detail::gather_list* gather = nullptr);
 
   std::unique_ptr<frame_channel> ch_;
   std::optional<caf::message> stash_;

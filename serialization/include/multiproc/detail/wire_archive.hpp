@@ -20,24 +20,62 @@
 
 namespace multiproc::detail {
 
+/// Large byte ranges that an output archive referenced instead of copying
+/// (scatter-gather): the frame is then written from the value's own memory.
+/// Valid only while the encoded value is alive and unchanged.
+struct gather_list {
+  /// Ranges at least this long are referenced, not copied.
+  static constexpr size_t threshold = 64 * 1024;
+  static constexpr size_t max_refs = 6;
+  struct ref {
+    size_t offset;          // where the range belongs in the encoded bytes
+    std::string_view bytes; // the range itself
+  };
+  ref items[max_refs];
+  size_t size = 0;
+
+  /// Fills `parts` (room for 2 * max_refs + 1) with the encoding in order;
+  /// returns how many parts it used.
+  size_t parts(const std::string& encoded, std::string_view* out) const {
+    size_t n = 0;
+    size_t pos = 0;
+    for (size_t i = 0; i < size; ++i) {
+      out[n++] = std::string_view{encoded}.substr(pos, items[i].offset - pos);
+      out[n++] = items[i].bytes;
+      pos = items[i].offset;
+    }
+    out[n++] = std::string_view{encoded}.substr(pos);
+    return n;
+  }
+};
+
 /// Appends Cereal binary encodings to a std::string.
 class wire_output_archive
   : public cereal::OutputArchive<wire_output_archive,
                                  cereal::AllowEmptyClassElision> {
 public:
-  explicit wire_output_archive(std::string& out)
+  explicit wire_output_archive(std::string& out, gather_list* gather = nullptr)
     : cereal::OutputArchive<wire_output_archive,
                             cereal::AllowEmptyClassElision>(this),
-      out_(out) {
+      out_(out),
+      gather_(gather) {
   }
 
   void save_binary(const void* data, size_t size) {
-    if (size != 0)
-      out_.append(static_cast<const char*>(data), size);
+    if (size == 0)
+      return;
+    if (gather_ != nullptr && size >= gather_list::threshold
+        && gather_->size < gather_list::max_refs) {
+      gather_->items[gather_->size++]
+        = {out_.size(), {static_cast<const char*>(data), size}};
+      return;
+    }
+    out_.append(static_cast<const char*>(data), size);
   }
 
 private:
   std::string& out_;
+  gather_list* gather_;
 };
 
 /// Thrown by wire_input_archive on malformed input; caught in serialization/.
