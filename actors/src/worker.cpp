@@ -145,6 +145,40 @@ std::string encode_error_frame(uint64_t rid, const caf::error& err) {
   return buf;
 }
 
+// -- handshake ----------------------------------------------------------------
+
+/// Sends this process's hello (its registered message types) on `ch`.
+caf::error send_hello(frame_channel& ch, const std::string& name) {
+  std::string frame(wire::envelope_size, '\0');
+  if (auto err = encode(wire::make_hello(name), frame))
+    return err;
+  finish_envelope(frame, wire::kind::hello, 0, 0);
+  return ch.send(frame);
+}
+
+/// Receives the peer's hello, which must be its first frame, and compares
+/// it with ours: fingerprint_mismatch names the types only one side has.
+caf::error receive_hello(frame_channel& ch, std::chrono::milliseconds timeout,
+                         const std::string& my_name,
+                         const std::string& peer_name) {
+  auto frame = ch.receive(timeout);
+  if (!frame)
+    return std::move(frame.error());
+  std::string_view payload;
+  auto env = wire::read_envelope(*frame, payload);
+  if (!env)
+    return std::move(env.error());
+  if (env->what != wire::kind::hello)
+    return make_error(errc::protocol_error,
+                      peer_name + " sent a " + wire::to_string(env->what)
+                        + " frame before its hello");
+  auto theirs = decode<wire::hello>(payload);
+  if (!theirs)
+    return std::move(theirs.error());
+  theirs->name = peer_name;
+  return wire::check_hello(wire::make_hello(my_name), *theirs);
+}
+
 // -- blocking reply slot ------------------------------------------------------
 
 long futex(std::atomic<uint32_t>* addr, int op, uint32_t val,
@@ -635,39 +669,23 @@ caf::expected<caf::actor> spawn_worker(caf::actor_system& sys,
     [[maybe_unused]] auto st = proc->join(std::chrono::milliseconds{5000});
     return err;
   };
-  std::string hello_frame(wire::envelope_size, '\0');
-  if (auto err = encode(wire::make_hello("parent"), hello_frame))
-    return fail(err);
-  finish_envelope(hello_frame, wire::kind::hello, 0, 0);
-  if (auto err = ch->send(hello_frame))
+  if (auto err = send_hello(*ch, "parent"))
     return fail(make_error(errc::spawn_failed,
                            who + " could not be greeted: " + describe(err)));
-  auto frame = ch->receive(opts.start_timeout);
-  if (!frame) {
-    if (frame.error() == errc::timeout)
+  if (auto err = receive_hello(*ch, opts.start_timeout, "the parent", who)) {
+    if (err == errc::timeout)
       return fail(make_error(errc::spawn_failed,
                              who + " was not ready within "
                                + std::to_string(opts.start_timeout.count())
                                + " ms"));
-    auto st = proc->join(std::chrono::milliseconds{5000});
-    return make_error(errc::spawn_failed,
-                      who + " ended before it was ready: "
-                        + (st ? st->to_string() : describe(frame.error())));
-  }
-  std::string_view payload;
-  auto env = wire::read_envelope(*frame, payload);
-  if (!env)
-    return fail(env.error());
-  if (env->what != wire::kind::hello)
-    return fail(make_error(errc::protocol_error,
-                           who + " sent a " + wire::to_string(env->what)
-                             + " frame before its hello"));
-  auto theirs = decode<wire::hello>(payload);
-  if (!theirs)
-    return fail(theirs.error());
-  theirs->name = who;
-  if (auto err = wire::check_hello(wire::make_hello("the parent"), *theirs))
+    if (err == errc::peer_closed || err == errc::truncated_frame) {
+      auto st = proc->join(std::chrono::milliseconds{5000});
+      return make_error(errc::spawn_failed,
+                        who + " ended before it was ready: "
+                          + (st ? st->to_string() : describe(err)));
+    }
     return fail(err);
+  }
   auto bridge = std::make_shared<worker_bridge>(sys, std::move(*proc),
                                                 std::move(ch), opts);
   caf::actor_config cfg;
@@ -881,31 +899,22 @@ int worker_entry(child_context& ctx) {
       name, type_id_of(name), std::type_index{typeid(void)}, 0,
       nullptr, nullptr});
   frame_channel ch{std::move(ctx.channel)};
-  std::string hello_frame(wire::envelope_size, '\0');
-  [[maybe_unused]] auto eerr = encode(wire::make_hello(spec->name),
-                                      hello_frame);
-  finish_envelope(hello_frame, wire::kind::hello, 0, 0);
-  if (ch.send(hello_frame))
+  if (send_hello(ch, spec->name))
     return 0; // the parent is gone already
   // Build the actor system while the parent checks our hello.
   caf::actor_system_config cfg;
   configure_child_system(cfg);
   caf::actor_system sys{cfg};
-  auto frame = ch.receive(std::chrono::milliseconds{30000});
-  if (!frame)
-    return frame.error() == errc::peer_closed ? 0 : 65;
-  std::string_view payload;
-  auto env = wire::read_envelope(*frame, payload);
-  if (!env || env->what != wire::kind::hello) {
-    std::fprintf(stderr, "multiproc: worker %s expected a hello frame\n",
-                 spec->name.c_str());
+  if (auto err = receive_hello(ch, std::chrono::milliseconds{30000},
+                               spec->name, "the parent")) {
+    if (err == errc::peer_closed)
+      return 0;
+    // A mismatch is reported by the parent, which sees it too.
+    if (err != errc::fingerprint_mismatch)
+      std::fprintf(stderr, "multiproc: worker %s: %s\n", spec->name.c_str(),
+                   describe(err).c_str());
     return 65;
   }
-  auto theirs = decode<wire::hello>(payload);
-  if (!theirs)
-    return 65;
-  if (wire::check_hello(wire::make_hello(spec->name), *theirs))
-    return 65; // the parent reports the mismatch
   int code = 0;
   {
     auto worker = i->second(sys);

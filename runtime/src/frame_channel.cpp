@@ -105,6 +105,30 @@ iovec* advance(iovec* iov, int& iovcnt, size_t n) {
 
 } // namespace
 
+int frame_channel::write_iov(iovec*& iov, int& iovcnt, bool may_block) {
+  while (iovcnt > 0) {
+    auto n = write_some(iov, iovcnt);
+    if (n >= 0) {
+      iov = advance(iov, iovcnt, static_cast<size_t>(n));
+      continue;
+    }
+    if (errno != EAGAIN && errno != EWOULDBLOCK)
+      return errno;
+    if (!may_block)
+      return 0;
+    if (poll_one(fd_.get(), POLLOUT, -1) < 0)
+      return errno;
+  }
+  return 0;
+}
+
+caf::error frame_channel::write_error(int err) {
+  return err == EPIPE || err == ECONNRESET
+           ? make_error(errc::peer_closed,
+                        "peer closed the channel while sending")
+           : make_system_error("sendmsg on channel", err);
+}
+
 void frame_channel::break_writes(caf::error err) {
   if (!wr_error_)
     wr_error_ = std::move(err);
@@ -146,33 +170,12 @@ caf::error frame_channel::send(const std::string_view* parts, size_t num_parts,
                              parts[i].size()};
     iovec* iov = storage;
     int iovcnt = static_cast<int>(num_parts) + 1;
-    int err = 0;
-    while (iovcnt > 0) {
-      auto n = write_some(iov, iovcnt);
-      if (n >= 0) {
-        iov = advance(iov, iovcnt, static_cast<size_t>(n));
-        continue;
-      }
-      if (errno != EAGAIN && errno != EWOULDBLOCK) {
-        err = errno;
-        break;
-      }
-      if (!may_block)
-        break;
-      if (poll_one(fd_.get(), POLLOUT, -1) < 0) {
-        err = errno;
-        break;
-      }
-    }
+    int err = write_iov(iov, iovcnt, may_block);
     lk.lock();
     flushing_ = false;
     if (err != 0) {
-      auto e = err == EPIPE || err == ECONNRESET
-                 ? make_error(errc::peer_closed,
-                              "peer closed the channel while sending")
-                 : make_system_error("sendmsg on channel", err);
-      break_writes(e);
-      return e;
+      break_writes(write_error(err));
+      return wr_error_;
     }
     if (iovcnt > 0) {
       // The I/O thread could not write everything: queue the rest in front
@@ -239,34 +242,16 @@ void frame_channel::flush_locked(std::unique_lock<std::mutex>& lk,
       out_off_ = 0;
     }
     lk.unlock();
-    int err = 0;
-    size_t off = out_off_;
-    while (off < out_.size()) {
-      iovec iov{out_.data() + off, out_.size() - off};
-      auto n = write_some(&iov, 1);
-      if (n >= 0) {
-        off += static_cast<size_t>(n);
-        continue;
-      }
-      if (errno != EAGAIN && errno != EWOULDBLOCK) {
-        err = errno;
-        break;
-      }
-      if (!may_block)
-        break;
-      if (poll_one(fd_.get(), POLLOUT, -1) < 0) {
-        err = errno;
-        break;
-      }
-    }
+    iovec one{out_.data() + out_off_, out_.size() - out_off_};
+    iovec* iov = &one;
+    int iovcnt = 1;
+    int err = write_iov(iov, iovcnt, may_block);
+    size_t off = out_.size() - (iovcnt > 0 ? iov->iov_len : 0);
     lk.lock();
     out_off_ = off;
     if (err != 0) {
       flushing_ = false;
-      break_writes(err == EPIPE || err == ECONNRESET
-                     ? make_error(errc::peer_closed,
-                                  "peer closed the channel while sending")
-                     : make_system_error("sendmsg on channel", err));
+      break_writes(write_error(err));
       return;
     }
     if (off < out_.size())

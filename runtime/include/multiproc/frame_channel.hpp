@@ -151,6 +151,10 @@ private:
   void flush_locked(std::unique_lock<std::mutex>& lk, bool may_block);
   // Writes from an iovec array until done, EAGAIN or error.
   ssize_t write_some(::iovec* iov, int iovcnt);
+  // Writes until done, EAGAIN (returns 0 with iovcnt > 0 unless may_block)
+  // or an error (returns errno); advances iov and iovcnt.
+  int write_iov(::iovec*& iov, int& iovcnt, bool may_block);
+  static caf::error write_error(int err);
   void break_writes(caf::error err);
   size_t pending_bytes_locked() const noexcept {
     return pending_.size() + (out_.size() - out_off_);
