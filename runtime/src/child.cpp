@@ -243,13 +243,17 @@ void run_child_if_spawned() {
                  "and 4\n");
     ::_exit(boot_failed_exit_code);
   }
+  boot_and_run_child(start_method::spawn, true);
+}
+
+void boot_and_run_child(start_method method, bool exec_child) {
   auto rec = read_boot_record(child_channel_fd, std::chrono::seconds{30});
   if (!rec) {
     std::fprintf(stderr, "multiproc: child boot failed: %s\n",
                  describe(rec.error()).c_str());
     ::_exit(boot_failed_exit_code);
   }
-  run_child(std::move(*rec), start_method::spawn, true);
+  run_child(std::move(*rec), method, exec_child);
 }
 
 } // namespace multiproc::detail

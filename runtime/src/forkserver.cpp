@@ -129,13 +129,7 @@ struct sigaction saved_sigint, saved_sigquit, saved_sigpipe;
   ::prctl(PR_SET_NAME, saved_comm, 0, 0, 0);
   if (!setup_child_fds(out, err, channel, child_lifeline_fd))
     ::_exit(boot_failed_exit_code);
-  auto rec = read_boot_record(child_channel_fd, std::chrono::seconds{30});
-  if (!rec) {
-    std::fprintf(stderr, "multiproc: child boot failed: %s\n",
-                 describe(rec.error()).c_str());
-    ::_exit(boot_failed_exit_code);
-  }
-  run_child(std::move(*rec), start_method::forkserver, false);
+  boot_and_run_child(start_method::forkserver, false);
 }
 
 /// Serves one request. Returns false if the parent is gone.

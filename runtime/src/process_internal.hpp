@@ -119,6 +119,10 @@ caf::expected<boot_record> read_boot_record(int fd,
 [[noreturn]] void run_child(boot_record rec, start_method method,
                             bool exec_child);
 
+/// Reads the boot record from the channel (fd 3) and runs the child; exits
+/// with boot_failed_exit_code if no valid record arrives.
+[[noreturn]] void boot_and_run_child(start_method method, bool exec_child);
+
 /// Called by bootstrap(): if this process is a spawned child, runs it and
 /// never returns; else returns.
 void run_child_if_spawned();
