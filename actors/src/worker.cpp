@@ -497,6 +497,7 @@ public:
     {
       std::lock_guard<std::mutex> guard{mu_};
       death_error_ = death;
+      dead_.store(true, std::memory_order_release);
       orphans.swap(pending_);
     }
     for (auto& kvp : orphans)
@@ -526,6 +527,8 @@ private:
   }
 
   caf::error death_error() {
+    if (!dead_.load(std::memory_order_acquire))
+      return caf::none;
     std::lock_guard<std::mutex> guard{mu_};
     return death_error_;
   }
@@ -574,6 +577,7 @@ private:
   std::shared_ptr<worker_bridge> keep_alive_;
   std::atomic<uint64_t> next_id_{1};
   std::atomic<bool> shutdown_requested_{false};
+  std::atomic<bool> dead_{false}; // death_error_ is set
   std::mutex mu_;
   std::condition_variable done_cv_;
   std::unordered_map<uint64_t, pending_request> pending_;
@@ -804,18 +808,16 @@ public:
     switch (env->what) {
       case wire::kind::request:
       case wire::kind::async: {
-        auto msg = decode_message(env->type, payload);
-        if (!msg) {
-          ch_.fail(std::move(msg.error()));
-          return;
-        }
         auto mid = env->what == wire::kind::request
                      ? caf::make_message_id(env->request_id
                                             & caf::message_id::request_id_mask)
                      : caf::make_message_id();
-        worker_->enqueue(caf::make_mailbox_element(parent_, mid, {},
-                                                   std::move(*msg)),
-                         &unit_);
+        auto element = decode_mailbox_element(env->type, payload, parent_, mid);
+        if (!element) {
+          ch_.fail(std::move(element.error()));
+          return;
+        }
+        worker_->enqueue(std::move(*element), &unit_);
         return;
       }
       case wire::kind::shutdown:
@@ -897,7 +899,7 @@ int worker_entry(child_context& ctx) {
   for (auto& name : spec->extra_types)
     message_registry::instance().add(message_type{
       name, type_id_of(name), std::type_index{typeid(void)}, 0,
-      nullptr, nullptr});
+      nullptr, nullptr, nullptr});
   frame_channel ch{std::move(ctx.channel)};
   if (send_hello(ch, spec->name))
     return 0; // the parent is gone already

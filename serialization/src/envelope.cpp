@@ -148,6 +148,37 @@ caf::error encode_message(const caf::message& msg, type_id& type,
   }
 }
 
+namespace {
+
+/// Finds the registry entry of a type id; consecutive messages are mostly of
+/// one type, so the last lookup is remembered.
+caf::expected<const message_type*> entry_of(type_id type) {
+  thread_local const message_type* last = nullptr;
+  auto* entry = last != nullptr && last->id == type
+                  ? last
+                  : message_registry::instance().find(type);
+  if (entry == nullptr) {
+    char buf[32];
+    std::snprintf(buf, sizeof(buf), "%016llx",
+                  static_cast<unsigned long long>(type));
+    return make_error(errc::unknown_type,
+                      std::string{"unknown message type id 0x"} + buf);
+  }
+  if (entry->decode == nullptr)
+    return make_error(errc::unknown_type,
+                      "message type '" + entry->name
+                        + "' has no decoder in this process");
+  last = entry;
+  return entry;
+}
+
+caf::error decode_failure(const message_type& entry, const char* what) {
+  return make_error(errc::decode_failed, "payload of type '" + entry.name
+                                           + "' failed to decode: " + what);
+}
+
+} // namespace
+
 caf::expected<caf::message> decode_message(type_id type,
                                            std::string_view payload) {
   if (type == 0) {
@@ -157,25 +188,33 @@ caf::expected<caf::message> decode_message(type_id type,
                           + std::to_string(payload.size()) + " payload bytes");
     return caf::message{};
   }
-  // Consecutive messages are mostly of one type: remember the last lookup.
-  thread_local const message_type* last = nullptr;
-  auto* entry = last != nullptr && last->id == type
-                  ? last
-                  : message_registry::instance().find(type);
-  last = entry;
-  if (entry == nullptr) {
-    char buf[32];
-    std::snprintf(buf, sizeof(buf), "%016llx",
-                  static_cast<unsigned long long>(type));
-    return make_error(errc::unknown_type,
-                      std::string{"unknown message type id 0x"} + buf);
-  }
+  auto entry = entry_of(type);
+  if (!entry)
+    return std::move(entry.error());
   try {
-    return entry->decode(payload);
+    return (*entry)->decode(payload);
   } catch (const std::exception& e) {
-    return make_error(errc::decode_failed, "payload of type '" + entry->name
-                                             + "' failed to decode: "
-                                             + e.what());
+    return decode_failure(**entry, e.what());
+  }
+}
+
+caf::expected<caf::mailbox_element_ptr>
+decode_mailbox_element(type_id type, std::string_view payload,
+                       caf::strong_actor_ptr sender, caf::message_id mid) {
+  if (type == 0) {
+    auto msg = decode_message(type, payload);
+    if (!msg)
+      return std::move(msg.error());
+    return caf::make_mailbox_element(std::move(sender), mid, {},
+                                     std::move(*msg));
+  }
+  auto entry = entry_of(type);
+  if (!entry)
+    return std::move(entry.error());
+  try {
+    return (*entry)->decode_element(payload, std::move(sender), mid);
+  } catch (const std::exception& e) {
+    return decode_failure(**entry, e.what());
   }
 }
 

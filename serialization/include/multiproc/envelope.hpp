@@ -103,6 +103,13 @@ caf::error encode_message(const caf::message& msg, type_id& type,
 caf::expected<caf::message> decode_message(type_id type,
                                            std::string_view payload);
 
+/// Decodes a payload straight into a mailbox element from `sender` with
+/// message id `mid` (one allocation instead of two). Errors as for
+/// decode_message().
+caf::expected<caf::mailbox_element_ptr>
+decode_mailbox_element(type_id type, std::string_view payload,
+                       caf::strong_actor_ptr sender, caf::message_id mid);
+
 /// Encodes an error for a `kind::error` frame.
 std::string encode_error(const caf::error& err);
 

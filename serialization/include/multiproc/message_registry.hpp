@@ -23,6 +23,7 @@
 
 #include <caf/allowed_unsafe_message_type.hpp>
 #include <caf/expected.hpp>
+#include <caf/mailbox_element.hpp>
 #include <caf/make_message.hpp>
 #include <caf/message.hpp>
 #include <caf/type_nr.hpp>
@@ -56,6 +57,11 @@ struct message_type {
   void (*encode)(const void* value, std::string& out);
   /// Decodes a T and wraps it into a caf::message; throws on failure.
   caf::message (*decode)(std::string_view bytes);
+  /// Decodes a T straight into a mailbox element (one allocation); throws
+  /// on failure.
+  caf::mailbox_element_ptr (*decode_element)(std::string_view bytes,
+                                             caf::strong_actor_ptr sender,
+                                             caf::message_id mid);
 };
 
 class message_registry {
@@ -116,10 +122,19 @@ caf::message decode_message(std::string_view bytes) {
 }
 
 template <class T>
+caf::mailbox_element_ptr decode_element(std::string_view bytes,
+                                        caf::strong_actor_ptr sender,
+                                        caf::message_id mid) {
+  return caf::make_mailbox_element(std::move(sender), mid, {},
+                                   decode_value<T>(bytes));
+}
+
+template <class T>
 bool register_message(const char* name) {
   message_registry::instance().add(message_type{
     name, type_id_of(name), std::type_index{typeid(T)},
-    caf::type_nr<T>::value, &encode_value<T>, &decode_message<T>});
+    caf::type_nr<T>::value, &encode_value<T>, &decode_message<T>,
+    &decode_element<T>});
   return true;
 }
 
