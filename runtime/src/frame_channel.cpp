@@ -23,6 +23,7 @@ constexpr int max_iov = 16;
 constexpr size_t large_frame = 64 * 1024;
 constexpr size_t deferred_batch_bytes = 32 * 1024;
 constexpr auto deferred_linger = std::chrono::microseconds{20};
+constexpr long deferred_tick_ns = 200 * 1000;
 constexpr size_t max_kept_out_capacity = size_t{64} << 20;
 
 uint32_t load_le32(const char* p) noexcept {
@@ -205,11 +206,14 @@ caf::error frame_channel::send(const std::string_view* parts, size_t num_parts,
     if (mode == send_mode::immediate) {
       flush_locked(lk, may_block);
     } else if (!on_io) {
+      ++deferred_appends_;
       if (pending_.size() >= deferred_batch_bytes) {
         // A full batch: the sender writes it itself, no wake-up needed.
         flush_locked(lk, false);
-      } else if (!wake_pending_) {
-        wake_pending_ = true;
+      } else if (!watching_) {
+        // The I/O thread watches the queue from now on while frames keep
+        // coming (see run()); one wake-up per burst, not per batch.
+        watching_ = true;
         wake();
       }
     }
@@ -456,20 +460,36 @@ void frame_channel::run(frame_handler* handler, int death_fd) {
   process_frames();
   while (!rd_error_) {
     bool want_out;
+    bool watching;
+    uint64_t appends_seen;
     {
       std::lock_guard<std::mutex> guard{wmu_};
       want_out = !flushing_ && has_pending_locked() && !wr_error_;
+      watching = watching_;
+      appends_seen = deferred_appends_;
     }
     pollfd fds[3];
     fds[0] = pollfd{fd_.get(), static_cast<short>(POLLIN | (want_out ? POLLOUT : 0)), 0};
     fds[1] = pollfd{wake_fd_.get(), POLLIN, 0};
     fds[2] = pollfd{death_fd, POLLIN, 0};
-    int rc = ::poll(fds, death_fd >= 0 ? 3 : 2, -1);
+    // While a sender streams deferred frames, wake up on a short tick to
+    // write partial batches instead of being woken for each of them.
+    timespec tick{0, deferred_tick_ns};
+    int rc = ::ppoll(fds, death_fd >= 0 ? 3 : 2, watching ? &tick : nullptr,
+                     nullptr);
     if (rc < 0) {
       if (errno == EINTR)
         continue;
       rd_error_ = make_system_error("poll on channel", errno);
       break;
+    }
+    if (rc == 0) {
+      std::unique_lock<std::mutex> lk{wmu_};
+      if (deferred_appends_ == appends_seen)
+        watching_ = false; // the burst is over: wait for the next wake-up
+      if (!flushing_ && has_pending_locked())
+        flush_locked(lk, false);
+      continue;
     }
     if (fds[1].revents != 0) {
       uint64_t dummy;

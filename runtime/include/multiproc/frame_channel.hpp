@@ -183,6 +183,8 @@ private:
   size_t out_off_ = 0;      // bytes of out_ already written
   bool flushing_ = false;
   bool wake_pending_ = false;
+  bool watching_ = false;          // the I/O thread ticks while frames come
+  uint64_t deferred_appends_ = 0;  // deferred frames queued so far
   caf::error wr_error_;
 
   // -- I/O thread --
