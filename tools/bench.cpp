@@ -79,7 +79,10 @@ caf::behavior echo(caf::stateful_actor<echo_state>* self) {
         return std::move(x);
       return caf::delegated<payload64>{};
     },
-    [self](const blob& x) { self->state.seen.bytes += x.bytes.size(); },
+    [self](const blob& x) {
+      ++self->state.seen.messages;
+      self->state.seen.bytes += x.bytes.size();
+    },
     [self](const count_query&) { return self->state.seen; },
   };
 }
@@ -251,9 +254,13 @@ caf::expected<bench::counts> counts_of(const caf::actor& worker) {
   return multiproc::request<bench::counts>(worker, 60s, bench::count_query{});
 }
 
-std::vector<double> throughput(const caf::actor& worker, int n) {
+// Sends `msg` n times one-way, then asks the worker what it counted; `rate`
+// turns the counts' difference and the seconds into the metric's value.
+// Every message must have been counted.
+template <class T, class Rate>
+std::vector<double> one_way(const caf::actor& worker, const T& msg, int n,
+                            Rate rate) {
   std::vector<double> result;
-  bench::payload64 msg;
   for (int r = 0; r < reps(); ++r) {
     auto before = counts_of(worker);
     if (!before)
@@ -268,30 +275,26 @@ std::vector<double> throughput(const caf::actor& worker, int n) {
     auto secs = std::chrono::duration<double>(clock_type::now() - t0).count();
     if (!after || after->messages - before->messages != n)
       return {};
-    result.push_back(n / secs);
+    result.push_back(rate(*before, *after, secs));
   }
   return result;
 }
 
+std::vector<double> throughput(const caf::actor& worker, int n) {
+  return one_way(worker, bench::payload64{}, n,
+                 [n](const bench::counts&, const bench::counts&, double secs) {
+                   return n / secs;
+                 });
+}
+
 std::vector<double> bandwidth(const caf::actor& worker, int n) {
-  std::vector<double> result;
   bench::blob msg;
   msg.bytes.assign(size_t{1} << 20, 'b');
-  for (int r = 0; r < reps(); ++r) {
-    auto before = counts_of(worker);
-    if (!before)
-      return {};
-    auto t0 = clock_type::now();
-    for (int i = 0; i < n; ++i)
-      if (multiproc::send(worker, msg))
-        return {};
-    auto after = counts_of(worker);
-    auto secs = std::chrono::duration<double>(clock_type::now() - t0).count();
-    if (!after)
-      return {};
-    result.push_back(double(after->bytes - before->bytes) / secs / 1e9);
-  }
-  return result;
+  return one_way(worker, msg, n,
+                 [](const bench::counts& before, const bench::counts& after,
+                    double secs) {
+                   return double(after.bytes - before.bytes) / secs / 1e9;
+                 });
 }
 
 std::vector<double> spawn_first_reply(caf::actor_system& sys,
