@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <unordered_map>
 
 #include <linux/futex.h>
@@ -29,6 +30,7 @@
 #include <cereal/types/string.hpp>
 #include <cereal/types/vector.hpp>
 
+#include "direct_delivery.hpp"
 #include "inline_unit.hpp"
 #include "multiproc/envelope.hpp"
 
@@ -796,6 +798,7 @@ public:
     caf::actor_config cfg;
     parent_ = caf::make_actor<parent_proxy, caf::strong_actor_ptr>(
       sys.next_actor_id(), sys.node(), &sys, cfg, &ch);
+    delivery_.emplace(worker_, parent_, unit_);
   }
 
   void on_frame(std::string_view body) override {
@@ -812,12 +815,8 @@ public:
                      ? caf::make_message_id(env->request_id
                                             & caf::message_id::request_id_mask)
                      : caf::make_message_id();
-        auto element = decode_mailbox_element(env->type, payload, parent_, mid);
-        if (!element) {
-          ch_.fail(std::move(element.error()));
-          return;
-        }
-        worker_->enqueue(std::move(*element), &unit_);
+        if (auto err = delivery_->deliver(env->type, payload, mid))
+          ch_.fail(std::move(err));
         return;
       }
       case wire::kind::shutdown:
@@ -831,6 +830,7 @@ public:
   }
 
   void on_batch_end() override {
+    delivery_->release();
     unit_.run_jobs();
     ch_.flush();
   }
@@ -868,6 +868,7 @@ private:
   detail::inline_unit unit_;
   caf::actor worker_;
   caf::strong_actor_ptr parent_;
+  std::optional<detail::direct_delivery> delivery_;
   std::mutex mu_;
   std::condition_variable cv_;
   bool done_ = false;
@@ -899,7 +900,7 @@ int worker_entry(child_context& ctx) {
   for (auto& name : spec->extra_types)
     message_registry::instance().add(message_type{
       name, type_id_of(name), std::type_index{typeid(void)}, 0,
-      nullptr, nullptr, nullptr});
+      nullptr, nullptr, nullptr, nullptr});
   frame_channel ch{std::move(ctx.channel)};
   if (send_hello(ch, spec->name))
     return 0; // the parent is gone already

@@ -218,6 +218,30 @@ decode_mailbox_element(type_id type, std::string_view payload,
   }
 }
 
+caf::error redecode_mailbox_element(type_id type, std::string_view payload,
+                                    caf::mailbox_element& element) {
+  if (type == 0) {
+    auto msg = decode_message(type, payload);
+    if (!msg)
+      return std::move(msg.error());
+    return caf::none;
+  }
+  auto entry = entry_of(type);
+  if (!entry)
+    return std::move(entry.error());
+  auto& content = element.content();
+  if ((*entry)->decode_into == nullptr || content.size() != 1)
+    return make_error(errc::unknown_type,
+                      "message type '" + (*entry)->name
+                        + "' cannot be decoded into an existing element");
+  try {
+    (*entry)->decode_into(payload, content.get_mutable(0));
+    return caf::none;
+  } catch (const std::exception& e) {
+    return decode_failure(**entry, e.what());
+  }
+}
+
 std::string encode_error(const caf::error& err) {
   wire::wire_error x;
   x.code = err.code();

@@ -82,6 +82,22 @@ struct counter_state {
   int32_t value = 0;
 };
 
+struct sequence_report {
+  int32_t last = 0;
+  int32_t out_of_order = 0;
+  int32_t awaited = 0;
+  int32_t ticks = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(last, out_of_order, awaited, ticks);
+  }
+};
+
+struct sequencer_state {
+  sequence_report report;
+  caf::actor helper;
+};
+
 } // namespace worker_test
 
 MULTIPROC_MESSAGE(worker_test::square, "worker_test.square")
@@ -92,6 +108,7 @@ MULTIPROC_MESSAGE(worker_test::unencodable, "worker_test.unencodable")
 MULTIPROC_MESSAGE(worker_test::make_unencodable, "worker_test.make_unencodable")
 MULTIPROC_MESSAGE(worker_test::store, "worker_test.store")
 MULTIPROC_MESSAGE(worker_test::fetch, "worker_test.fetch")
+MULTIPROC_MESSAGE(worker_test::sequence_report, "worker_test.sequence_report")
 
 namespace worker_test {
 
@@ -119,10 +136,47 @@ caf::behavior keeper(caf::stateful_actor<counter_state>* self) {
   };
 }
 
+using tick_atom = caf::atom_constant<caf::atom("tick")>;
+
+// Checks that stores arrive in sending order while the worker also gets
+// messages from actors of its own process, and now and then awaits a
+// response from one of them (the parent's messages wait meanwhile).
+caf::behavior sequencer(caf::stateful_actor<sequencer_state>* self) {
+  self->state.helper = self->spawn([](caf::event_based_actor*) -> caf::behavior {
+    return {[](int32_t x) {
+      std::this_thread::sleep_for(std::chrono::milliseconds{1});
+      return x;
+    }};
+  });
+  auto worker = caf::actor_cast<caf::actor>(self);
+  self->spawn([worker](caf::event_based_actor* ticker) -> caf::behavior {
+    ticker->send(ticker, tick_atom::value);
+    return {[=](tick_atom) {
+      ticker->send(worker, tick_atom::value);
+      ticker->delayed_send(ticker, std::chrono::milliseconds{1},
+                           tick_atom::value);
+    }};
+  });
+  return {
+    [self](const store& x) {
+      auto& r = self->state.report;
+      if (x.value != r.last + 1)
+        ++r.out_of_order;
+      r.last = x.value;
+      if (x.value % 500 == 0)
+        self->request(self->state.helper, caf::infinite, x.value)
+          .await([self](int32_t) { ++self->state.report.awaited; });
+    },
+    [self](tick_atom) { ++self->state.report.ticks; },
+    [self](const fetch&) { return self->state.report; },
+  };
+}
+
 } // namespace worker_test
 
 MULTIPROC_WORKER("worker_test.tester", worker_test::tester)
 MULTIPROC_WORKER("worker_test.keeper", worker_test::keeper)
+MULTIPROC_WORKER("worker_test.sequencer", worker_test::sequencer)
 
 using worker_test::square;
 
@@ -331,6 +385,21 @@ TEST_P(WorkerTest, DeliversFireAndForgetMessagesInOrder) {
   auto y = request<int32_t>(worker, 10s, worker_test::fetch{});
   ASSERT_TRUE(y) << describe(y.error());
   EXPECT_EQ(*y, 10000);
+}
+
+TEST_P(WorkerTest, KeepsTheParentsOrderAmidLocalMessagesAndAwaits) {
+  auto worker = spawn("worker_test.sequencer");
+  ASSERT_TRUE(worker);
+  constexpr int32_t n = 20000;
+  for (int32_t i = 1; i <= n; ++i)
+    ASSERT_FALSE(send(worker, worker_test::store{i}));
+  auto r = request<worker_test::sequence_report>(worker, 30s,
+                                                 worker_test::fetch{});
+  ASSERT_TRUE(r) << describe(r.error());
+  EXPECT_EQ(r->last, n);
+  EXPECT_EQ(r->out_of_order, 0);
+  EXPECT_EQ(r->awaited, n / 500);
+  EXPECT_GT(r->ticks, 0);
 }
 
 TEST_P(WorkerTest, StopsCleanlyOnRequest) {

@@ -110,6 +110,13 @@ caf::expected<caf::mailbox_element_ptr>
 decode_mailbox_element(type_id type, std::string_view payload,
                        caf::strong_actor_ptr sender, caf::message_id mid);
 
+/// Decodes a payload of type `type` into `element`, an element that
+/// decode_mailbox_element() made for the same type, replacing its value:
+/// a receiver that reuses its elements allocates nothing per message.
+/// Errors as for decode_message(); on error the element stays valid.
+caf::error redecode_mailbox_element(type_id type, std::string_view payload,
+                                    caf::mailbox_element& element);
+
 /// Encodes an error for a `kind::error` frame.
 std::string encode_error(const caf::error& err);
 

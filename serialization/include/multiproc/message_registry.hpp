@@ -62,6 +62,9 @@ struct message_type {
   caf::mailbox_element_ptr (*decode_element)(std::string_view bytes,
                                              caf::strong_actor_ptr sender,
                                              caf::message_id mid);
+  /// Decodes a T into an existing T at `value` (replacing it); throws on
+  /// failure, leaving `*value` valid.
+  void (*decode_into)(std::string_view bytes, void* value);
 };
 
 class message_registry {
@@ -130,11 +133,16 @@ caf::mailbox_element_ptr decode_element(std::string_view bytes,
 }
 
 template <class T>
+void decode_into(std::string_view bytes, void* value) {
+  *static_cast<T*>(value) = decode_value<T>(bytes);
+}
+
+template <class T>
 bool register_message(const char* name) {
   message_registry::instance().add(message_type{
     name, type_id_of(name), std::type_index{typeid(T)},
     caf::type_nr<T>::value, &encode_value<T>, &decode_message<T>,
-    &decode_element<T>});
+    &decode_element<T>, &decode_into<T>});
   return true;
 }
 
