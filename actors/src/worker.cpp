@@ -242,6 +242,8 @@ struct pending_request {
   caf::strong_actor_ptr target; // receives the response (actor requests)
   caf::message_id mid;
   std::shared_ptr<sync_slot> slot; // or: a blocked caller
+  detail::reply_sink* sink = nullptr; // or: a sink (the pool), with its tag
+  uint64_t tag = 0;
 };
 
 class worker_proxy;
@@ -361,6 +363,37 @@ public:
     return std::move(slot->reply_);
   }
 
+  caf::error send_encoded_request(type_id type, std::string_view payload,
+                                  detail::reply_sink* sink, uint64_t tag,
+                                  bool immediate) {
+    auto rid = next_id();
+    {
+      std::lock_guard<std::mutex> guard{mu_};
+      if (death_error_)
+        return death_error_;
+      pending_request entry;
+      entry.sink = sink;
+      entry.tag = tag;
+      pending_.emplace(rid, std::move(entry));
+    }
+    char env[wire::envelope_size];
+    wire::envelope e;
+    e.what = wire::kind::request;
+    e.type = type;
+    e.request_id = rid;
+    wire::write_envelope(e, env);
+    std::string_view parts[2] = {{env, sizeof(env)}, payload};
+    auto err = ch_->send(parts, 2, immediate ? send_mode::immediate
+                                             : send_mode::deferred);
+    if (err && !take(rid))
+      return caf::none; // the death path has answered the sink already
+    return err;
+  }
+
+  caf::error signal(int sig) {
+    return proc_.signal(sig);
+  }
+
   caf::error async_send(type_id type, detail::encode_fn encode,
                         const void* value) {
     if (auto err = death_error())
@@ -440,11 +473,11 @@ public:
         caf::message reply;
         caf::error err;
         if (env->what == wire::kind::response) {
+          // A reply that fails to decode fails its request only: the frame
+          // boundary is intact, so the channel goes on.
           auto msg = decode_message(env->type, payload);
           if (!msg) {
-            err = msg.error();
-            deliver(*entry, {}, err);
-            ch_->fail(std::move(err));
+            deliver(*entry, {}, msg.error());
             return;
           }
           reply = std::move(*msg);
@@ -486,6 +519,8 @@ public:
       kill_child();
       st = proc_.join(std::chrono::milliseconds{5000});
     }
+    if (opts_.on_exit)
+      opts_.on_exit(st);
     caf::error death;
     std::string how = st ? st->to_string() : describe(st.error());
     if (clean_eof)
@@ -555,6 +590,10 @@ private:
   }
 
   void deliver(pending_request& entry, caf::message reply, caf::error err) {
+    if (entry.sink) {
+      entry.sink->on_reply(entry.tag, std::move(reply), std::move(err));
+      return;
+    }
     if (entry.slot) {
       entry.slot->fulfill(std::move(reply), std::move(err));
       return;
@@ -732,6 +771,20 @@ caf::expected<caf::message> sync_request(const caf::actor& worker,
   return not_a_worker();
 }
 
+caf::error send_encoded_request(const caf::actor& worker, type_id type,
+                                std::string_view payload, reply_sink* sink,
+                                uint64_t tag, bool immediate) {
+  if (auto* b = bridge_of(worker))
+    return b->send_encoded_request(type, payload, sink, tag, immediate);
+  return not_a_worker();
+}
+
+caf::error signal_worker(const caf::actor& worker, int sig) {
+  if (auto* b = bridge_of(worker))
+    return b->signal(sig);
+  return not_a_worker();
+}
+
 caf::error async_send(const caf::actor& worker, type_id type, encode_fn encode,
                       const void* value) {
   if (type == 0)
@@ -815,8 +868,16 @@ public:
                      ? caf::make_message_id(env->request_id
                                             & caf::message_id::request_id_mask)
                      : caf::make_message_id();
-        if (auto err = delivery_->deliver(env->type, payload, mid))
-          ch_.fail(std::move(err));
+        if (auto err = delivery_->deliver(env->type, payload, mid)) {
+          // The frame boundary is intact: a request that cannot be decoded
+          // fails alone; a message nobody waits for breaks the channel.
+          if (env->what == wire::kind::request) {
+            auto buf = encode_error_frame(env->request_id, err);
+            [[maybe_unused]] auto e2 = ch_.send(buf, send_mode::deferred);
+          } else {
+            ch_.fail(std::move(err));
+          }
+        }
         return;
       }
       case wire::kind::shutdown:

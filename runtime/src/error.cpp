@@ -30,6 +30,9 @@ const char* to_string(errc x) noexcept {
     case errc::worker_exception: return "worker_exception";
     case errc::timeout: return "timeout";
     case errc::closed: return "closed";
+    case errc::full: return "full";
+    case errc::task_quarantined: return "task_quarantined";
+    case errc::pool_broken: return "pool_broken";
   }
   return "unknown_errc";
 }

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cxxabi.h>
+#include <memory>
 #include <map>
 #include <unordered_map>
 
@@ -126,5 +128,14 @@ const bool builtins_registered = [] {
 }();
 
 } // namespace
+
+std::string type_name_of(const std::type_info& type) {
+  if (auto* entry = message_registry::instance().find(type))
+    return "'" + entry->name + "'";
+  int status = 0;
+  std::unique_ptr<char, void (*)(void*)> name{
+    abi::__cxa_demangle(type.name(), nullptr, nullptr, &status), std::free};
+  return status == 0 && name ? name.get() : type.name();
+}
 
 } // namespace multiproc

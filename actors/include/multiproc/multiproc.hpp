@@ -8,6 +8,7 @@
 #include "multiproc/function.hpp"
 #include "multiproc/message_registry.hpp"
 #include "multiproc/pipe.hpp"
+#include "multiproc/pool.hpp"
 #include "multiproc/process.hpp"
 #include "multiproc/start_method.hpp"
 #include "multiproc/worker.hpp"

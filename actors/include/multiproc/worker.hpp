@@ -69,6 +69,10 @@ struct worker_options {
   /// Test hook: message type names the child registers in addition to this
   /// program's, to provoke a fingerprint mismatch.
   std::vector<std::string> extra_child_types;
+  /// Called once when the child has ended (its exit status, or why it is
+  /// unknown), before requests in flight to it fail. Runs on the worker's
+  /// I/O thread: must not block or stop/kill workers.
+  std::function<void(const caf::expected<exit_status>&)> on_exit;
 };
 
 /// Identity of a worker process, as seen from the parent.
@@ -122,6 +126,26 @@ caf::error async_send(const caf::actor& worker, type_id type, encode_fn encode,
 
 type_id registered_id(const std::type_info& type);
 
+/// Receives the outcome of requests sent with send_encoded_request(): the
+/// reply, or the error (the handler's, or worker_died when the child ended
+/// first). Called on the worker's I/O thread, exactly once per request.
+class reply_sink {
+public:
+  virtual ~reply_sink() = default;
+  virtual void on_reply(uint64_t tag, caf::message reply, caf::error err) = 0;
+};
+
+/// Sends a request whose payload (a value of type `type`) is encoded
+/// already; its outcome reaches `sink` with `tag`. `immediate` writes at
+/// once (latency) instead of batching with other frames (throughput).
+/// Returns an error, and calls nothing, if the request cannot be sent.
+caf::error send_encoded_request(const caf::actor& worker, type_id type,
+                                std::string_view payload, reply_sink* sink,
+                                uint64_t tag, bool immediate);
+
+/// Sends signal `sig` to the worker's process (does not wait).
+caf::error signal_worker(const caf::actor& worker, int sig);
+
 template <class Self>
 caf::actor spawn_guarded(caf::actor_system& sys, caf::behavior (*fn)(Self*),
                          const char* name) {
@@ -150,7 +174,7 @@ caf::expected<R> request(const caf::actor& worker,
     if (reply->template match_elements<R>())
       return reply->template get_as<R>(0);
     return make_error(errc::type_mismatch,
-                      "expected a reply of type " + std::string{typeid(R).name()}
+                      "expected a reply of type " + type_name_of<R>()
                         + ", got " + caf::to_string(*reply));
   }
 }

@@ -37,6 +37,9 @@ enum class errc : uint8_t {
   worker_exception,     ///< a worker's handler threw; text has type and what()
   timeout,              ///< a call did not complete within its timeout
   closed,               ///< the object was closed by its owner
+  full,                 ///< a bounded queue is full and the caller chose not to wait
+  task_quarantined,     ///< a task killed its worker on every attempt
+  pool_broken,          ///< a pool cannot start workers (e.g. its initializer fails)
 };
 
 } // namespace multiproc

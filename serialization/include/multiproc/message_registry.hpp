@@ -148,6 +148,15 @@ bool register_message(const char* name) {
 
 } // namespace detail
 
+/// A readable name of T for error texts: its registered name if it has
+/// one, else its demangled C++ name.
+std::string type_name_of(const std::type_info& type);
+
+template <class T>
+std::string type_name_of() {
+  return type_name_of(typeid(T));
+}
+
 /// Encodes a registered value into `out` (appending). Fails with
 /// encode_failed naming the type and Cereal's reason.
 template <class T>

@@ -1,0 +1,481 @@
+#pragma once
+
+/// A pool of worker processes with a crash-safe task ledger.
+///
+/// The pool runs N child processes of one registered worker actor
+/// (MULTIPROC_WORKER) and spreads tasks over them, several in flight per
+/// worker. A task is a registered message; its result is the worker's typed
+/// reply:
+///
+///     auto p = multiproc::pool::start(sys, "squarer", {.workers = 4});
+///     auto f = p->submit<int32_t>(square{7});        // std::future
+///     auto ys = p->map<int32_t>(std::vector<square>{...});
+///
+/// The ledger knows which worker holds which task. When a worker dies, it is
+/// replaced and its tasks are dispatched again (at_least_once, at most
+/// max_attempts runs of a task that kills its worker) or failed on their own
+/// (at_most_once). A task that killed its worker on every attempt is
+/// quarantined: its result is errc::task_quarantined naming the task, the
+/// exit statuses and the dead worker's last stderr lines. Every result is
+/// delivered exactly once; nothing waits forever unless the caller asked.
+/// docs/pool.md has the guarantees and every option.
+///
+/// Thread safety: all member functions may be called from any thread, but
+/// not from a handler running on a worker's I/O thread (the pool's own
+/// callbacks). A pool is movable, not copyable.
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <future>
+#include <memory>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <caf/actor.hpp>
+#include <caf/actor_system.hpp>
+#include <caf/error.hpp>
+#include <caf/expected.hpp>
+#include <caf/message.hpp>
+
+#include "multiproc/error.hpp"
+#include "multiproc/message_registry.hpp"
+#include "multiproc/output.hpp"
+#include "multiproc/start_method.hpp"
+#include "multiproc/worker.hpp"
+
+namespace multiproc {
+
+/// What happens to the tasks of a worker that died.
+enum class delivery {
+  /// Run again on another worker (the task that was running when the worker
+  /// died is charged one attempt; tasks queued behind it are not).
+  at_least_once,
+  /// Fail with errc::worker_died; a task never runs twice.
+  at_most_once,
+};
+
+/// What submit() does when max_pending tasks are queued or in flight.
+enum class when_full {
+  block, ///< wait for room
+  fail,  ///< return errc::full at once
+};
+
+/// Options of pool::start(); one comment per field.
+struct pool_options {
+  /// Number of worker processes; 0: the number of cores.
+  size_t workers = 0;
+  /// How to start the children; empty: default_start_method().
+  std::optional<start_method> method;
+  /// The workers' names are "<name>-<i>"; empty: the worker entry name.
+  std::string name;
+  /// What happens to the tasks of a worker that died.
+  delivery guarantee = delivery::at_least_once;
+  /// Runs of one task that may end in its worker's death (at_least_once).
+  int max_attempts = 3;
+  /// Bound on tasks queued plus in flight (backpressure).
+  size_t max_pending = 100000;
+  /// What submit() does at the bound.
+  when_full on_full = when_full::block;
+  /// Tasks in flight per worker; more hides the round trip, fewer limits
+  /// what a dying worker takes with it. 0: 64.
+  size_t window = 0;
+  /// Deadline of each task, from its dispatch; 0: none. A task past its
+  /// deadline fails with errc::timeout and its worker is stopped (SIGTERM,
+  /// kill_grace, SIGKILL) and replaced.
+  std::chrono::milliseconds task_timeout{0};
+  /// How long a worker stopped for a deadline may take to exit after SIGTERM.
+  std::chrono::milliseconds kill_grace{200};
+  /// Retry a task that ran past its deadline (counts as an attempt).
+  bool retry_timeouts = false;
+  /// A worker is replaced after this many tasks; 0: never.
+  size_t max_tasks_per_child = 0;
+  /// Sent to each new worker, as a request, before any task; a worker whose
+  /// initializer fails (error reply, exception, death) is replaced. Set with
+  /// set_initializer().
+  std::optional<std::pair<type_id, std::string>> initializer;
+  /// The pool gives up (errc::pool_broken for every pending and later task)
+  /// after this many workers in a row failed to start or initialize.
+  int max_start_failures = 3;
+  /// Where the workers' output lines go; empty: the parent's stderr.
+  output_sink sink;
+  /// Lines of a dead worker's stderr quoted in a quarantine error.
+  size_t stderr_tail = 5;
+  /// How long starting one worker may take.
+  std::chrono::milliseconds start_timeout{10000};
+
+  /// Sets the initializer message (a registered type).
+  template <class T>
+  caf::error set_initializer(const T& msg) {
+    std::string bytes;
+    if (auto err = encode(msg, bytes))
+      return err;
+    initializer.emplace(detail::registered_id(typeid(T)), std::move(bytes));
+    return caf::none;
+  }
+};
+
+/// Counters of a pool's life so far.
+struct pool_stats {
+  uint64_t submitted = 0;   ///< tasks accepted
+  uint64_t succeeded = 0;   ///< tasks that got a reply
+  uint64_t failed = 0;      ///< tasks that ended in an error (any)
+  uint64_t quarantined = 0; ///< of those: quarantined
+  uint64_t redispatched = 0; ///< dispatches after a worker's death
+  uint64_t workers_started = 0;
+  uint64_t workers_died = 0; ///< unexpectedly, or stopped for a deadline
+};
+
+/// Per-call options of pool::submit().
+struct task_options {
+  /// Overrides pool_options::task_timeout for this task (0: the pool's).
+  std::chrono::milliseconds timeout{0};
+  /// Overrides pool_options::on_full for this call.
+  std::optional<when_full> on_full;
+};
+
+namespace detail {
+
+class pool_core;
+
+/// Receives the results of a group of tasks (one submit, one map, ...).
+/// complete() is called exactly once per task, from any thread.
+class task_group {
+public:
+  virtual ~task_group() = default;
+  virtual void complete(size_t index, caf::message reply, caf::error err) = 0;
+};
+
+/// Converts a reply to R, or explains why it is not one.
+template <class R>
+caf::expected<R> reply_as(caf::message reply, caf::error err) {
+  if (err)
+    return err;
+  if constexpr (std::is_same<R, caf::message>::value) {
+    return reply;
+  } else {
+    if (reply.template match_elements<R>())
+      return std::move(reply.template get_mutable_as<R>(0));
+    return make_error(errc::type_mismatch,
+                      "expected a result of type " + type_name_of<R>()
+                        + ", got " + caf::to_string(reply));
+  }
+}
+
+/// A group with one task: fulfills a promise.
+template <class R>
+class promise_group : public task_group {
+public:
+  std::future<caf::expected<R>> future() {
+    return promise_.get_future();
+  }
+  void complete(size_t, caf::message reply, caf::error err) override {
+    promise_.set_value(reply_as<R>(std::move(reply), std::move(err)));
+  }
+
+private:
+  std::promise<caf::expected<R>> promise_;
+};
+
+/// A group of n tasks whose results are kept by index until taken.
+class collect_group : public task_group {
+public:
+  explicit collect_group(size_t n);
+  void complete(size_t index, caf::message reply, caf::error err) override;
+  /// Waits until result `index` is there (false: `deadline` passed).
+  bool wait_for(size_t index, std::chrono::steady_clock::time_point deadline);
+  /// Waits until any untaken result is there; returns its index, or nullopt
+  /// when `deadline` passed or every result was taken.
+  std::optional<size_t> wait_any(std::chrono::steady_clock::time_point deadline);
+  /// Waits until all results are there.
+  void wait_all();
+  /// Takes result `index` (which must be there).
+  std::pair<caf::message, caf::error> take(size_t index);
+  /// Adds room for more tasks (imap grows as it reads its input).
+  void grow(size_t n);
+
+private:
+  struct impl;
+  std::shared_ptr<impl> impl_;
+};
+
+/// Encoded input of one task.
+struct encoded_task {
+  type_id type = 0;
+  std::string payload;
+  caf::error error; // set if encoding failed: the task fails at once
+};
+
+template <class T>
+encoded_task encode_task(const T& msg) {
+  static const auto id = registered_id(typeid(T));
+  encoded_task t;
+  t.type = id;
+  if (id == 0)
+    t.error = make_error(errc::unknown_type,
+                         "task type " + type_name_of<T>()
+                           + " is not registered; add MULTIPROC_MESSAGE");
+  else
+    t.error = encode(msg, t.payload);
+  return t;
+}
+
+} // namespace detail
+
+/// A lazily filled stream of results (pool::imap, pool::imap_unordered).
+/// Reads its input only as the window frees up.
+template <class R>
+class result_stream {
+public:
+  /// The next result, or nullopt at the end of the input. Waits at most
+  /// `timeout` for it (a result then holds errc::timeout; the stream goes on).
+  std::optional<caf::expected<R>> next(
+    std::chrono::milliseconds timeout = std::chrono::milliseconds::max());
+
+  /// The input index of the result last returned by next().
+  size_t last_index() const noexcept {
+    return last_;
+  }
+
+private:
+  friend class pool;
+  std::function<std::optional<detail::encoded_task>()> input_;
+  std::shared_ptr<detail::pool_core> core_;
+  std::shared_ptr<detail::collect_group> group_;
+  size_t window_ = 0;
+  size_t fed_ = 0;
+  size_t taken_ = 0;
+  size_t last_ = 0;
+  bool ordered_ = true;
+  bool input_done_ = false;
+  void top_up();
+};
+
+class pool {
+public:
+  /// Starts the workers (all of them, before returning). Errors:
+  /// invalid_argument, unknown_entry, spawn_failed, pool_broken, and those
+  /// of spawn_worker().
+  static caf::expected<pool> start(caf::actor_system& sys,
+                                   const std::string& entry,
+                                   pool_options opts = {});
+
+  pool(pool&&) noexcept;
+  pool& operator=(pool&&) noexcept;
+  pool(const pool&) = delete;
+  pool& operator=(const pool&) = delete;
+
+  /// terminate() unless close() finished: pending tasks fail, children are
+  /// killed and reaped. Never blocks for long.
+  ~pool();
+
+  /// Queues one task; the future holds the typed result or the error.
+  /// Fails at once (in the future) with errc::full, errc::closed,
+  /// errc::unknown_type or errc::encode_failed.
+  template <class R, class T>
+  std::future<caf::expected<R>> submit(const T& task, task_options opts = {}) {
+    auto group = std::make_shared<detail::promise_group<R>>();
+    auto result = group->future();
+    submit_encoded(detail::encode_task(task), group, 0, opts);
+    return result;
+  }
+
+  /// Runs one task and waits for its result (at most `timeout`).
+  template <class R, class T>
+  caf::expected<R> apply(const T& task, std::chrono::milliseconds timeout
+                                        = std::chrono::milliseconds::max()) {
+    auto f = submit<R>(task);
+    if (timeout != std::chrono::milliseconds::max()
+        && f.wait_for(timeout) != std::future_status::ready)
+      return make_error(errc::timeout, "the task did not finish within "
+                                         + std::to_string(timeout.count())
+                                         + " ms");
+    return f.get();
+  }
+
+  /// Runs every task; results in input order. `chunksize` tasks go to a
+  /// worker in one dispatch (0: about n / (4 × workers), as Python does).
+  template <class R, class T>
+  std::vector<caf::expected<R>> map(const std::vector<T>& tasks,
+                                    size_t chunksize = 0) {
+    auto group = std::make_shared<detail::collect_group>(tasks.size());
+    std::vector<detail::encoded_task> encoded;
+    encoded.reserve(tasks.size());
+    for (auto& t : tasks)
+      encoded.push_back(detail::encode_task(t));
+    submit_many(std::move(encoded), group, chunksize);
+    group->wait_all();
+    std::vector<caf::expected<R>> out;
+    out.reserve(tasks.size());
+    for (size_t i = 0; i < tasks.size(); ++i) {
+      auto [reply, err] = group->take(i);
+      out.push_back(detail::reply_as<R>(std::move(reply), std::move(err)));
+    }
+    return out;
+  }
+
+  /// map() for tasks built from argument tuples: task i is Msg{args_i...}.
+  template <class R, class Msg, class... Args>
+  std::vector<caf::expected<R>>
+  starmap(const std::vector<std::tuple<Args...>>& args, size_t chunksize = 0) {
+    std::vector<Msg> tasks;
+    tasks.reserve(args.size());
+    for (auto& a : args)
+      tasks.push_back(std::apply(
+        [](const auto&... xs) { return Msg{xs...}; }, a));
+    return map<R>(tasks, chunksize);
+  }
+
+  /// Results in input order, lazily: at most `window` tasks (0: 2 × the
+  /// pool's capacity in flight) are submitted ahead of the reader.
+  /// `next()` yields the next input or nullopt at its end.
+  template <class R, class T>
+  result_stream<R> imap(std::function<std::optional<T>()> next,
+                        size_t window = 0) {
+    return make_stream<R, T>(std::move(next), window, true);
+  }
+
+  /// Like imap(), but results as they complete (last_index() tells which).
+  template <class R, class T>
+  result_stream<R> imap_unordered(std::function<std::optional<T>()> next,
+                                  size_t window = 0) {
+    return make_stream<R, T>(std::move(next), window, false);
+  }
+
+  /// Convenience: imap over a vector (read lazily by index).
+  template <class R, class T>
+  result_stream<R> imap(const std::vector<T>& tasks, size_t window = 0) {
+    return imap<R, T>(vector_reader(tasks), window);
+  }
+
+  template <class R, class T>
+  result_stream<R> imap_unordered(const std::vector<T>& tasks,
+                                  size_t window = 0) {
+    return imap_unordered<R, T>(vector_reader(tasks), window);
+  }
+
+  /// Accepts no more tasks, finishes the queued ones, then stops the
+  /// workers. Waits at most `timeout` (errc::timeout then; the pool keeps
+  /// finishing in the background and the destructor terminates it).
+  caf::error close(std::chrono::milliseconds timeout
+                   = std::chrono::milliseconds::max());
+
+  /// Stops at once: queued and in-flight tasks fail with errc::closed
+  /// ("terminated"), workers are killed and reaped.
+  void terminate();
+
+  /// A CAF actor that runs each request it gets as a task and replies with
+  /// its result: use it with self->request(pool.handle(), ...).
+  caf::actor handle() const;
+
+  /// The live workers.
+  std::vector<worker_info> workers() const;
+
+  /// Number of workers the pool keeps.
+  size_t size() const noexcept;
+
+  pool_stats stats() const;
+
+private:
+  explicit pool(std::shared_ptr<detail::pool_core> core);
+
+  void submit_encoded(detail::encoded_task task,
+                      std::shared_ptr<detail::task_group> group, size_t index,
+                      const task_options& opts);
+  void submit_many(std::vector<detail::encoded_task> tasks,
+                   std::shared_ptr<detail::task_group> group,
+                   size_t chunksize);
+  size_t default_window() const noexcept;
+
+  template <class T>
+  static std::function<std::optional<T>()> vector_reader(
+    const std::vector<T>& tasks) {
+    return [&tasks, i = size_t{0}]() mutable -> std::optional<T> {
+      if (i == tasks.size())
+        return std::nullopt;
+      return tasks[i++];
+    };
+  }
+
+  template <class R, class T>
+  result_stream<R> make_stream(std::function<std::optional<T>()> next,
+                               size_t window, bool ordered) {
+    result_stream<R> s;
+    s.input_ = [next = std::move(next)]()
+      -> std::optional<detail::encoded_task> {
+      auto x = next();
+      if (!x)
+        return std::nullopt;
+      return detail::encode_task(*x);
+    };
+    s.core_ = core_;
+    s.group_ = std::make_shared<detail::collect_group>(0);
+    s.window_ = window != 0 ? window : default_window();
+    s.ordered_ = ordered;
+    return s;
+  }
+
+  template <class R>
+  friend class result_stream;
+
+  std::shared_ptr<detail::pool_core> core_;
+};
+
+namespace detail {
+
+/// Submits one task of a stream (used by result_stream).
+void stream_submit(pool_core& core, encoded_task task,
+                   std::shared_ptr<task_group> group, size_t index);
+
+} // namespace detail
+
+template <class R>
+void result_stream<R>::top_up() {
+  while (!input_done_ && fed_ - taken_ < window_) {
+    auto task = input_();
+    if (!task) {
+      input_done_ = true;
+      break;
+    }
+    group_->grow(1);
+    detail::stream_submit(*core_, std::move(*task), group_, fed_);
+    ++fed_;
+  }
+}
+
+template <class R>
+std::optional<caf::expected<R>>
+result_stream<R>::next(std::chrono::milliseconds timeout) {
+  top_up();
+  if (taken_ == fed_)
+    return std::nullopt;
+  auto deadline = timeout == std::chrono::milliseconds::max()
+                    ? std::chrono::steady_clock::time_point::max()
+                    : std::chrono::steady_clock::now() + timeout;
+  size_t index;
+  if (ordered_) {
+    index = taken_;
+    if (!group_->wait_for(index, deadline))
+      return caf::expected<R>{make_error(
+        errc::timeout, "no result within " + std::to_string(timeout.count())
+                         + " ms")};
+  } else {
+    auto any = group_->wait_any(deadline);
+    if (!any)
+      return caf::expected<R>{make_error(
+        errc::timeout, "no result within " + std::to_string(timeout.count())
+                         + " ms")};
+    index = *any;
+  }
+  auto [reply, err] = group_->take(index);
+  ++taken_;
+  last_ = index;
+  top_up();
+  return detail::reply_as<R>(std::move(reply), std::move(err));
+}
+
+} // namespace multiproc
