@@ -1,0 +1,1103 @@
+// The process pool: a ledger of tasks over a set of worker actors.
+//
+// Threads: callers submit (and may block for room); each worker's I/O thread
+// delivers replies and, once, the worker's exit (on_exit, before requests in
+// flight fail); the pool's supervisor thread starts replacements, stops
+// workers (deadlines, max_tasks_per_child) and reaps the dead. All ledger
+// state is guarded by one mutex; frames are written and results delivered
+// outside it (a write may wait for a worker whose I/O thread needs the
+// mutex).
+#include "multiproc/pool.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <condition_variable>
+#include <csignal>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include <caf/actor_cast.hpp>
+#include <caf/actor_config.hpp>
+#include <caf/make_actor.hpp>
+#include <caf/mailbox_element.hpp>
+#include <caf/monitorable_actor.hpp>
+
+#include "multiproc/envelope.hpp"
+
+namespace multiproc::detail {
+
+using clock_type = std::chrono::steady_clock;
+
+// -- collect_group ------------------------------------------------------------
+
+struct collect_group::impl {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<std::pair<caf::message, caf::error>> results;
+  std::vector<char> ready; // 0: pending, 1: there, 2: taken
+  std::deque<size_t> arrivals; // for wait_any
+  size_t done = 0;
+  // What a waiter waits for (no wake-up per result otherwise).
+  size_t want_index = SIZE_MAX;
+  bool want_any = false;
+  bool want_all = false;
+};
+
+collect_group::collect_group(size_t n) : impl_(std::make_shared<impl>()) {
+  impl_->results.resize(n);
+  impl_->ready.resize(n, 0);
+}
+
+void collect_group::complete(size_t index, caf::message reply,
+                             caf::error err) {
+  {
+    std::lock_guard<std::mutex> guard{impl_->mu};
+    impl_->results[index] = {std::move(reply), std::move(err)};
+    impl_->ready[index] = 1;
+    impl_->arrivals.push_back(index);
+    ++impl_->done;
+    bool wanted = impl_->want_any || impl_->want_index == index
+                  || (impl_->want_all && impl_->done == impl_->results.size());
+    if (!wanted)
+      return;
+  }
+  impl_->cv.notify_all();
+}
+
+bool collect_group::wait_for(size_t index, clock_type::time_point deadline) {
+  std::unique_lock<std::mutex> lk{impl_->mu};
+  impl_->want_index = index;
+  auto ok = impl_->cv.wait_until(lk, deadline,
+                                 [&] { return impl_->ready[index] != 0; });
+  impl_->want_index = SIZE_MAX;
+  return ok;
+}
+
+std::optional<size_t> collect_group::wait_any(clock_type::time_point deadline) {
+  std::unique_lock<std::mutex> lk{impl_->mu};
+  for (;;) {
+    while (!impl_->arrivals.empty()) {
+      auto i = impl_->arrivals.front();
+      impl_->arrivals.pop_front();
+      if (impl_->ready[i] == 1) {
+        impl_->want_any = false;
+        return i;
+      }
+    }
+    impl_->want_any = true;
+    if (impl_->cv.wait_until(lk, deadline) == std::cv_status::timeout
+        && impl_->arrivals.empty()) {
+      impl_->want_any = false;
+      return std::nullopt;
+    }
+  }
+}
+
+void collect_group::wait_all() {
+  std::unique_lock<std::mutex> lk{impl_->mu};
+  impl_->want_all = true;
+  impl_->cv.wait(lk, [&] { return impl_->done == impl_->results.size(); });
+  impl_->want_all = false;
+}
+
+std::pair<caf::message, caf::error> collect_group::take(size_t index) {
+  std::lock_guard<std::mutex> guard{impl_->mu};
+  impl_->ready[index] = 2;
+  return std::move(impl_->results[index]);
+}
+
+void collect_group::grow(size_t n) {
+  std::lock_guard<std::mutex> guard{impl_->mu};
+  impl_->results.resize(impl_->results.size() + n);
+  impl_->ready.resize(impl_->ready.size() + n, 0);
+}
+
+// -- the ledger ---------------------------------------------------------------
+
+namespace {
+
+/// The last lines a worker wrote to stderr (filled on the output thread).
+struct stderr_tail {
+  std::mutex mu;
+  std::deque<std::string> lines;
+  size_t keep = 5;
+
+  void add(const std::string& line) {
+    std::lock_guard<std::mutex> guard{mu};
+    lines.push_back(line);
+    while (lines.size() > keep)
+      lines.pop_front();
+  }
+
+  std::string text() {
+    std::lock_guard<std::mutex> guard{mu};
+    std::string out;
+    for (auto& l : lines) {
+      if (!out.empty())
+        out += " | ";
+      out += l;
+    }
+    return out;
+  }
+};
+
+struct task_rec {
+  uint64_t id = 0; // submission number, names the task in errors
+  type_id type = 0;
+  std::shared_ptr<const std::string> payload;
+  std::shared_ptr<task_group> group;
+  size_t index = 0;
+  std::chrono::milliseconds timeout{0};
+  uint64_t worker = 0; // incarnation holding it; 0 while queued
+  int attempts = 0;    // runs that ended in its worker's death
+  bool suspect = false; // was in flight at an ambiguous death
+  std::vector<std::string> deaths;
+};
+
+struct completion {
+  std::shared_ptr<task_group> group;
+  size_t index;
+  caf::message reply;
+  caf::error err;
+};
+
+} // namespace
+
+class worker_rec;
+
+class pool_core : public std::enable_shared_from_this<pool_core> {
+public:
+  pool_core(caf::actor_system& sys, std::string entry, pool_options opts);
+  ~pool_core();
+
+  caf::error start_all();
+  void submit(encoded_task task, std::shared_ptr<task_group> group,
+              size_t index, const task_options& topts);
+  void submit_many(std::vector<encoded_task> tasks,
+                   std::shared_ptr<task_group> group, size_t chunksize);
+  caf::error close(std::chrono::milliseconds timeout);
+  void terminate();
+  std::vector<worker_info> workers() const;
+  pool_stats stats() const;
+  size_t size() const noexcept {
+    return opts_.workers;
+  }
+  size_t window() const noexcept {
+    return window_;
+  }
+  caf::actor_system& system() {
+    return sys_;
+  }
+
+  // Called by worker_rec (I/O threads).
+  void on_reply(worker_rec& w, uint64_t tag, caf::message reply,
+                caf::error err);
+  void on_exit(worker_rec& w, const caf::expected<exit_status>& st);
+
+private:
+  struct send_op {
+    caf::actor handle;
+    std::shared_ptr<worker_rec> worker;
+    uint64_t task;
+    type_id type;
+    std::shared_ptr<const std::string> payload;
+    bool immediate;
+  };
+
+  using lock_type = std::unique_lock<std::mutex>;
+
+  /// Adds a task to the ledger (lock held); completes it at once on error.
+  void admit(lock_type& lk, encoded_task task,
+             std::shared_ptr<task_group> group, size_t index,
+             std::chrono::milliseconds timeout, when_full on_full,
+             std::vector<completion>& done);
+  /// Assigns queued tasks to workers with room (lock held).
+  void dispatch(std::vector<send_op>& out, size_t chunk = 1);
+  void perform(std::vector<send_op>& ops);
+  static void deliver(std::vector<completion>& done);
+  void fail_task(uint64_t id, caf::error err, std::vector<completion>& done);
+  void finish_task(std::unordered_map<uint64_t, task_rec>::iterator i,
+                   caf::message reply, caf::error err,
+                   std::vector<completion>& done);
+  void break_pool(caf::error why, std::vector<completion>& done);
+
+  /// Starts one worker (no lock held); returns it ready, or the error.
+  caf::expected<std::shared_ptr<worker_rec>> start_worker(size_t slot);
+  void supervise();
+
+  caf::actor_system& sys_;
+  std::string entry_;
+  pool_options opts_;
+  size_t window_;
+
+  mutable std::mutex mu_;
+  std::condition_variable room_cv_; // submitters waiting for room
+  std::condition_variable idle_cv_; // close() waiting for an empty ledger
+  std::condition_variable sup_cv_;  // the supervisor's wake-up
+  std::unordered_map<uint64_t, task_rec> tasks_;
+  std::deque<uint64_t> queue_;
+  std::deque<uint64_t> suspects_; // run alone, before queue_
+  std::vector<std::shared_ptr<worker_rec>> live_;
+  std::vector<std::shared_ptr<worker_rec>> dead_; // to reap
+  uint64_t next_task_ = 1;
+  uint64_t next_worker_ = 1;
+  size_t next_slot_ = 0;
+  size_t rr_ = 0;
+  int start_failures_ = 0;
+  bool closing_ = false;
+  bool stopping_ = false; // supervisor: exit
+  caf::error broken_;
+  pool_stats stats_;
+  std::thread supervisor_;
+};
+
+class worker_rec : public reply_sink {
+public:
+  worker_rec(pool_core* core, uint64_t id, size_t slot)
+    : core_(core), id(id), slot(slot), tail(std::make_shared<stderr_tail>()) {
+  }
+
+  void on_reply(uint64_t tag, caf::message reply, caf::error err) override {
+    core_->on_reply(*this, tag, std::move(reply), std::move(err));
+  }
+
+  std::string who() const {
+    return info.name + "[" + std::to_string(info.pid) + "]";
+  }
+
+  pool_core* core_;
+  uint64_t id;
+  size_t slot;
+  caf::actor handle;
+  worker_info info;
+  std::shared_ptr<stderr_tail> tail;
+  // Guarded by the pool's mutex:
+  std::deque<uint64_t> in_flight; // dispatch order
+  clock_type::time_point front_since{};
+  size_t dispatched = 0;
+  bool retiring = false;  // max_tasks_per_child reached: no more tasks
+  bool stopping = false;  // the pool stops it (retire, deadline, close)
+  uint64_t overdue = 0;   // the task whose deadline stopped it
+  clock_type::time_point kill_at = clock_type::time_point::max();
+  bool dead = false;
+  bool solo = false; // runs a suspect alone
+};
+
+// -- pool_core ----------------------------------------------------------------
+
+pool_core::pool_core(caf::actor_system& sys, std::string entry,
+                     pool_options opts)
+  : sys_(sys), entry_(std::move(entry)), opts_(std::move(opts)) {
+  if (opts_.workers == 0)
+    opts_.workers = std::max(1u, std::thread::hardware_concurrency());
+  if (opts_.name.empty())
+    opts_.name = entry_;
+  window_ = opts_.window != 0 ? opts_.window : 64;
+  if (opts_.guarantee == delivery::at_most_once && opts_.window == 0)
+    window_ = 64;
+}
+
+pool_core::~pool_core() {
+  terminate();
+}
+
+caf::expected<std::shared_ptr<worker_rec>>
+pool_core::start_worker(size_t slot) {
+  uint64_t id;
+  {
+    std::lock_guard<std::mutex> guard{mu_};
+    id = next_worker_++;
+  }
+  auto w = std::make_shared<worker_rec>(this, id, slot);
+  w->tail->keep = opts_.stderr_tail;
+  worker_options wopts;
+  wopts.method = opts_.method;
+  wopts.name = opts_.name + "-" + std::to_string(slot);
+  wopts.start_timeout = opts_.start_timeout;
+  wopts.shutdown_timeout = std::chrono::milliseconds{2000};
+  auto user_sink = opts_.sink ? opts_.sink : default_output_sink();
+  wopts.sink = [tail = w->tail, user_sink](const output_line& line) {
+    if (line.is_stderr)
+      tail->add(line.text);
+    user_sink(line);
+  };
+  std::weak_ptr<pool_core> weak = shared_from_this();
+  worker_rec* raw = w.get();
+  // The worker_rec outlives its bridge's callbacks: the pool keeps it until
+  // the supervisor has reaped the worker (after its last callback).
+  wopts.on_exit = [weak, raw](const caf::expected<exit_status>& st) {
+    if (auto core = weak.lock())
+      core->on_exit(*raw, st);
+  };
+  auto handle = spawn_worker(sys_, entry_, std::move(wopts));
+  if (!handle)
+    return std::move(handle.error());
+  w->handle = *handle;
+  if (auto info = info_of(*handle))
+    w->info = *info;
+  if (opts_.initializer) {
+    struct init_sink : reply_sink {
+      std::promise<caf::error> done;
+      void on_reply(uint64_t, caf::message, caf::error err) override {
+        done.set_value(std::move(err));
+      }
+    } sink;
+    auto result = sink.done.get_future();
+    auto err = send_encoded_request(*handle, opts_.initializer->first,
+                                    opts_.initializer->second, &sink, 0, true);
+    if (!err) {
+      if (result.wait_for(opts_.start_timeout) == std::future_status::ready)
+        err = result.get();
+      else
+        err = make_error(errc::timeout, "the initializer did not finish within "
+                                          + std::to_string(
+                                            opts_.start_timeout.count())
+                                          + " ms");
+    }
+    if (err) {
+      auto why = make_error(errc::pool_broken,
+                            "the initializer failed on worker " + w->who()
+                              + ": " + describe(err));
+      // kill_worker waits for the bridge, so `sink` gets no late call.
+      [[maybe_unused]] auto st = kill_worker(*handle);
+      return why;
+    }
+  }
+  return w;
+}
+
+caf::error pool_core::start_all() {
+  supervisor_ = std::thread{[this] { supervise(); }};
+  caf::error last;
+  while (true) {
+    {
+      std::lock_guard<std::mutex> guard{mu_};
+      if (live_.size() >= opts_.workers)
+        return caf::none;
+      if (start_failures_ >= opts_.max_start_failures)
+        return make_error(errc::pool_broken,
+                          std::to_string(start_failures_)
+                            + " workers in a row failed to start; the last: "
+                            + describe(last));
+    }
+    auto w = start_worker(next_slot_);
+    std::lock_guard<std::mutex> guard{mu_};
+    if (!w) {
+      ++start_failures_;
+      last = w.error();
+      continue;
+    }
+    ++next_slot_;
+    ++stats_.workers_started;
+    if ((*w)->dead) { // died at once: count it as a failure
+      ++start_failures_;
+      last = make_error(errc::worker_died, "worker " + (*w)->who()
+                                             + " died right after it started");
+      dead_.push_back(std::move(*w));
+      continue;
+    }
+    start_failures_ = 0;
+    live_.push_back(std::move(*w));
+  }
+}
+
+void pool_core::deliver(std::vector<completion>& done) {
+  for (auto& c : done)
+    c.group->complete(c.index, std::move(c.reply), std::move(c.err));
+  done.clear();
+}
+
+void pool_core::finish_task(std::unordered_map<uint64_t, task_rec>::iterator i,
+                            caf::message reply, caf::error err,
+                            std::vector<completion>& done) {
+  if (err) {
+    ++stats_.failed;
+    if (err == errc::task_quarantined)
+      ++stats_.quarantined;
+  } else {
+    ++stats_.succeeded;
+  }
+  done.push_back({std::move(i->second.group), i->second.index,
+                  std::move(reply), std::move(err)});
+  tasks_.erase(i);
+  room_cv_.notify_one();
+  if (tasks_.empty())
+    idle_cv_.notify_all();
+}
+
+void pool_core::fail_task(uint64_t id, caf::error err,
+                          std::vector<completion>& done) {
+  auto i = tasks_.find(id);
+  if (i != tasks_.end())
+    finish_task(i, {}, std::move(err), done);
+}
+
+void pool_core::admit(lock_type& lk, encoded_task task,
+                      std::shared_ptr<task_group> group, size_t index,
+                      std::chrono::milliseconds timeout, when_full on_full,
+                      std::vector<completion>& done) {
+  if (task.error) {
+    done.push_back({std::move(group), index, {}, std::move(task.error)});
+    return;
+  }
+  auto refuse = [&]() -> caf::error {
+    if (broken_)
+      return broken_;
+    if (closing_)
+      return make_error(errc::closed, "the pool " + opts_.name
+                                        + " is closed; it takes no tasks");
+    return caf::none;
+  };
+  if (auto err = refuse()) {
+    done.push_back({std::move(group), index, {}, std::move(err)});
+    return;
+  }
+  if (tasks_.size() >= opts_.max_pending) {
+    if (on_full == when_full::fail) {
+      done.push_back({std::move(group), index, {},
+                      make_error(errc::full,
+                                 "the pool " + opts_.name + " holds "
+                                   + std::to_string(tasks_.size())
+                                   + " tasks (max_pending)")});
+      return;
+    }
+    room_cv_.wait(lk, [&] {
+      return tasks_.size() < opts_.max_pending || closing_ || broken_;
+    });
+    if (auto err = refuse()) {
+      done.push_back({std::move(group), index, {}, std::move(err)});
+      return;
+    }
+  }
+  auto id = next_task_++;
+  auto& t = tasks_[id];
+  t.id = id;
+  t.type = task.type;
+  t.payload = std::make_shared<const std::string>(std::move(task.payload));
+  t.group = std::move(group);
+  t.index = index;
+  t.timeout = timeout.count() != 0 ? timeout : opts_.task_timeout;
+  queue_.push_back(id);
+  ++stats_.submitted;
+}
+
+void pool_core::dispatch(std::vector<send_op>& out, size_t chunk) {
+  if (live_.empty())
+    return;
+  auto usable = [&](const worker_rec& w) {
+    return !w.dead && !w.retiring && !w.stopping && !w.solo;
+  };
+  auto send = [&](const std::shared_ptr<worker_rec>& w, uint64_t id,
+                  bool immediate) {
+    auto& t = tasks_.find(id)->second;
+    t.worker = w->id;
+    if (w->in_flight.empty())
+      w->front_since = clock_type::now();
+    w->in_flight.push_back(id);
+    ++w->dispatched;
+    out.push_back({w->handle, w, id, t.type, t.payload, immediate});
+    if (opts_.max_tasks_per_child != 0
+        && w->dispatched >= opts_.max_tasks_per_child)
+      w->retiring = true;
+  };
+  // Suspects first, each alone on an idle worker. While any wait, other
+  // tasks wait too, so that workers drain and take them.
+  while (!suspects_.empty()) {
+    auto w = std::find_if(live_.begin(), live_.end(), [&](auto& x) {
+      return usable(*x) && x->in_flight.empty();
+    });
+    if (w == live_.end())
+      return;
+    auto id = suspects_.front();
+    suspects_.pop_front();
+    if (tasks_.count(id) == 0)
+      continue;
+    (*w)->solo = true;
+    send(*w, id, true);
+  }
+  size_t per_worker = std::max(window_, 2 * chunk);
+  size_t n = live_.size();
+  size_t idle_rounds = 0;
+  while (!queue_.empty() && idle_rounds < n) {
+    auto& w = live_[rr_ % n];
+    ++rr_;
+    if (!usable(*w) || w->in_flight.size() >= per_worker) {
+      ++idle_rounds;
+      continue;
+    }
+    idle_rounds = 0;
+    size_t take = std::min(chunk, per_worker - w->in_flight.size());
+    for (size_t k = 0; k < take && !queue_.empty() && !w->retiring; ++k) {
+      auto id = queue_.front();
+      queue_.pop_front();
+      if (tasks_.count(id) == 0)
+        continue;
+      bool immediate = w->in_flight.empty() && queue_.empty();
+      send(w, id, immediate);
+    }
+  }
+}
+
+void pool_core::perform(std::vector<send_op>& ops) {
+  for (auto& op : ops) {
+    auto err = send_encoded_request(op.handle, op.type, *op.payload,
+                                    op.worker.get(), op.task, op.immediate);
+    if (!err)
+      continue;
+    // Not sent (e.g. a frame above the limit): fail the task, unless the
+    // worker's death has taken care of it already.
+    std::vector<completion> done;
+    {
+      std::lock_guard<std::mutex> guard{mu_};
+      auto i = tasks_.find(op.task);
+      if (i != tasks_.end() && i->second.worker == op.worker->id) {
+        auto& q = op.worker->in_flight;
+        q.erase(std::remove(q.begin(), q.end(), op.task), q.end());
+        finish_task(i, {}, std::move(err), done);
+      }
+    }
+    deliver(done);
+  }
+  ops.clear();
+}
+
+void pool_core::submit(encoded_task task, std::shared_ptr<task_group> group,
+                       size_t index, const task_options& topts) {
+  std::vector<completion> done;
+  std::vector<send_op> ops;
+  {
+    lock_type lk{mu_};
+    admit(lk, std::move(task), std::move(group), index, topts.timeout,
+          topts.on_full.value_or(opts_.on_full), done);
+    dispatch(ops);
+  }
+  perform(ops);
+  deliver(done);
+}
+
+void pool_core::submit_many(std::vector<encoded_task> tasks,
+                            std::shared_ptr<task_group> group,
+                            size_t chunksize) {
+  if (chunksize == 0) {
+    // Python's rule: about four chunks per worker.
+    auto denom = 4 * std::max<size_t>(1, opts_.workers);
+    chunksize = std::max<size_t>(1, (tasks.size() + denom - 1) / denom);
+  }
+  size_t i = 0;
+  while (i < tasks.size()) {
+    std::vector<completion> done;
+    std::vector<send_op> ops;
+    {
+      lock_type lk{mu_};
+      // Admit up to a chunk at a time so that blocked submitters and
+      // dispatch interleave.
+      size_t end = std::min(tasks.size(), i + chunksize);
+      for (; i < end; ++i)
+        admit(lk, std::move(tasks[i]), group, i, {}, opts_.on_full, done);
+      dispatch(ops, chunksize);
+    }
+    perform(ops);
+    deliver(done);
+  }
+}
+
+void pool_core::on_reply(worker_rec& w, uint64_t tag, caf::message reply,
+                         caf::error err) {
+  std::vector<completion> done;
+  std::vector<send_op> ops;
+  {
+    std::lock_guard<std::mutex> guard{mu_};
+    auto i = tasks_.find(tag);
+    if (i == tasks_.end() || i->second.worker != w.id)
+      return; // a stale outcome: the task was dealt with at the death
+    auto& q = w.in_flight;
+    if (!q.empty() && q.front() == tag) {
+      q.pop_front();
+      w.front_since = clock_type::now();
+    } else {
+      q.erase(std::remove(q.begin(), q.end(), tag), q.end());
+    }
+    finish_task(i, std::move(reply), std::move(err), done);
+    w.solo = false;
+    if (w.retiring && q.empty())
+      sup_cv_.notify_all();
+    dispatch(ops);
+  }
+  perform(ops);
+  deliver(done);
+}
+
+void pool_core::on_exit(worker_rec& w, const caf::expected<exit_status>& st) {
+  std::vector<completion> done;
+  std::vector<send_op> ops;
+  {
+    std::lock_guard<std::mutex> guard{mu_};
+    w.dead = true;
+    auto how = w.who() + " " + (st ? st->to_string() : describe(st.error()));
+    bool planned = w.stopping && w.overdue == 0; // retired or closed
+    if (!planned)
+      ++stats_.workers_died;
+    std::vector<uint64_t> held;
+    for (auto id : w.in_flight) {
+      auto i = tasks_.find(id);
+      if (i != tasks_.end() && i->second.worker == w.id)
+        held.push_back(id);
+    }
+    // Replies travel in batches, so with several tasks in flight the parent
+    // cannot tell which one was running: the death is charged to a task only
+    // if it was the only one in flight. Otherwise all of them become
+    // suspects and run again, each alone on a worker.
+    bool alone = held.size() == 1;
+    auto tail = w.tail->text();
+    std::vector<uint64_t> requeue;
+    std::vector<uint64_t> suspects;
+    for (auto id : held) {
+      auto i = tasks_.find(id);
+      auto& t = i->second;
+      t.worker = 0;
+      if (planned) {
+        requeue.push_back(id);
+        continue;
+      }
+      t.attempts += 1;
+      t.deaths.push_back(how);
+      bool overdue = w.overdue == id;
+      if (overdue && alone
+          && (!opts_.retry_timeouts || t.attempts >= opts_.max_attempts
+              || opts_.guarantee == delivery::at_most_once)) {
+        finish_task(i, {},
+                    make_error(errc::timeout,
+                               "task " + std::to_string(id) + " (item "
+                                 + std::to_string(t.index)
+                                 + ") ran past its deadline of "
+                                 + std::to_string(t.timeout.count())
+                                 + " ms; its worker " + how),
+                    done);
+        continue;
+      }
+      if (opts_.guarantee == delivery::at_most_once) {
+        finish_task(i, {},
+                    make_error(errc::worker_died,
+                               "task " + std::to_string(id) + " (item "
+                                 + std::to_string(t.index)
+                                 + ") was in flight when worker " + how
+                                 + (w.overdue != 0 ? " (stopped for a deadline)"
+                                                   : "")
+                                 + "; at_most_once: it does not run again"),
+                    done);
+        continue;
+      }
+      if (alone && !overdue && t.attempts >= opts_.max_attempts) {
+        std::string seen;
+        for (auto& d : t.deaths)
+          seen += (seen.empty() ? "" : "; ") + d;
+        finish_task(i, {},
+                    make_error(errc::task_quarantined,
+                               "task " + std::to_string(id) + " (item "
+                                 + std::to_string(t.index)
+                                 + ") killed its worker on all "
+                                 + std::to_string(t.attempts)
+                                 + " attempts: " + seen
+                                 + (tail.empty()
+                                      ? std::string{}
+                                      : "; last stderr lines of " + w.who()
+                                          + ": " + tail)),
+                    done);
+        continue;
+      }
+      ++stats_.redispatched;
+      t.suspect = true;
+      suspects.push_back(id);
+    }
+    // Re-queued tasks go first, in their old order.
+    queue_.insert(queue_.begin(), requeue.begin(), requeue.end());
+    suspects_.insert(suspects_.end(), suspects.begin(), suspects.end());
+    w.in_flight.clear();
+    auto pos = std::find_if(live_.begin(), live_.end(),
+                            [&](auto& x) { return x.get() == &w; });
+    if (pos != live_.end()) {
+      dead_.push_back(*pos);
+      live_.erase(pos);
+    }
+    sup_cv_.notify_all();
+    dispatch(ops);
+  }
+  perform(ops);
+  deliver(done);
+}
+
+void pool_core::break_pool(caf::error why, std::vector<completion>& done) {
+  broken_ = std::move(why);
+  std::vector<uint64_t> ids;
+  for (auto& kvp : tasks_)
+    if (kvp.second.worker == 0)
+      ids.push_back(kvp.first);
+  std::sort(ids.begin(), ids.end());
+  for (auto id : ids)
+    fail_task(id, broken_, done);
+  queue_.clear();
+  suspects_.clear();
+  room_cv_.notify_all();
+}
+
+void pool_core::supervise() {
+  lock_type lk{mu_};
+  caf::error last_failure;
+  while (!stopping_) {
+    // Reap the dead (kill_worker waits until its bridge is done).
+    while (!dead_.empty()) {
+      auto w = std::move(dead_.back());
+      dead_.pop_back();
+      lk.unlock();
+      [[maybe_unused]] auto st = kill_worker(w->handle);
+      w->handle = nullptr;
+      lk.lock();
+    }
+    if (stopping_)
+      break;
+    // Retire workers that finished their last task.
+    for (auto& w : live_)
+      if (w->retiring && !w->stopping && w->in_flight.empty()) {
+        w->stopping = true;
+        auto h = w->handle;
+        lk.unlock();
+        [[maybe_unused]] auto st = stop_worker(h);
+        lk.lock();
+        break; // live_ may have changed
+      }
+    // Deadlines: the oldest task of each worker is the one running.
+    auto now = clock_type::now();
+    auto next_wake = now + std::chrono::milliseconds{100};
+    for (auto& w : live_) {
+      if (w->overdue != 0) {
+        if (now >= w->kill_at) {
+          [[maybe_unused]] auto err = signal_worker(w->handle, SIGKILL);
+          w->kill_at = clock_type::time_point::max();
+        } else {
+          next_wake = std::min(next_wake, w->kill_at);
+        }
+        continue;
+      }
+      if (w->in_flight.empty())
+        continue;
+      auto i = tasks_.find(w->in_flight.front());
+      if (i == tasks_.end() || i->second.timeout.count() == 0)
+        continue;
+      auto due = w->front_since + i->second.timeout;
+      if (now >= due) {
+        w->overdue = i->first;
+        w->stopping = true;
+        w->kill_at = now + opts_.kill_grace;
+        next_wake = std::min(next_wake, w->kill_at);
+        [[maybe_unused]] auto err = signal_worker(w->handle, SIGTERM);
+      } else {
+        next_wake = std::min(next_wake, due);
+      }
+    }
+    // Replace missing workers.
+    size_t active = 0;
+    for (auto& w : live_)
+      if (!w->stopping)
+        ++active;
+    if (!broken_ && active < opts_.workers
+        && (!closing_ || !tasks_.empty())) {
+      auto slot = next_slot_++;
+      lk.unlock();
+      auto w = start_worker(slot);
+      lk.lock();
+      std::vector<completion> done;
+      std::vector<send_op> ops;
+      if (!w) {
+        last_failure = w.error();
+        if (++start_failures_ >= opts_.max_start_failures)
+          break_pool(make_error(errc::pool_broken,
+                                std::to_string(start_failures_)
+                                  + " workers in a row failed to start; the "
+                                    "last: "
+                                  + describe(last_failure)),
+                     done);
+      } else {
+        start_failures_ = 0;
+        ++stats_.workers_started;
+        if (closing_ || stopping_ || (*w)->dead) {
+          (*w)->stopping = true;
+          dead_.push_back(std::move(*w)); // reaped above, next round
+        } else {
+          live_.push_back(std::move(*w));
+          dispatch(ops);
+        }
+      }
+      lk.unlock();
+      perform(ops);
+      deliver(done);
+      lk.lock();
+      continue;
+    }
+    sup_cv_.wait_until(lk, next_wake);
+  }
+}
+
+caf::error pool_core::close(std::chrono::milliseconds timeout) {
+  {
+    lock_type lk{mu_};
+    closing_ = true;
+    room_cv_.notify_all();
+    auto idle = [&] { return tasks_.empty() || broken_; };
+    if (timeout == std::chrono::milliseconds::max())
+      idle_cv_.wait(lk, idle);
+    else if (!idle_cv_.wait_for(lk, timeout, idle))
+      return make_error(errc::timeout,
+                        "the pool " + opts_.name + " still had "
+                          + std::to_string(tasks_.size())
+                          + " tasks after " + std::to_string(timeout.count())
+                          + " ms");
+    stopping_ = true;
+    for (auto& w : live_)
+      w->stopping = true;
+    sup_cv_.notify_all();
+  }
+  if (supervisor_.joinable())
+    supervisor_.join();
+  std::vector<std::shared_ptr<worker_rec>> all;
+  {
+    std::lock_guard<std::mutex> guard{mu_};
+    all = live_;
+    all.insert(all.end(), dead_.begin(), dead_.end());
+  }
+  for (auto& w : all)
+    if (w->handle)
+      [[maybe_unused]] auto st = stop_worker(w->handle);
+  std::lock_guard<std::mutex> guard{mu_};
+  live_.clear();
+  dead_.clear();
+  return caf::none;
+}
+
+void pool_core::terminate() {
+  std::vector<completion> done;
+  std::vector<std::shared_ptr<worker_rec>> all;
+  {
+    std::lock_guard<std::mutex> guard{mu_};
+    closing_ = true;
+    stopping_ = true;
+    std::vector<uint64_t> ids;
+    for (auto& kvp : tasks_)
+      ids.push_back(kvp.first);
+    std::sort(ids.begin(), ids.end());
+    auto why = make_error(errc::closed, "the pool " + opts_.name
+                                          + " was terminated before the "
+                                            "task finished");
+    for (auto id : ids)
+      fail_task(id, why, done);
+    queue_.clear();
+    suspects_.clear();
+    for (auto& w : live_) {
+      w->stopping = true;
+      w->in_flight.clear();
+    }
+    room_cv_.notify_all();
+    idle_cv_.notify_all();
+    sup_cv_.notify_all();
+  }
+  deliver(done);
+  if (supervisor_.joinable() && supervisor_.get_id() != std::this_thread::get_id())
+    supervisor_.join();
+  {
+    std::lock_guard<std::mutex> guard{mu_};
+    all = live_;
+    all.insert(all.end(), dead_.begin(), dead_.end());
+  }
+  for (auto& w : all)
+    if (w->handle)
+      [[maybe_unused]] auto st = kill_worker(w->handle);
+  std::lock_guard<std::mutex> guard{mu_};
+  live_.clear();
+  dead_.clear();
+}
+
+std::vector<worker_info> pool_core::workers() const {
+  std::lock_guard<std::mutex> guard{mu_};
+  std::vector<worker_info> out;
+  for (auto& w : live_)
+    if (!w->dead)
+      out.push_back(w->info);
+  return out;
+}
+
+pool_stats pool_core::stats() const {
+  std::lock_guard<std::mutex> guard{mu_};
+  return stats_;
+}
+
+void stream_submit(pool_core& core, encoded_task task,
+                   std::shared_ptr<task_group> group, size_t index) {
+  core.submit(std::move(task), std::move(group), index, {});
+}
+
+// -- the pool as an actor -----------------------------------------------------
+
+namespace {
+
+/// Replies to one actor request with the task's result.
+class reply_group : public task_group {
+public:
+  reply_group(caf::strong_actor_ptr self, caf::strong_actor_ptr to,
+              caf::message_id mid)
+    : self_(std::move(self)), to_(std::move(to)), mid_(mid) {
+  }
+
+  void complete(size_t, caf::message reply, caf::error err) override {
+    if (!to_ || !mid_.is_request())
+      return;
+    if (err)
+      reply = caf::make_message(std::move(err));
+    to_->enqueue(caf::make_mailbox_element(self_, mid_.response_id(), {},
+                                           std::move(reply)),
+                 nullptr);
+  }
+
+private:
+  caf::strong_actor_ptr self_;
+  caf::strong_actor_ptr to_;
+  caf::message_id mid_;
+};
+
+class pool_proxy : public caf::monitorable_actor {
+public:
+  pool_proxy(caf::actor_config& cfg, std::weak_ptr<pool_core> core)
+    : caf::monitorable_actor(cfg), core_(std::move(core)) {
+  }
+
+  const char* name() const override {
+    return "multiproc_pool";
+  }
+
+  void enqueue(caf::mailbox_element_ptr what, caf::execution_unit*) override {
+    if (what->mid.is_response())
+      return;
+    auto content = what->move_content_to_message();
+    if (content.match_elements<caf::exit_msg>())
+      return; // the pool's owner decides when it ends
+    auto target = what->stages.empty() ? what->sender : what->stages.back();
+    auto group = std::make_shared<reply_group>(
+      caf::actor_cast<caf::strong_actor_ptr>(this), target, what->mid);
+    encoded_task task;
+    task.error = encode_message(content, task.type, task.payload);
+    auto core = core_.lock();
+    if (!core) {
+      group->complete(0, {},
+                      make_error(errc::closed, "the pool no longer exists"));
+      return;
+    }
+    core->submit(std::move(task), group, 0, {});
+  }
+
+private:
+  std::weak_ptr<pool_core> core_;
+};
+
+} // namespace
+
+} // namespace multiproc::detail
+
+namespace multiproc {
+
+caf::expected<pool> pool::start(caf::actor_system& sys,
+                                const std::string& entry, pool_options opts) {
+  if (!has_worker(entry))
+    return make_error(errc::unknown_entry,
+                      "no worker is registered as '" + entry + "'");
+  if (opts.max_attempts < 1)
+    return make_error(errc::invalid_argument,
+                      "pool_options::max_attempts must be at least 1");
+  if (opts.max_pending == 0)
+    return make_error(errc::invalid_argument,
+                      "pool_options::max_pending must be at least 1");
+  if (opts.max_start_failures < 1)
+    opts.max_start_failures = 1;
+  auto core = std::make_shared<detail::pool_core>(sys, entry, std::move(opts));
+  if (auto err = core->start_all()) {
+    core->terminate();
+    return err;
+  }
+  return pool{std::move(core)};
+}
+
+pool::pool(std::shared_ptr<detail::pool_core> core) : core_(std::move(core)) {
+}
+
+pool::pool(pool&&) noexcept = default;
+
+pool& pool::operator=(pool&& other) noexcept {
+  if (this != &other) {
+    if (core_)
+      core_->terminate();
+    core_ = std::move(other.core_);
+  }
+  return *this;
+}
+
+pool::~pool() {
+  if (core_)
+    core_->terminate();
+}
+
+void pool::submit_encoded(detail::encoded_task task,
+                          std::shared_ptr<detail::task_group> group,
+                          size_t index, const task_options& opts) {
+  if (!core_) {
+    group->complete(index, {}, make_error(errc::closed, "a moved-from pool"));
+    return;
+  }
+  core_->submit(std::move(task), std::move(group), index, opts);
+}
+
+void pool::submit_many(std::vector<detail::encoded_task> tasks,
+                       std::shared_ptr<detail::task_group> group,
+                       size_t chunksize) {
+  if (!core_) {
+    for (size_t i = 0; i < tasks.size(); ++i)
+      group->complete(i, {}, make_error(errc::closed, "a moved-from pool"));
+    return;
+  }
+  core_->submit_many(std::move(tasks), std::move(group), chunksize);
+}
+
+size_t pool::default_window() const noexcept {
+  return core_ ? 2 * core_->size() * core_->window() : 1;
+}
+
+caf::error pool::close(std::chrono::milliseconds timeout) {
+  if (!core_)
+    return caf::none;
+  return core_->close(timeout);
+}
+
+void pool::terminate() {
+  if (core_)
+    core_->terminate();
+}
+
+caf::actor pool::handle() const {
+  caf::actor_config cfg;
+  auto& sys = core_->system();
+  return caf::make_actor<detail::pool_proxy, caf::actor>(
+    sys.next_actor_id(), sys.node(), &sys, cfg,
+    std::weak_ptr<detail::pool_core>{core_});
+}
+
+std::vector<worker_info> pool::workers() const {
+  return core_ ? core_->workers() : std::vector<worker_info>{};
+}
+
+size_t pool::size() const noexcept {
+  return core_ ? core_->size() : 0;
+}
+
+pool_stats pool::stats() const {
+  return core_ ? core_->stats() : pool_stats{};
+}
+
+} // namespace multiproc
