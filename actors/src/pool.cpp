@@ -156,6 +156,12 @@ struct task_rec {
   std::vector<std::string> deaths;
 };
 
+struct reply_entry {
+  uint64_t tag;
+  caf::message reply;
+  caf::error err;
+};
+
 struct completion {
   std::shared_ptr<task_group> group;
   size_t index;
@@ -192,8 +198,7 @@ public:
   }
 
   // Called by worker_rec (I/O threads).
-  void on_reply(worker_rec& w, uint64_t tag, caf::message reply,
-                caf::error err);
+  void on_replies(worker_rec& w, std::vector<reply_entry>& batch);
   void on_exit(worker_rec& w, const caf::expected<exit_status>& st);
 
 private:
@@ -253,6 +258,16 @@ private:
   std::thread supervisor_;
 };
 
+/// Receives the initializer's outcome (lives as long as its worker_rec).
+struct init_sink : reply_sink {
+  std::promise<caf::error> done;
+  void on_reply(uint64_t, caf::message, caf::error err) override {
+    done.set_value(std::move(err));
+  }
+};
+
+/// One worker incarnation. Replies are buffered per batch of frames and
+/// entered into the ledger under one lock.
 class worker_rec : public reply_sink {
 public:
   worker_rec(pool_core* core, uint64_t id, size_t slot)
@@ -260,8 +275,16 @@ public:
   }
 
   void on_reply(uint64_t tag, caf::message reply, caf::error err) override {
-    core_->on_reply(*this, tag, std::move(reply), std::move(err));
+    replies.push_back({tag, std::move(reply), std::move(err)});
   }
+
+  void on_batch_end() override {
+    if (!replies.empty())
+      core_->on_replies(*this, replies);
+  }
+
+  std::vector<reply_entry> replies; // I/O thread only
+  init_sink init;
 
   std::string who() const {
     return info.name + "[" + std::to_string(info.pid) + "]";
@@ -338,15 +361,10 @@ pool_core::start_worker(size_t slot) {
   if (auto info = info_of(*handle))
     w->info = *info;
   if (opts_.initializer) {
-    struct init_sink : reply_sink {
-      std::promise<caf::error> done;
-      void on_reply(uint64_t, caf::message, caf::error err) override {
-        done.set_value(std::move(err));
-      }
-    } sink;
-    auto result = sink.done.get_future();
+    auto result = w->init.done.get_future();
     auto err = send_encoded_request(*handle, opts_.initializer->first,
-                                    opts_.initializer->second, &sink, 0, true);
+                                    opts_.initializer->second, &w->init, 0,
+                                    true);
     if (!err) {
       if (result.wait_for(opts_.start_timeout) == std::future_status::ready)
         err = result.get();
@@ -360,7 +378,6 @@ pool_core::start_worker(size_t slot) {
       auto why = make_error(errc::pool_broken,
                             "the initializer failed on worker " + w->who()
                               + ": " + describe(err));
-      // kill_worker waits for the bridge, so `sink` gets no late call.
       [[maybe_unused]] auto st = kill_worker(*handle);
       return why;
     }
@@ -591,9 +608,9 @@ void pool_core::submit_many(std::vector<encoded_task> tasks,
     std::vector<send_op> ops;
     {
       lock_type lk{mu_};
-      // Admit up to a chunk at a time so that blocked submitters and
-      // dispatch interleave.
-      size_t end = std::min(tasks.size(), i + chunksize);
+      // Admit a few chunks per lock, so that dispatch starts early and the
+      // I/O threads get the lock in between.
+      size_t end = std::min(tasks.size(), i + std::max<size_t>(chunksize, 256));
       for (; i < end; ++i)
         admit(lk, std::move(tasks[i]), group, i, {}, opts_.on_full, done);
       dispatch(ops, chunksize);
@@ -603,28 +620,31 @@ void pool_core::submit_many(std::vector<encoded_task> tasks,
   }
 }
 
-void pool_core::on_reply(worker_rec& w, uint64_t tag, caf::message reply,
-                         caf::error err) {
+void pool_core::on_replies(worker_rec& w, std::vector<reply_entry>& batch) {
   std::vector<completion> done;
   std::vector<send_op> ops;
   {
     std::lock_guard<std::mutex> guard{mu_};
-    auto i = tasks_.find(tag);
-    if (i == tasks_.end() || i->second.worker != w.id)
-      return; // a stale outcome: the task was dealt with at the death
     auto& q = w.in_flight;
-    if (!q.empty() && q.front() == tag) {
-      q.pop_front();
-      w.front_since = clock_type::now();
-    } else {
-      q.erase(std::remove(q.begin(), q.end(), tag), q.end());
+    for (auto& r : batch) {
+      auto i = tasks_.find(r.tag);
+      if (i == tasks_.end() || i->second.worker != w.id)
+        continue; // a stale outcome: the task was dealt with at the death
+      if (!q.empty() && q.front() == r.tag) {
+        q.pop_front();
+        w.front_since = clock_type::now();
+      } else {
+        q.erase(std::remove(q.begin(), q.end(), r.tag), q.end());
+      }
+      finish_task(i, std::move(r.reply), std::move(r.err), done);
+      w.solo = false;
     }
-    finish_task(i, std::move(reply), std::move(err), done);
-    w.solo = false;
     if (w.retiring && q.empty())
       sup_cv_.notify_all();
-    dispatch(ops);
+    if (!w.dead)
+      dispatch(ops);
   }
+  batch.clear();
   perform(ops);
   deliver(done);
 }

@@ -506,6 +506,11 @@ public:
   }
 
   void on_batch_end() override {
+    if (batch_sink_ != nullptr) {
+      auto* sink = batch_sink_;
+      batch_sink_ = nullptr;
+      sink->on_batch_end();
+    }
     unit_.run_jobs();
   }
 
@@ -518,6 +523,10 @@ public:
     if (!st) {
       kill_child();
       st = proc_.join(std::chrono::milliseconds{5000});
+    }
+    if (batch_sink_ != nullptr) {
+      batch_sink_->on_batch_end();
+      batch_sink_ = nullptr;
     }
     if (opts_.on_exit)
       opts_.on_exit(st);
@@ -539,6 +548,10 @@ public:
     }
     for (auto& kvp : orphans)
       deliver(kvp.second, {}, death);
+    if (batch_sink_ != nullptr) {
+      batch_sink_->on_batch_end();
+      batch_sink_ = nullptr;
+    }
     unit_.run_jobs();
     auto proxy = caf::actor_cast<caf::strong_actor_ptr>(proxy_);
     if (proxy) {
@@ -591,6 +604,11 @@ private:
 
   void deliver(pending_request& entry, caf::message reply, caf::error err) {
     if (entry.sink) {
+      // Batch ends go to one sink (a pool uses one per worker); another
+      // sink in the same batch gets its batch end now.
+      if (batch_sink_ != nullptr && batch_sink_ != entry.sink)
+        batch_sink_->on_batch_end();
+      batch_sink_ = entry.sink;
       entry.sink->on_reply(entry.tag, std::move(reply), std::move(err));
       return;
     }
@@ -616,6 +634,7 @@ private:
   detail::inline_unit unit_;
   caf::weak_actor_ptr proxy_;
   std::shared_ptr<worker_bridge> keep_alive_;
+  detail::reply_sink* batch_sink_ = nullptr; // I/O thread only
   std::atomic<uint64_t> next_id_{1};
   std::atomic<bool> shutdown_requested_{false};
   std::atomic<bool> dead_{false}; // death_error_ is set

@@ -133,6 +133,10 @@ class reply_sink {
 public:
   virtual ~reply_sink() = default;
   virtual void on_reply(uint64_t tag, caf::message reply, caf::error err) = 0;
+  /// Called after a batch of frames that brought this sink replies (and
+  /// before the worker's on_exit): a sink may buffer until then.
+  virtual void on_batch_end() {
+  }
 };
 
 /// Sends a request whose payload (a value of type `type`) is encoded
