@@ -386,13 +386,15 @@ pool_core::start_worker(size_t slot) {
 }
 
 caf::error pool_core::start_all() {
-  supervisor_ = std::thread{[this] { supervise(); }};
   caf::error last;
   while (true) {
     {
       std::lock_guard<std::mutex> guard{mu_};
-      if (live_.size() >= opts_.workers)
+      if (live_.size() >= opts_.workers) {
+        // From now on the supervisor replaces workers.
+        supervisor_ = std::thread{[this] { supervise(); }};
         return caf::none;
+      }
       if (start_failures_ >= opts_.max_start_failures)
         return make_error(errc::pool_broken,
                           std::to_string(start_failures_)
@@ -534,7 +536,7 @@ void pool_core::dispatch(std::vector<send_op>& out, size_t chunk) {
     (*w)->solo = true;
     send(*w, id, true);
   }
-  size_t per_worker = std::max(window_, 2 * chunk);
+  size_t per_worker = chunk <= 1 ? window_ : std::max(window_, 2 * chunk);
   size_t n = live_.size();
   size_t idle_rounds = 0;
   while (!queue_.empty() && idle_rounds < n) {

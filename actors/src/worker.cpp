@@ -14,6 +14,9 @@
 #include <unordered_map>
 
 #include <linux/futex.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <x86intrin.h>
+#endif
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -179,6 +182,17 @@ caf::error receive_hello(frame_channel& ch, std::chrono::milliseconds timeout,
     return std::move(theirs.error());
   theirs->name = peer_name;
   return wire::check_hello(wire::make_hello(my_name), *theirs);
+}
+
+/// A cheap clock for "a while has passed" checks: TSC cycles on x86,
+/// nanoseconds elsewhere.
+uint64_t ticks() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  return __rdtsc();
+#else
+  return static_cast<uint64_t>(
+    std::chrono::steady_clock::now().time_since_epoch().count());
+#endif
 }
 
 // -- blocking reply slot ------------------------------------------------------
@@ -887,6 +901,14 @@ public:
                      ? caf::make_message_id(env->request_id
                                             & caf::message_id::request_id_mask)
                      : caf::make_message_id();
+        // Replies wait for the end of the batch, but not behind a handler
+        // that took long: a finished task's result must not wait for the
+        // next task (a few writes more per second, at most).
+        auto now = ticks();
+        if (now - last_flush_ > flush_after_cycles) {
+          ch_.flush();
+          last_flush_ = now;
+        }
         if (auto err = delivery_->deliver(env->type, payload, mid)) {
           // The frame boundary is intact: a request that cannot be decoded
           // fails alone; a message nobody waits for breaks the channel.
@@ -913,6 +935,7 @@ public:
     delivery_->release();
     unit_.run_jobs();
     ch_.flush();
+    last_flush_ = ticks();
   }
 
   void on_closed(const caf::error& reason) override {
@@ -949,6 +972,9 @@ private:
   caf::actor worker_;
   caf::strong_actor_ptr parent_;
   std::optional<detail::direct_delivery> delivery_;
+  /// When replies were last written (TSC cycles); ~100 µs at 2 GHz.
+  static constexpr uint64_t flush_after_cycles = 200000;
+  uint64_t last_flush_ = 0;
   std::mutex mu_;
   std::condition_variable cv_;
   bool done_ = false;
