@@ -12,8 +12,8 @@
 ///     auto ys = p->map<int32_t>(std::vector<square>{...});
 ///
 /// The ledger knows which worker holds which task. When a worker dies, it is
-/// replaced and its tasks are dispatched again (at_least_once, at most
-/// max_attempts runs of a task that kills its worker) or failed on their own
+/// replaced and its tasks are dispatched again (at_least_once; each alone
+/// if it is unclear which one killed the worker) or failed on their own
 /// (at_most_once). A task that killed its worker on every attempt is
 /// quarantined: its result is errc::task_quarantined naming the task, the
 /// exit statuses and the dead worker's last stderr lines. Every result is
@@ -52,8 +52,10 @@ namespace multiproc {
 
 /// What happens to the tasks of a worker that died.
 enum class delivery {
-  /// Run again on another worker (the task that was running when the worker
-  /// died is charged one attempt; tasks queued behind it are not).
+  /// Run again on another worker. If the dead worker held several tasks, it
+  /// is unknown which one was running: each runs again alone, and a death
+  /// quarantines a task only once it has happened while the task ran alone
+  /// and the task has seen max_attempts deaths (docs/pool.md).
   at_least_once,
   /// Fail with errc::worker_died; a task never runs twice.
   at_most_once,
@@ -84,9 +86,10 @@ struct pool_options {
   /// Tasks in flight per worker; more hides the round trip, fewer limits
   /// what a dying worker takes with it. 0: 64.
   size_t window = 0;
-  /// Deadline of each task, from its dispatch; 0: none. A task past its
-  /// deadline fails with errc::timeout and its worker is stopped (SIGTERM,
-  /// kill_grace, SIGKILL) and replaced.
+  /// Deadline of each task, counted from when it becomes the oldest task in
+  /// flight on its worker; 0: none. A worker past a deadline is stopped
+  /// (SIGTERM, kill_grace, SIGKILL) and replaced; the task fails with
+  /// errc::timeout if it ran alone, else it runs again alone first.
   std::chrono::milliseconds task_timeout{0};
   /// How long a worker stopped for a deadline may take to exit after SIGTERM.
   std::chrono::milliseconds kill_grace{200};

@@ -1,0 +1,1772 @@
+// Tests actors/pool: the process pool and its crash-safe task ledger, with
+// real worker processes (the test binary is its own child).
+//
+// Every wait is bounded: a result that should arrive well under a second is
+// awaited at most kBound, and a watchdog aborts a test that runs past
+// kWatchdog (ctest's limit is 60 s), so a hang is reported, never waited out.
+#include "multiproc/pool.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <condition_variable>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <future>
+#include <map>
+#include <mutex>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <caf/all.hpp>
+#include <cereal/types/string.hpp>
+
+using namespace multiproc;
+using namespace std::chrono_literals;
+
+namespace pool_test {
+
+// -- faults -------------------------------------------------------------------
+
+/// What a fault hook does when it runs.
+enum fault : int32_t {
+  no_fault = 0,
+  throw_exception = 1, ///< throws std::runtime_error(note)
+  segfault = 2,        ///< writes note to stderr, then dies of SIGSEGV
+  exit_3 = 3,          ///< writes note to stderr, then std::_Exit(3)
+};
+
+inline bool in_child() {
+  return !multiproc::this_worker_name().empty();
+}
+
+inline void commit_fault(int32_t mode, const std::string& note) {
+  if (mode == no_fault)
+    return;
+  std::fprintf(stderr, "%s\n", note.c_str());
+  std::fflush(stderr);
+  switch (mode) {
+    case throw_exception:
+      throw std::runtime_error(note);
+    case segfault: {
+      rlimit none{0, 0}; // no core file
+      ::setrlimit(RLIMIT_CORE, &none);
+      std::signal(SIGSEGV, SIG_DFL);
+      std::raise(SIGSEGV);
+      std::_Exit(99); // not reached
+    }
+    case exit_3:
+      std::_Exit(3);
+    default:
+      break;
+  }
+}
+
+/// Appends one line to `path` in a single write (O_APPEND).
+inline void append_line(const std::string& path, const std::string& line) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC,
+                  0644);
+  if (fd < 0)
+    return;
+  auto text = line + "\n";
+  [[maybe_unused]] auto n = ::write(fd, text.data(), text.size());
+  ::close(fd);
+}
+
+// -- messages -----------------------------------------------------------------
+
+struct square {
+  int32_t value = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(value);
+  }
+};
+
+struct add {
+  int32_t a = 0;
+  int32_t b = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(a, b);
+  }
+};
+
+/// A result that names the process that computed it.
+struct tagged {
+  int32_t value = 0;
+  int32_t pid = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(value, pid);
+  }
+};
+
+/// Replies tagged{value * value, pid}.
+struct whoami {
+  int32_t value = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(value);
+  }
+};
+
+/// Logs "<pid> <value>" to `log` (if set) when it starts, sleeps `ms`, then
+/// replies tagged{value, pid}. With ignore_term, the worker ignores SIGTERM.
+struct nap {
+  int32_t ms = 0;
+  int32_t value = 0;
+  std::string log;
+  int32_t ignore_term = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(ms, value, log, ignore_term);
+  }
+};
+
+/// Fault while the handler runs; replies value * value otherwise.
+struct run_fault {
+  int32_t mode = no_fault;
+  int32_t value = 0;
+  std::string note;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(mode, value, note);
+  }
+};
+
+/// Fault while the worker decodes the task (in the child only).
+struct decode_fault {
+  int32_t mode = no_fault;
+  int32_t value = 0;
+  std::string note;
+  template <class Archive>
+  void save(Archive& ar) const {
+    ar(mode, value, note);
+  }
+  template <class Archive>
+  void load(Archive& ar) {
+    ar(mode, value, note);
+    if (in_child())
+      commit_fault(mode, note);
+  }
+};
+
+/// A result whose encoding faults in the child (on_save) or whose decoding
+/// faults in the parent (on_load; only throwing makes sense there).
+struct fragile {
+  int32_t value = 0;
+  int32_t on_save = no_fault;
+  int32_t on_load = no_fault;
+  std::string note;
+  template <class Archive>
+  void save(Archive& ar) const {
+    if (in_child())
+      commit_fault(on_save, note);
+    ar(value, on_save, on_load, note);
+  }
+  template <class Archive>
+  void load(Archive& ar) {
+    ar(value, on_save, on_load, note);
+    if (!in_child() && on_load == throw_exception)
+      throw std::runtime_error(note);
+  }
+};
+
+/// Replies fragile{value, on_save, on_load, note}.
+struct make_fragile {
+  int32_t value = 0;
+  int32_t on_save = no_fault;
+  int32_t on_load = no_fault;
+  std::string note;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(value, on_save, on_load, note);
+  }
+};
+
+/// A task that cannot be encoded (its save() throws, in the parent).
+struct unencodable_task {
+  int32_t value = 0;
+  template <class Archive>
+  void save(Archive&) const {
+    throw std::runtime_error("pool_test: this task refuses to be encoded");
+  }
+  template <class Archive>
+  void load(Archive& ar) {
+    ar(value);
+  }
+};
+
+/// Not registered with MULTIPROC_MESSAGE.
+struct unregistered_task {
+  int32_t value = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(value);
+  }
+};
+
+/// The initializer of "pool_test.initialized": stores `value`; faults with
+/// `mode`; refuses (throws) while the file `refuse_if_exists` exists.
+struct init_msg {
+  int32_t value = 0;
+  int32_t mode = no_fault;
+  std::string note;
+  std::string refuse_if_exists;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(value, mode, note, refuse_if_exists);
+  }
+};
+
+struct probe {
+  int32_t value = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(value);
+  }
+};
+
+struct probe_reply {
+  int32_t init_value = -1; // -1: no initializer ran before this task
+  int32_t inits = 0;       // initializers this worker got
+  int32_t pid = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(init_value, inits, pid);
+  }
+};
+
+struct init_state {
+  int32_t value = -1;
+  int32_t inits = 0;
+};
+
+} // namespace pool_test
+
+MULTIPROC_MESSAGE(pool_test::square, "pool_test.square")
+MULTIPROC_MESSAGE(pool_test::add, "pool_test.add")
+MULTIPROC_MESSAGE(pool_test::tagged, "pool_test.tagged")
+MULTIPROC_MESSAGE(pool_test::whoami, "pool_test.whoami")
+MULTIPROC_MESSAGE(pool_test::nap, "pool_test.nap")
+MULTIPROC_MESSAGE(pool_test::run_fault, "pool_test.run_fault")
+MULTIPROC_MESSAGE(pool_test::decode_fault, "pool_test.decode_fault")
+MULTIPROC_MESSAGE(pool_test::fragile, "pool_test.fragile")
+MULTIPROC_MESSAGE(pool_test::make_fragile, "pool_test.make_fragile")
+MULTIPROC_MESSAGE(pool_test::unencodable_task, "pool_test.unencodable_task")
+MULTIPROC_MESSAGE(pool_test::init_msg, "pool_test.init_msg")
+MULTIPROC_MESSAGE(pool_test::probe, "pool_test.probe")
+MULTIPROC_MESSAGE(pool_test::probe_reply, "pool_test.probe_reply")
+
+namespace pool_test {
+
+tagged do_nap(const nap& x) {
+  if (x.ignore_term != 0)
+    std::signal(SIGTERM, SIG_IGN);
+  if (!x.log.empty())
+    append_line(x.log, std::to_string(::getpid()) + " "
+                         + std::to_string(x.value));
+  std::this_thread::sleep_for(std::chrono::milliseconds{x.ms});
+  return tagged{x.value, static_cast<int32_t>(::getpid())};
+}
+
+caf::behavior tester(caf::event_based_actor*) {
+  return {
+    [](const square& x) { return x.value * x.value; },
+    [](const add& x) { return x.a + x.b; },
+    [](const whoami& x) {
+      return tagged{x.value * x.value, static_cast<int32_t>(::getpid())};
+    },
+    [](const nap& x) { return do_nap(x); },
+    [](const run_fault& x) {
+      commit_fault(x.mode, x.note);
+      return x.value * x.value;
+    },
+    [](const decode_fault& x) { return x.value * x.value; },
+    [](const make_fragile& x) {
+      return fragile{x.value, x.on_save, x.on_load, x.note};
+    },
+  };
+}
+
+caf::behavior initialized(caf::stateful_actor<init_state>* self) {
+  return {
+    [self](const init_msg& x) {
+      if (!x.refuse_if_exists.empty()
+          && ::access(x.refuse_if_exists.c_str(), F_OK) == 0)
+        commit_fault(throw_exception,
+                     "pool_test: initializer refused in "
+                       + std::to_string(::getpid()));
+      commit_fault(x.mode, x.note + " in " + std::to_string(::getpid()));
+      self->state.value = x.value;
+      ++self->state.inits;
+      return x.value;
+    },
+    [self](const probe&) {
+      return probe_reply{self->state.value, self->state.inits,
+                         static_cast<int32_t>(::getpid())};
+    },
+    [](const nap& x) { return do_nap(x); },
+  };
+}
+
+} // namespace pool_test
+
+MULTIPROC_WORKER("pool_test.tester", pool_test::tester)
+MULTIPROC_WORKER("pool_test.initialized", pool_test::initialized)
+
+using pool_test::add;
+using pool_test::decode_fault;
+using pool_test::fragile;
+using pool_test::init_msg;
+using pool_test::make_fragile;
+using pool_test::nap;
+using pool_test::probe;
+using pool_test::probe_reply;
+using pool_test::run_fault;
+using pool_test::square;
+using pool_test::tagged;
+using pool_test::whoami;
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+/// How long a result that should come well under a second may take.
+constexpr auto kBound = 10s;
+/// A test still running after this is hung: the watchdog aborts it.
+constexpr auto kWatchdog = 55s;
+
+constexpr const char* kTester = "pool_test.tester";
+constexpr const char* kInitialized = "pool_test.initialized";
+
+long long ms_since(clock_type::time_point t0) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+           clock_type::now() - t0)
+    .count();
+}
+
+bool contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+template <class R>
+bool is_ready(std::future<R>& f, std::chrono::milliseconds d = 0ms) {
+  return f.wait_for(d) == std::future_status::ready;
+}
+
+/// Waits for every future until `deadline`; returns how many are not ready.
+template <class R>
+size_t wait_all_until(std::vector<std::future<R>>& fs,
+                      clock_type::time_point deadline) {
+  size_t missing = 0;
+  for (auto& f : fs)
+    if (f.wait_until(deadline) != std::future_status::ready)
+      ++missing;
+  return missing;
+}
+
+/// True once `pid` no longer exists (reaped; a zombie still exists).
+bool process_gone(pid_t pid) {
+  return ::kill(pid, 0) == -1 && errno == ESRCH;
+}
+
+/// The state letter of /proc/<pid>/stat ('Z' for a zombie), or "gone".
+std::string proc_state(pid_t pid) {
+  std::ifstream in{"/proc/" + std::to_string(pid) + "/stat"};
+  std::string line;
+  if (!std::getline(in, line))
+    return "gone";
+  auto pos = line.rfind(')');
+  if (pos == std::string::npos || pos + 2 >= line.size())
+    return "?";
+  return std::string(1, line[pos + 2]);
+}
+
+bool wait_gone(pid_t pid, std::chrono::milliseconds bound) {
+  auto deadline = clock_type::now() + bound;
+  while (!process_gone(pid)) {
+    if (clock_type::now() >= deadline)
+      return false;
+    std::this_thread::sleep_for(5ms);
+  }
+  return true;
+}
+
+std::vector<std::string> list_fds() {
+  std::vector<std::string> out;
+  if (auto* dir = ::opendir("/proc/self/fd")) {
+    int self_fd = ::dirfd(dir);
+    while (auto* e = ::readdir(dir)) {
+      std::string name = e->d_name;
+      if (name == "." || name == ".." || name == std::to_string(self_fd))
+        continue;
+      char target[512] = {0};
+      auto n = ::readlink(("/proc/self/fd/" + name).c_str(), target,
+                          sizeof(target) - 1);
+      out.push_back(name + " -> "
+                    + (n > 0 ? std::string(target, static_cast<size_t>(n))
+                             : std::string{"?"}));
+    }
+    ::closedir(dir);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::string join_lines(const std::vector<std::string>& xs) {
+  std::string out;
+  for (auto& x : xs)
+    out += "  " + x + "\n";
+  return out;
+}
+
+std::string describe_stats(const pool_stats& s) {
+  std::ostringstream out;
+  out << "stats: submitted " << s.submitted << ", succeeded " << s.succeeded
+      << ", failed " << s.failed << ", quarantined " << s.quarantined
+      << ", redispatched " << s.redispatched << ", workers_started "
+      << s.workers_started << ", workers_died " << s.workers_died;
+  return out.str();
+}
+
+std::string describe_workers(const std::vector<worker_info>& ws) {
+  std::string out = "workers:";
+  for (auto& w : ws)
+    out += " " + w.name + "[" + std::to_string(w.pid) + "]";
+  return out;
+}
+
+std::string describe_log(const std::vector<std::pair<pid_t, int32_t>>& log) {
+  std::string out = "runs (pid value):";
+  for (auto& [pid, v] : log)
+    out += " (" + std::to_string(pid) + " " + std::to_string(v) + ")";
+  return out;
+}
+
+std::set<pid_t> pids_of(const std::vector<worker_info>& ws) {
+  std::set<pid_t> out;
+  for (auto& w : ws)
+    out.insert(w.pid);
+  return out;
+}
+
+/// Lines "<pid> <value>" written by nap tasks.
+std::vector<std::pair<pid_t, int32_t>> read_log(const std::string& path) {
+  std::vector<std::pair<pid_t, int32_t>> out;
+  std::ifstream in{path};
+  long pid = 0;
+  long value = 0;
+  while (in >> pid >> value)
+    out.emplace_back(static_cast<pid_t>(pid), static_cast<int32_t>(value));
+  return out;
+}
+
+/// Waits until the nap task `value` logged its start; returns its pid (0 if
+/// it did not start within `bound`).
+pid_t wait_started(const std::string& path, int32_t value,
+                   std::chrono::milliseconds bound = kBound) {
+  auto deadline = clock_type::now() + bound;
+  for (;;) {
+    for (auto& [pid, v] : read_log(path))
+      if (v == value)
+        return pid;
+    if (clock_type::now() >= deadline)
+      return 0;
+    std::this_thread::sleep_for(2ms);
+  }
+}
+
+size_t count_value(const std::vector<std::pair<pid_t, int32_t>>& log,
+                   int32_t value) {
+  return static_cast<size_t>(
+    std::count_if(log.begin(), log.end(),
+                  [value](auto& x) { return x.second == value; }));
+}
+
+/// Aborts the test binary if a test runs for longer than `limit`.
+class watchdog {
+public:
+  explicit watchdog(std::chrono::seconds limit) {
+    thread_ = std::thread{[this, limit] {
+      std::unique_lock<std::mutex> lk{mu_};
+      if (cv_.wait_for(lk, limit, [this] { return done_; }))
+        return;
+      auto* info = testing::UnitTest::GetInstance()->current_test_info();
+      std::fprintf(stderr,
+                   "pool_test watchdog: %s.%s still running after %lld s: "
+                   "a hang; aborting\n",
+                   info ? info->test_suite_name() : "?",
+                   info ? info->name() : "?",
+                   static_cast<long long>(limit.count()));
+      std::fflush(stderr);
+      std::abort();
+    }};
+  }
+
+  ~watchdog() {
+    {
+      std::lock_guard<std::mutex> guard{mu_};
+      done_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::thread thread_;
+};
+
+/// Collects the workers' output lines (and the pids that wrote them).
+struct output_log {
+  std::mutex mu;
+  std::vector<output_line> lines;
+  std::set<pid_t> pids;
+
+  std::set<pid_t> seen_pids() {
+    std::lock_guard<std::mutex> guard{mu};
+    return pids;
+  }
+
+  std::string text() {
+    std::lock_guard<std::mutex> guard{mu};
+    std::string out;
+    for (auto& l : lines)
+      out += "  [" + l.process_name + " " + std::to_string(l.pid) + "] "
+             + l.text + "\n";
+    return out;
+  }
+};
+
+class PoolFixture : public testing::Test {
+protected:
+  PoolFixture() {
+    static std::atomic<int> counter{0};
+    dir_ = testing::TempDir() + "pool_test_" + std::to_string(::getpid())
+           + "_" + std::to_string(counter++);
+    ::mkdir(dir_.c_str(), 0700);
+  }
+
+  ~PoolFixture() override {
+    std::string cmd = "rm -rf '" + dir_ + "'";
+    [[maybe_unused]] auto rc = std::system(cmd.c_str());
+  }
+
+  /// Options for `n` workers whose output goes to log_.
+  pool_options options(size_t n) {
+    pool_options opts;
+    opts.workers = n;
+    auto log = log_;
+    opts.sink = [log](const output_line& line) {
+      std::lock_guard<std::mutex> guard{log->mu};
+      log->lines.push_back(line);
+      log->pids.insert(line.pid);
+      if (std::getenv("POOL_TEST_VERBOSE") != nullptr)
+        std::fprintf(stderr, "[%s %d] %s\n", line.process_name.c_str(),
+                     static_cast<int>(line.pid), line.text.c_str());
+    };
+    return opts;
+  }
+
+  caf::expected<pool> start(pool_options opts, const char* entry = kTester) {
+    auto p = pool::start(sys, entry, std::move(opts));
+    if (p)
+      remember(*p);
+    return p;
+  }
+
+  /// Remembers the pool's current workers: TearDown checks they are gone.
+  void remember(const pool& p) {
+    for (auto& w : p.workers())
+      pids_.insert(w.pid);
+  }
+
+  void remember(pid_t pid) {
+    if (pid > 0)
+      pids_.insert(pid);
+  }
+
+  /// Checks that every worker seen in this test is gone now (not a zombie).
+  void expect_all_gone(const char* when) {
+    auto all = pids_;
+    for (auto pid : log_->seen_pids())
+      all.insert(pid);
+    for (auto pid : all)
+      EXPECT_TRUE(process_gone(pid))
+        << "worker " << pid << " still exists " << when << " (state "
+        << proc_state(pid) << ")";
+  }
+
+  void TearDown() override {
+    expect_all_gone("after the test's pools were destroyed");
+    if (HasFailure())
+      std::fprintf(stderr, "workers' output in this test:\n%s",
+                   log_->text().c_str());
+  }
+
+  std::string path(const std::string& name) const {
+    return dir_ + "/" + name;
+  }
+
+  watchdog dog_{std::chrono::duration_cast<std::chrono::seconds>(kWatchdog)};
+  std::shared_ptr<output_log> log_ = std::make_shared<output_log>();
+  std::set<pid_t> pids_;
+  std::string dir_;
+  caf::actor_system_config cfg;
+  caf::actor_system sys{cfg};
+};
+
+class PoolBasics : public PoolFixture {};
+class PoolFailures : public PoolFixture {};
+class PoolLedger : public PoolFixture {};
+class PoolInitializer : public PoolFixture {};
+class PoolBackpressure : public PoolFixture {};
+class PoolSizes : public PoolFixture {};
+class PoolShutdown : public PoolFixture {};
+
+std::vector<std::future<caf::expected<int32_t>>>
+submit_squares(pool& p, int32_t from, int32_t to) {
+  std::vector<std::future<caf::expected<int32_t>>> out;
+  for (int32_t i = from; i < to; ++i)
+    out.push_back(p.submit<int32_t>(square{i}));
+  return out;
+}
+
+/// Expects every future to hold value i*i (i = from, from+1, ...).
+void expect_squares(std::vector<std::future<caf::expected<int32_t>>>& fs,
+                    int32_t from) {
+  ASSERT_EQ(wait_all_until(fs, clock_type::now() + kBound), 0u)
+    << "tasks submitted alongside did not finish within 10 s";
+  for (size_t i = 0; i < fs.size(); ++i) {
+    auto r = fs[i].get();
+    auto x = from + static_cast<int32_t>(i);
+    ASSERT_TRUE(r) << "square{" << x << "}: " << describe(r.error());
+    EXPECT_EQ(*r, x * x);
+  }
+}
+
+} // namespace
+
+// -- the failure matrix -------------------------------------------------------
+//
+// After CPython's test_concurrent_futures deadlock tests: an exception, a
+// crash (SIGSEGV) or an exit (std::_Exit(3)) at each boundary a task crosses
+// ends as an error on that task, quickly, never as a hang; the tasks around
+// it still succeed.
+
+namespace {
+
+enum class boundary {
+  decode_task,   ///< the worker decodes the task
+  run_task,      ///< the handler runs
+  encode_result, ///< the worker encodes the result
+};
+
+struct matrix_case {
+  boundary where;
+  int32_t mode;
+};
+
+std::string boundary_name(boundary b) {
+  switch (b) {
+    case boundary::decode_task:
+      return "DecodingTheTask";
+    case boundary::run_task:
+      return "RunningTheTask";
+    default:
+      return "EncodingTheResult";
+  }
+}
+
+std::string fault_name(int32_t mode) {
+  switch (mode) {
+    case pool_test::throw_exception:
+      return "Throws";
+    case pool_test::segfault:
+      return "Segfaults";
+    default:
+      return "Exits";
+  }
+}
+
+// Names the case in ctest's and gtest's output.
+void PrintTo(const matrix_case& x, std::ostream* os) {
+  *os << boundary_name(x.where) << "_" << fault_name(x.mode);
+}
+
+std::string matrix_name(const testing::TestParamInfo<matrix_case>& info) {
+  return boundary_name(info.param.where) + "_" + fault_name(info.param.mode);
+}
+
+class PoolFailureMatrix : public PoolFixture,
+                          public testing::WithParamInterface<matrix_case> {};
+
+} // namespace
+
+TEST_P(PoolFailureMatrix, EndsAsAnErrorOnThatTaskAlone) {
+  auto [where, mode] = GetParam();
+  auto p = start(options(2));
+  ASSERT_TRUE(p) << describe(p.error());
+  auto workers_before = pids_of(p->workers());
+  EXPECT_EQ(workers_before.size(), 2u) << describe_workers(p->workers());
+  auto note = "pool_test-note: " + boundary_name(where) + "_"
+              + fault_name(mode) + " in the worker";
+  auto before = submit_squares(*p, 0, 8);
+  auto t0 = clock_type::now();
+  std::future<caf::expected<caf::message>> bad;
+  switch (where) {
+    case boundary::decode_task:
+      bad = p->submit<caf::message>(decode_fault{mode, 7, note});
+      break;
+    case boundary::run_task:
+      bad = p->submit<caf::message>(run_fault{mode, 7, note});
+      break;
+    case boundary::encode_result:
+      bad = p->submit<caf::message>(
+        make_fragile{7, mode, pool_test::no_fault, note});
+      break;
+  }
+  auto after = submit_squares(*p, 8, 16);
+  ASSERT_TRUE(is_ready(bad, kBound)) << "the faulty task hangs";
+  auto elapsed = ms_since(t0);
+  std::printf("[   info   ] the faulty task failed after %lld ms\n", elapsed);
+  auto r = bad.get();
+  ASSERT_FALSE(r) << "the faulty task succeeded: " << caf::to_string(*r);
+  auto text = text_of(r.error());
+  auto stats = p->stats();
+  if (mode == pool_test::throw_exception) {
+    switch (where) {
+      case boundary::decode_task:
+        EXPECT_EQ(r.error(), errc::decode_failed) << describe(r.error());
+        break;
+      case boundary::run_task:
+        EXPECT_EQ(r.error(), errc::worker_exception) << describe(r.error());
+        break;
+      case boundary::encode_result:
+        EXPECT_EQ(r.error(), errc::encode_failed) << describe(r.error());
+        break;
+    }
+    EXPECT_TRUE(contains(text, note)) << describe(r.error());
+    // The worker keeps serving: nobody died, nobody was replaced.
+    EXPECT_EQ(stats.workers_died, 0u);
+    EXPECT_EQ(pids_of(p->workers()), workers_before);
+  } else {
+    // The task kills every worker it runs on: quarantined after 3 attempts.
+    EXPECT_EQ(r.error(), errc::task_quarantined) << describe(r.error());
+    EXPECT_TRUE(contains(text, "task")) << text;
+    EXPECT_TRUE(contains(text, "3 attempts")) << text;
+    auto status = mode == pool_test::segfault ? std::string{"killed by SIGSEGV"}
+                                              : std::string{"exited with code 3"};
+    EXPECT_TRUE(contains(text, status)) << text;
+    // The dead worker's last stderr lines.
+    EXPECT_TRUE(contains(text, note)) << text;
+    EXPECT_EQ(stats.quarantined, 1u);
+    EXPECT_GE(stats.workers_died, 3u);
+  }
+  expect_squares(before, 0);
+  expect_squares(after, 8);
+  remember(*p);
+  auto workers_now = p->workers();
+  ASSERT_FALSE(p->close(kBound)) << "close() did not finish";
+  for (auto& w : workers_now)
+    EXPECT_TRUE(process_gone(w.pid))
+      << "worker " << w.pid << " survives close() (state "
+      << proc_state(w.pid) << ")";
+}
+
+INSTANTIATE_TEST_SUITE_P(
+  PoolFaults, PoolFailureMatrix,
+  testing::Values(matrix_case{boundary::decode_task, pool_test::throw_exception},
+                  matrix_case{boundary::decode_task, pool_test::segfault},
+                  matrix_case{boundary::decode_task, pool_test::exit_3},
+                  matrix_case{boundary::run_task, pool_test::throw_exception},
+                  matrix_case{boundary::run_task, pool_test::segfault},
+                  matrix_case{boundary::run_task, pool_test::exit_3},
+                  matrix_case{boundary::encode_result,
+                              pool_test::throw_exception},
+                  matrix_case{boundary::encode_result, pool_test::segfault},
+                  matrix_case{boundary::encode_result, pool_test::exit_3}),
+  matrix_name);
+
+// The two boundaries in the parent: only an exception makes sense there.
+
+TEST_F(PoolFailures, ATaskThatCannotBeEncodedFailsAtOnce) {
+  auto p = start(options(2));
+  ASSERT_TRUE(p) << describe(p.error());
+  auto before = submit_squares(*p, 0, 8);
+  auto bad = p->submit<int32_t>(pool_test::unencodable_task{3});
+  ASSERT_TRUE(is_ready(bad)) << "submit() did not fail the future at once";
+  auto r = bad.get();
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error(), errc::encode_failed) << describe(r.error());
+  EXPECT_TRUE(contains(text_of(r.error()), "refuses to be encoded"))
+    << describe(r.error());
+  auto after = submit_squares(*p, 8, 16);
+  expect_squares(before, 0);
+  expect_squares(after, 8);
+  EXPECT_EQ(p->stats().workers_died, 0u);
+}
+
+TEST_F(PoolFailures, ATaskOfAnUnregisteredTypeFailsAtOnce) {
+  auto p = start(options(1));
+  ASSERT_TRUE(p) << describe(p.error());
+  auto bad = p->submit<int32_t>(pool_test::unregistered_task{3});
+  ASSERT_TRUE(is_ready(bad)) << "submit() did not fail the future at once";
+  auto r = bad.get();
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error(), errc::unknown_type) << describe(r.error());
+  auto y = p->apply<int32_t>(square{4}, kBound);
+  ASSERT_TRUE(y) << describe(y.error());
+  EXPECT_EQ(*y, 16);
+}
+
+TEST_F(PoolFailures, AResultThatCannotBeDecodedFailsItsTaskAlone) {
+  auto p = start(options(2));
+  ASSERT_TRUE(p) << describe(p.error());
+  auto workers_before = pids_of(p->workers());
+  std::string note = "pool_test-note: this result refuses to be decoded";
+  auto before = submit_squares(*p, 0, 8);
+  auto bad = p->submit<fragile>(
+    make_fragile{5, pool_test::no_fault, pool_test::throw_exception, note});
+  auto after = submit_squares(*p, 8, 16);
+  ASSERT_TRUE(is_ready(bad, kBound)) << "the faulty task hangs";
+  auto r = bad.get();
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error(), errc::decode_failed) << describe(r.error());
+  EXPECT_TRUE(contains(text_of(r.error()), note)) << describe(r.error());
+  expect_squares(before, 0);
+  expect_squares(after, 8);
+  // The channel goes on: the same workers serve the next fragile result.
+  auto good = p->apply<fragile>(make_fragile{6, 0, 0, "fine"}, kBound);
+  ASSERT_TRUE(good) << describe(good.error());
+  EXPECT_EQ(good->value, 6);
+  EXPECT_EQ(p->stats().workers_died, 0u);
+  EXPECT_EQ(pids_of(p->workers()), workers_before);
+}
+
+TEST_F(PoolFailures, ACrashInAtMostOnceModeFailsWithWorkerDied) {
+  auto opts = options(2);
+  opts.guarantee = delivery::at_most_once;
+  auto p = start(opts);
+  ASSERT_TRUE(p) << describe(p.error());
+  auto t0 = clock_type::now();
+  auto bad = p->submit<int32_t>(
+    run_fault{pool_test::segfault, 1, "pool_test-note: crash once"});
+  ASSERT_TRUE(is_ready(bad, kBound)) << "the crashing task hangs";
+  std::printf("[   info   ] the crashing task failed after %lld ms\n",
+              ms_since(t0));
+  auto r = bad.get();
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error(), errc::worker_died) << describe(r.error());
+  EXPECT_TRUE(contains(text_of(r.error()), "killed by SIGSEGV"))
+    << describe(r.error());
+  // Never run twice: exactly one worker died.
+  EXPECT_EQ(p->stats().workers_died, 1u);
+  // The pool goes on with a replacement.
+  auto later = submit_squares(*p, 0, 10);
+  expect_squares(later, 0);
+  remember(*p);
+}
+
+// -- the ledger: killed workers, deadlines, recycling -------------------------
+
+TEST_F(PoolLedger, RedispatchesTheTasksOfAKilledWorker) {
+  auto p = start(options(1));
+  ASSERT_TRUE(p) << describe(p.error());
+  auto log = path("runs");
+  auto slow = p->submit<tagged>(nap{1000, 1, log, 0});
+  // Queued behind it on the same (only) worker.
+  auto behind = submit_squares(*p, 0, 5);
+  auto victim = wait_started(log, 1);
+  ASSERT_NE(victim, 0) << "the slow task did not start";
+  remember(victim);
+  auto t0 = clock_type::now();
+  ASSERT_EQ(::kill(victim, SIGKILL), 0);
+  ASSERT_TRUE(is_ready(slow, kBound)) << "the re-dispatched task hangs";
+  auto r = slow.get();
+  ASSERT_TRUE(r) << describe(r.error());
+  EXPECT_EQ(r->value, 1);
+  EXPECT_NE(r->pid, victim) << "the result came from the killed worker";
+  remember(r->pid);
+  std::printf("[   info   ] re-run finished %lld ms after the kill\n",
+              ms_since(t0));
+  expect_squares(behind, 0);
+  // It ran twice: once on the victim, once on its replacement.
+  auto runs = read_log(log);
+  ASSERT_EQ(runs.size(), 2u);
+  EXPECT_EQ(runs[0].first, victim);
+  EXPECT_EQ(runs[1].first, r->pid);
+  auto stats = p->stats();
+  EXPECT_EQ(stats.workers_died, 1u);
+  EXPECT_EQ(stats.redispatched, 6u); // the slow task and the 5 behind it
+  EXPECT_EQ(stats.failed, 0u);
+  EXPECT_TRUE(wait_gone(victim, kBound)) << "the killed worker was not reaped";
+  auto now = p->workers();
+  ASSERT_EQ(now.size(), 1u);
+  EXPECT_NE(now[0].pid, victim);
+  remember(*p);
+}
+
+TEST_F(PoolLedger, ChargesADeathOnlyToATaskThatRanAlone) {
+  // Several tasks in flight: the first death is ambiguous, so every task of
+  // the dead worker runs again, each alone. A death while the slow task runs
+  // alone is charged to it; with two attempts allowed it is quarantined then,
+  // while the tasks that shared its first worker succeed.
+  auto opts = options(1);
+  opts.max_attempts = 2;
+  auto p = start(opts);
+  ASSERT_TRUE(p) << describe(p.error());
+  auto log = path("runs");
+  auto slow = p->submit<tagged>(nap{5000, 1, log, 0});
+  auto behind = submit_squares(*p, 0, 5);
+  auto victim = wait_started(log, 1);
+  ASSERT_NE(victim, 0) << "the slow task did not start";
+  remember(victim);
+  ASSERT_EQ(::kill(victim, SIGKILL), 0);
+  // It runs again, alone, on the replacement.
+  pid_t second = 0;
+  auto deadline = clock_type::now() + kBound;
+  while (second == 0 && clock_type::now() < deadline) {
+    auto runs = read_log(log);
+    if (count_value(runs, 1) == 2)
+      second = runs.back().first;
+    else
+      std::this_thread::sleep_for(2ms);
+  }
+  ASSERT_NE(second, 0) << "the slow task did not run again; "
+                       << describe_stats(p->stats());
+  remember(second);
+  EXPECT_NE(second, victim);
+  ASSERT_EQ(::kill(second, SIGKILL), 0);
+  ASSERT_TRUE(is_ready(slow, kBound)) << "the charged task hangs";
+  auto r = slow.get();
+  ASSERT_FALSE(r) << "a task charged max_attempts times gave a result from "
+                  << r->pid << "; " << describe_log(read_log(log));
+  EXPECT_EQ(r.error(), errc::task_quarantined) << describe(r.error());
+  EXPECT_TRUE(contains(text_of(r.error()), "2 attempts")) << describe(r.error());
+  EXPECT_TRUE(contains(text_of(r.error()), "killed by SIGKILL"))
+    << describe(r.error());
+  expect_squares(behind, 0);
+  EXPECT_EQ(count_value(read_log(log), 1), 2u) << "it ran a third time";
+  EXPECT_EQ(p->stats().quarantined, 1u);
+  EXPECT_EQ(p->stats().workers_died, 2u);
+  remember(*p);
+}
+
+TEST_F(PoolLedger, FailsTheTasksOfAKilledWorkerAloneInAtMostOnceMode) {
+  auto opts = options(1);
+  opts.guarantee = delivery::at_most_once;
+  auto p = start(opts);
+  ASSERT_TRUE(p) << describe(p.error());
+  auto log = path("runs");
+  std::vector<std::future<caf::expected<tagged>>> fs;
+  fs.push_back(p->submit<tagged>(nap{2000, 1, log, 0}));
+  for (int32_t i = 2; i <= 6; ++i) // in flight behind it, on the same worker
+    fs.push_back(p->submit<tagged>(nap{0, i, log, 0}));
+  auto victim = wait_started(log, 1);
+  ASSERT_NE(victim, 0) << "the slow task did not start";
+  remember(victim);
+  auto t0 = clock_type::now();
+  ASSERT_EQ(::kill(victim, SIGKILL), 0);
+  ASSERT_EQ(wait_all_until(fs, clock_type::now() + kBound), 0u)
+    << "tasks of the killed worker hang";
+  std::printf("[   info   ] the tasks failed %lld ms after the kill\n",
+              ms_since(t0));
+  for (size_t i = 0; i < fs.size(); ++i) {
+    auto r = fs[i].get();
+    ASSERT_FALSE(r) << "task " << i + 1 << " ran again: pid " << r->pid;
+    EXPECT_EQ(r.error(), errc::worker_died) << describe(r.error());
+    EXPECT_TRUE(contains(text_of(r.error()), "killed by SIGKILL"))
+      << describe(r.error());
+  }
+  // The pool replaced the worker and goes on.
+  auto next = p->submit<tagged>(nap{0, 7, log, 0});
+  ASSERT_TRUE(is_ready(next, kBound));
+  auto r = next.get();
+  ASSERT_TRUE(r) << describe(r.error());
+  EXPECT_NE(r->pid, victim);
+  remember(r->pid);
+  // Nothing ran twice.
+  auto runs = read_log(log);
+  for (int32_t v = 1; v <= 7; ++v)
+    EXPECT_LE(count_value(runs, v), 1u) << "task " << v << " ran twice";
+  EXPECT_EQ(count_value(runs, 1), 1u);
+  EXPECT_EQ(count_value(runs, 7), 1u);
+  EXPECT_EQ(p->stats().workers_died, 1u);
+  EXPECT_EQ(p->stats().redispatched, 0u);
+}
+
+TEST_F(PoolLedger, AWindowOfOneLimitsWhatADeathTakesInAtMostOnceMode) {
+  auto opts = options(1);
+  opts.guarantee = delivery::at_most_once;
+  opts.window = 1; // one task in flight per worker
+  auto p = start(opts);
+  ASSERT_TRUE(p) << describe(p.error());
+  auto log = path("runs");
+  auto slow = p->submit<tagged>(nap{2000, 1, log, 0});
+  std::vector<std::future<caf::expected<tagged>>> queued;
+  for (int32_t i = 2; i <= 4; ++i)
+    queued.push_back(p->submit<tagged>(nap{0, i, log, 0}));
+  auto victim = wait_started(log, 1);
+  ASSERT_NE(victim, 0) << "the slow task did not start";
+  remember(victim);
+  ASSERT_EQ(::kill(victim, SIGKILL), 0);
+  ASSERT_TRUE(is_ready(slow, kBound));
+  auto r = slow.get();
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error(), errc::worker_died) << describe(r.error());
+  // The others were still queued in the pool: the death did not take them.
+  ASSERT_EQ(wait_all_until(queued, clock_type::now() + kBound), 0u);
+  for (auto& f : queued) {
+    auto x = f.get();
+    ASSERT_TRUE(x) << describe(x.error()) << "; "
+                   << describe_stats(p->stats());
+    EXPECT_NE(x->pid, victim);
+    remember(x->pid);
+  }
+  auto runs = read_log(log);
+  for (int32_t v = 1; v <= 4; ++v)
+    EXPECT_EQ(count_value(runs, v), 1u) << describe_log(runs);
+}
+
+TEST_F(PoolLedger, FailsATaskPastItsDeadlineAndReplacesItsWorker) {
+  auto opts = options(2);
+  opts.task_timeout = 500ms;
+  opts.window = 1; // nothing waits behind the slow task on its worker
+  auto p = start(opts);
+  ASSERT_TRUE(p) << describe(p.error());
+  auto log = path("runs");
+  auto t0 = clock_type::now();
+  auto slow = p->submit<tagged>(nap{20000, 1, log, 0});
+  auto victim = wait_started(log, 1);
+  ASSERT_NE(victim, 0) << "the slow task did not start";
+  remember(victim);
+  auto quick = submit_squares(*p, 0, 20);
+  ASSERT_TRUE(is_ready(slow, kBound)) << "the deadline did not fire";
+  auto elapsed = ms_since(t0);
+  std::printf("[   info   ] the deadline fired after %lld ms\n", elapsed);
+  auto r = slow.get();
+  ASSERT_FALSE(r) << "the task outlived its deadline";
+  EXPECT_EQ(r.error(), errc::timeout) << describe(r.error());
+  EXPECT_GE(elapsed, 450); // not before its deadline
+  expect_squares(quick, 0);
+  // Its worker was stopped and replaced.
+  EXPECT_TRUE(wait_gone(victim, kBound)) << "the overdue worker survives";
+  auto deadline = clock_type::now() + kBound;
+  std::set<pid_t> now;
+  do {
+    now = pids_of(p->workers());
+    if (now.size() == 2 && now.count(victim) == 0)
+      break;
+    std::this_thread::sleep_for(10ms);
+  } while (clock_type::now() < deadline);
+  EXPECT_EQ(now.size(), 2u);
+  EXPECT_EQ(now.count(victim), 0u);
+  EXPECT_EQ(p->stats().workers_died, 1u)
+    << describe_stats(p->stats()) << "; victim " << victim << "; "
+    << describe_workers(p->workers());
+  // Later tasks are served.
+  auto later = submit_squares(*p, 20, 30);
+  expect_squares(later, 20);
+  remember(*p);
+}
+
+TEST_F(PoolLedger, KillsAWorkerThatIgnoresSigtermAfterTheGrace) {
+  auto opts = options(1);
+  opts.kill_grace = 300ms;
+  auto p = start(opts);
+  ASSERT_TRUE(p) << describe(p.error());
+  auto log = path("runs");
+  task_options topts;
+  topts.timeout = 300ms; // this task only
+  auto t0 = clock_type::now();
+  auto slow = p->submit<tagged>(nap{20000, 1, log, 1}, topts);
+  // Behind it on the same worker, without a deadline of their own.
+  auto behind = submit_squares(*p, 0, 5);
+  auto victim = wait_started(log, 1);
+  ASSERT_NE(victim, 0) << "the slow task did not start";
+  remember(victim);
+  ASSERT_TRUE(is_ready(slow, kBound)) << "the stubborn worker was not killed";
+  auto elapsed = ms_since(t0);
+  std::printf("[   info   ] the deadline fired after %lld ms\n", elapsed);
+  auto r = slow.get();
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error(), errc::timeout) << describe(r.error());
+  EXPECT_GE(elapsed, 250);
+  expect_squares(behind, 0);
+  EXPECT_TRUE(wait_gone(victim, kBound)) << "the stubborn worker survives";
+  remember(*p);
+}
+
+TEST_F(PoolLedger, RecyclesWorkersAfterMaxTasksPerChildWithABacklog) {
+  auto opts = options(2);
+  opts.max_tasks_per_child = 5;
+  auto p = start(opts);
+  ASSERT_TRUE(p) << describe(p.error());
+  std::vector<whoami> tasks;
+  for (int32_t i = 0; i < 100; ++i)
+    tasks.push_back(whoami{i});
+  auto t0 = clock_type::now();
+  auto results = p->map<tagged>(tasks);
+  std::printf("[   info   ] 100 tasks on recycled workers took %lld ms\n",
+              ms_since(t0));
+  ASSERT_EQ(results.size(), tasks.size());
+  std::map<pid_t, int> per_pid;
+  for (size_t i = 0; i < results.size(); ++i) {
+    ASSERT_TRUE(results[i]) << "task " << i << ": "
+                            << describe(results[i].error());
+    EXPECT_EQ(results[i]->value, static_cast<int32_t>(i * i));
+    ++per_pid[results[i]->pid];
+    remember(results[i]->pid);
+  }
+  for (auto& [pid, n] : per_pid)
+    EXPECT_LE(n, 5) << "worker " << pid << " ran " << n << " tasks";
+  EXPECT_GE(per_pid.size(), 20u);
+  EXPECT_GE(p->stats().workers_started, 20u);
+  EXPECT_EQ(p->stats().failed, 0u);
+  remember(*p);
+  ASSERT_FALSE(p->close(kBound));
+  for (auto& [pid, n] : per_pid)
+    EXPECT_TRUE(process_gone(pid))
+      << "recycled worker " << pid << " was not reaped (state "
+      << proc_state(pid) << ")";
+}
+
+// -- the initializer ----------------------------------------------------------
+
+TEST_F(PoolInitializer, RunsFirstOnEveryWorkerIncludingReplacements) {
+  auto opts = options(2);
+  ASSERT_FALSE(opts.set_initializer(init_msg{42, 0, "", ""}));
+  auto p = start(opts, kInitialized);
+  ASSERT_TRUE(p) << describe(p.error());
+  std::vector<probe> probes(20);
+  for (auto& r : p->map<probe_reply>(probes)) {
+    ASSERT_TRUE(r) << describe(r.error());
+    EXPECT_EQ(r->init_value, 42) << "a task ran before the initializer";
+    EXPECT_EQ(r->inits, 1);
+  }
+  auto first = pids_of(p->workers());
+  ASSERT_EQ(first.size(), 2u);
+  auto victim = *first.begin();
+  ASSERT_EQ(::kill(victim, SIGKILL), 0);
+  // Wait for the replacement.
+  auto deadline = clock_type::now() + kBound;
+  std::set<pid_t> now;
+  do {
+    now = pids_of(p->workers());
+    if (now.size() == 2 && now.count(victim) == 0)
+      break;
+    std::this_thread::sleep_for(10ms);
+  } while (clock_type::now() < deadline);
+  ASSERT_EQ(now.size(), 2u);
+  ASSERT_EQ(now.count(victim), 0u) << "the killed worker was not replaced";
+  remember(*p);
+  std::set<pid_t> served;
+  for (auto& r : p->map<probe_reply>(std::vector<probe>(40), 1)) {
+    ASSERT_TRUE(r) << describe(r.error());
+    EXPECT_EQ(r->init_value, 42) << "worker " << r->pid << " not initialized";
+    EXPECT_EQ(r->inits, 1) << "worker " << r->pid;
+    served.insert(r->pid);
+  }
+  bool replacement_served = false;
+  for (auto pid : served)
+    if (first.count(pid) == 0)
+      replacement_served = true;
+  EXPECT_TRUE(replacement_served) << "no task reached the replacement";
+}
+
+TEST_F(PoolInitializer, StartFailsWithPoolBrokenWhenTheInitializerFails) {
+  for (int32_t mode : {pool_test::throw_exception, pool_test::segfault,
+                       pool_test::exit_3}) {
+    SCOPED_TRACE("initializer fault: " + fault_name(mode));
+    auto opts = options(2);
+    opts.max_start_failures = 2;
+    std::string note = "pool_test-note: initializer " + fault_name(mode);
+    ASSERT_FALSE(opts.set_initializer(init_msg{42, mode, note, ""}));
+    auto t0 = clock_type::now();
+    auto p = start(opts, kInitialized);
+    auto elapsed = ms_since(t0);
+    std::printf("[   info   ] start() gave up after %lld ms\n", elapsed);
+    ASSERT_FALSE(p) << "the pool started with a failing initializer";
+    EXPECT_EQ(p.error(), errc::pool_broken) << describe(p.error());
+    if (mode == pool_test::throw_exception) {
+      EXPECT_TRUE(contains(text_of(p.error()), note)) << describe(p.error());
+    }
+    EXPECT_LT(elapsed, 10000);
+    // Every worker that ran the initializer (it wrote a line) is gone.
+    auto seen = log_->seen_pids();
+    EXPECT_FALSE(seen.empty()) << "no initializer ran";
+    for (auto pid : seen)
+      EXPECT_TRUE(process_gone(pid))
+        << "worker " << pid << " survives a failed start (state "
+        << proc_state(pid) << ")";
+  }
+}
+
+TEST_F(PoolInitializer, FailsPendingTasksWhenReplacementsCannotInitialize) {
+  auto flag = path("refuse");
+  auto opts = options(1);
+  opts.max_start_failures = 2;
+  ASSERT_FALSE(opts.set_initializer(init_msg{42, 0, "", flag}));
+  auto p = start(opts, kInitialized);
+  ASSERT_TRUE(p) << describe(p.error());
+  auto log = path("runs");
+  auto pending = p->submit<tagged>(nap{1000, 1, log, 0});
+  auto victim = wait_started(log, 1);
+  ASSERT_NE(victim, 0);
+  remember(victim);
+  // From now on no new worker can initialize.
+  pool_test::append_line(flag, "refuse");
+  ASSERT_EQ(::kill(victim, SIGKILL), 0);
+  ASSERT_TRUE(is_ready(pending, kBound)) << "the pending task hangs";
+  auto r = pending.get();
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error(), errc::pool_broken) << describe(r.error());
+  auto later = p->submit<tagged>(nap{0, 2, log, 0});
+  ASSERT_TRUE(is_ready(later, kBound)) << "a task on a broken pool hangs";
+  auto r2 = later.get();
+  ASSERT_FALSE(r2);
+  EXPECT_EQ(r2.error(), errc::pool_broken) << describe(r2.error());
+  EXPECT_EQ(count_value(read_log(log), 2), 0u);
+}
+
+// -- backpressure -------------------------------------------------------------
+
+TEST_F(PoolBackpressure, FailModeRefusesTasksAtTheBound) {
+  auto opts = options(1);
+  opts.max_pending = 3;
+  opts.on_full = when_full::fail;
+  auto p = start(opts);
+  ASSERT_TRUE(p) << describe(p.error());
+  std::vector<std::future<caf::expected<tagged>>> held;
+  for (int32_t i = 0; i < 3; ++i)
+    held.push_back(p->submit<tagged>(nap{300, i, "", 0}));
+  auto refused = p->submit<tagged>(nap{0, 3, "", 0});
+  ASSERT_TRUE(is_ready(refused)) << "submit() at the bound did not fail at once";
+  auto r = refused.get();
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error(), errc::full) << describe(r.error());
+  ASSERT_EQ(wait_all_until(held, clock_type::now() + kBound), 0u);
+  for (size_t i = 0; i < held.size(); ++i) {
+    auto x = held[i].get();
+    ASSERT_TRUE(x) << describe(x.error());
+    EXPECT_EQ(x->value, static_cast<int32_t>(i));
+  }
+  // Room again.
+  auto y = p->apply<int32_t>(square{9}, kBound);
+  ASSERT_TRUE(y) << describe(y.error());
+  EXPECT_EQ(*y, 81);
+}
+
+TEST_F(PoolBackpressure, BlockModeWaitsForRoomAndPerCallFailOverrides) {
+  auto opts = options(1);
+  opts.max_pending = 2;
+  opts.on_full = when_full::block;
+  auto p = start(opts);
+  ASSERT_TRUE(p) << describe(p.error());
+  auto first = p->submit<tagged>(nap{400, 1, "", 0});
+  auto second = p->submit<tagged>(nap{400, 2, "", 0});
+  task_options no_wait;
+  no_wait.on_full = when_full::fail;
+  auto refused = p->submit<int32_t>(square{1}, no_wait);
+  ASSERT_TRUE(is_ready(refused));
+  auto rr = refused.get();
+  ASSERT_FALSE(rr);
+  EXPECT_EQ(rr.error(), errc::full) << describe(rr.error());
+  // This one waits until a task is done (each takes 400 ms), no longer.
+  auto t0 = clock_type::now();
+  std::atomic<long long> first_done{-1};
+  std::thread watcher{[&] {
+    if (is_ready(first, kBound))
+      first_done = ms_since(t0);
+  }};
+  auto third = p->submit<int32_t>(square{3});
+  auto waited = ms_since(t0);
+  watcher.join();
+  std::printf("[   info   ] submit() blocked for %lld ms; the first task "
+              "finished after %lld ms\n",
+              waited, first_done.load());
+  ASSERT_GE(first_done.load(), 0) << "the first task did not finish";
+  EXPECT_GE(waited, 300) << "submit() returned while the pool was full";
+  EXPECT_LT(waited, first_done.load() + 200)
+    << "submit() went on waiting after the first task had made room";
+  ASSERT_TRUE(is_ready(third, kBound));
+  auto r3 = third.get();
+  ASSERT_TRUE(r3) << describe(r3.error());
+  EXPECT_EQ(*r3, 9);
+  ASSERT_TRUE(is_ready(second, kBound));
+  EXPECT_TRUE(second.get());
+}
+
+// -- the API on a healthy pool ------------------------------------------------
+
+TEST_F(PoolBasics, StartsNamedWorkersAndSubmitsTasks) {
+  auto opts = options(3);
+  opts.name = "squarers";
+  auto p = start(opts);
+  ASSERT_TRUE(p) << describe(p.error());
+  EXPECT_EQ(p->size(), 3u);
+  auto ws = p->workers();
+  ASSERT_EQ(ws.size(), 3u);
+  EXPECT_EQ(pids_of(ws).size(), 3u);
+  for (auto& w : ws) {
+    EXPECT_EQ(w.name.rfind("squarers-", 0), 0u) << w.name;
+    EXPECT_EQ(w.method, start_method::forkserver);
+  }
+  auto fs = submit_squares(*p, 0, 50);
+  expect_squares(fs, 0);
+  auto stats = p->stats();
+  EXPECT_EQ(stats.submitted, 50u);
+  EXPECT_EQ(stats.succeeded, 50u);
+  EXPECT_EQ(stats.workers_started, 3u);
+}
+
+TEST_F(PoolBasics, KeepsExactlyTheRequestedNumberOfWorkers) {
+  for (size_t n : {size_t{1}, size_t{2}, size_t{4}}) {
+    SCOPED_TRACE("workers = " + std::to_string(n));
+    auto p = start(options(n));
+    ASSERT_TRUE(p) << describe(p.error());
+    EXPECT_EQ(p->size(), n);
+    EXPECT_EQ(p->workers().size(), n) << describe_workers(p->workers());
+    auto fs = submit_squares(*p, 0, 20);
+    expect_squares(fs, 0);
+    std::this_thread::sleep_for(200ms);
+    remember(*p);
+    auto ws = p->workers();
+    EXPECT_EQ(ws.size(), n) << describe_workers(ws);
+    std::set<std::string> names;
+    for (auto& w : ws)
+      names.insert(w.name);
+    EXPECT_EQ(names.size(), ws.size()) << describe_workers(ws);
+    EXPECT_EQ(p->stats().workers_started, n) << describe_stats(p->stats());
+  }
+}
+
+TEST_F(PoolBasics, DeliversEachResultWhenItsTaskFinishes) {
+  // One worker runs the tasks one after the other: the first result must
+  // not wait for the second task to end.
+  auto p = start(options(1));
+  ASSERT_TRUE(p) << describe(p.error());
+  auto t0 = clock_type::now();
+  auto f1 = p->submit<tagged>(nap{300, 1, "", 0});
+  auto f2 = p->submit<tagged>(nap{300, 2, "", 0});
+  ASSERT_TRUE(is_ready(f1, kBound));
+  auto first = ms_since(t0);
+  ASSERT_TRUE(is_ready(f2, kBound));
+  auto second = ms_since(t0);
+  std::printf("[   info   ] results after %lld ms and %lld ms\n", first,
+              second);
+  EXPECT_TRUE(f1.get());
+  EXPECT_TRUE(f2.get());
+  EXPECT_LT(first, 550) << "the first result waited for the second task";
+  EXPECT_GE(second, 550);
+}
+
+TEST_F(PoolBasics, RejectsAnUnknownEntry) {
+  auto p = pool::start(sys, "pool_test.no_such_worker", options(1));
+  ASSERT_FALSE(p);
+  EXPECT_EQ(p.error(), errc::unknown_entry) << describe(p.error());
+}
+
+TEST_F(PoolBasics, MapReturnsResultsInInputOrderForAnyChunksize) {
+  auto p = start(options(3));
+  ASSERT_TRUE(p) << describe(p.error());
+  std::vector<whoami> tasks;
+  for (int32_t i = 0; i < 500; ++i)
+    tasks.push_back(whoami{i});
+  for (size_t chunk : {size_t{0}, size_t{1}, size_t{7}, size_t{1000}}) {
+    SCOPED_TRACE("chunksize " + std::to_string(chunk));
+    auto results = p->map<tagged>(tasks, chunk);
+    ASSERT_EQ(results.size(), tasks.size());
+    for (size_t i = 0; i < results.size(); ++i) {
+      ASSERT_TRUE(results[i]) << describe(results[i].error());
+      EXPECT_EQ(results[i]->value, static_cast<int32_t>(i * i));
+    }
+  }
+}
+
+TEST_F(PoolBasics, StarmapBuildsEachTaskFromATuple) {
+  auto p = start(options(2));
+  ASSERT_TRUE(p) << describe(p.error());
+  std::vector<std::tuple<int32_t, int32_t>> args;
+  for (int32_t i = 0; i < 100; ++i)
+    args.emplace_back(i, 1000 * i);
+  auto results = p->starmap<int32_t, add>(args);
+  ASSERT_EQ(results.size(), args.size());
+  for (size_t i = 0; i < results.size(); ++i) {
+    ASSERT_TRUE(results[i]) << describe(results[i].error());
+    EXPECT_EQ(*results[i], 1001 * static_cast<int32_t>(i));
+  }
+}
+
+TEST_F(PoolBasics, ImapReadsItsInputLazilyAndKeepsOrder) {
+  auto p = start(options(2));
+  ASSERT_TRUE(p) << describe(p.error());
+  constexpr size_t window = 4;
+  constexpr int32_t n = 60;
+  int32_t reads = 0;
+  std::function<std::optional<square>()> input
+    = [&reads]() -> std::optional<square> {
+    if (reads == n)
+      return std::nullopt;
+    return square{reads++};
+  };
+  auto stream = p->imap<int32_t, square>(input, window);
+  EXPECT_EQ(reads, 0) << "imap() read its input before next()";
+  size_t taken = 0;
+  while (auto r = stream.next(kBound)) {
+    ASSERT_TRUE(*r) << describe(r->error());
+    auto i = static_cast<int32_t>(taken);
+    EXPECT_EQ(**r, i * i);
+    EXPECT_EQ(stream.last_index(), taken);
+    ++taken;
+    EXPECT_LE(static_cast<size_t>(reads), taken + window)
+      << "imap read more than `window` ahead of the reader";
+  }
+  EXPECT_EQ(taken, static_cast<size_t>(n));
+  EXPECT_EQ(reads, n);
+}
+
+TEST_F(PoolBasics, ImapUnorderedYieldsEveryResultOnce) {
+  auto p = start(options(4));
+  ASSERT_TRUE(p) << describe(p.error());
+  std::vector<nap> tasks;
+  for (int32_t i = 0; i < 40; ++i)
+    tasks.push_back(nap{(40 - i) % 7 * 5, i, "", 0});
+  auto stream = p->imap_unordered<tagged>(tasks);
+  std::set<size_t> seen;
+  while (auto r = stream.next(kBound)) {
+    ASSERT_TRUE(*r) << describe(r->error());
+    auto index = stream.last_index();
+    ASSERT_LT(index, tasks.size());
+    EXPECT_TRUE(seen.insert(index).second) << "index " << index << " twice";
+    EXPECT_EQ((*r)->value, tasks[index].value);
+  }
+  EXPECT_EQ(seen.size(), tasks.size());
+}
+
+TEST_F(PoolBasics, ApplyWaitsAtMostItsTimeout) {
+  auto p = start(options(2));
+  ASSERT_TRUE(p) << describe(p.error());
+  auto y = p->apply<int32_t>(square{12});
+  ASSERT_TRUE(y) << describe(y.error());
+  EXPECT_EQ(*y, 144);
+  auto t0 = clock_type::now();
+  auto late = p->apply<tagged>(nap{3000, 1, "", 0}, 100ms);
+  auto elapsed = ms_since(t0);
+  ASSERT_FALSE(late);
+  EXPECT_EQ(late.error(), errc::timeout) << describe(late.error());
+  EXPECT_LT(elapsed, 2000);
+}
+
+TEST_F(PoolBasics, AnExceptionFailsOnlyItsTaskAndTheWorkerKeepsServing) {
+  auto p = start(options(1));
+  ASSERT_TRUE(p) << describe(p.error());
+  auto pid = p->workers().at(0).pid;
+  for (int round = 0; round < 3; ++round) {
+    auto bad = p->apply<int32_t>(
+      run_fault{pool_test::throw_exception, 1, "pool_test-note: bad input"},
+      kBound);
+    ASSERT_FALSE(bad);
+    EXPECT_EQ(bad.error(), errc::worker_exception) << describe(bad.error());
+    EXPECT_TRUE(contains(text_of(bad.error()), "bad input"));
+    auto good = p->apply<int32_t>(square{round}, kBound);
+    ASSERT_TRUE(good) << describe(good.error());
+    EXPECT_EQ(*good, round * round);
+  }
+  ASSERT_EQ(p->workers().size(), 1u);
+  EXPECT_EQ(p->workers()[0].pid, pid) << "the worker was replaced";
+  EXPECT_EQ(p->stats().workers_died, 0u);
+  EXPECT_EQ(p->stats().failed, 3u);
+}
+
+TEST_F(PoolBasics, TheHandleRunsActorRequestsAsTasks) {
+  auto p = start(options(2));
+  ASSERT_TRUE(p) << describe(p.error());
+  auto h = p->handle();
+  ASSERT_TRUE(h);
+  caf::scoped_actor self{sys};
+  int32_t got = 0;
+  self->request(h, 10s, square{6})
+    .receive([&](int32_t y) { got = y; },
+             [&](caf::error& err) { FAIL() << describe(err); });
+  EXPECT_EQ(got, 36);
+  caf::error failure;
+  self->request(h, 10s, run_fault{pool_test::throw_exception, 1, "via handle"})
+    .receive([&](int32_t) { FAIL() << "the faulty request succeeded"; },
+             [&](caf::error& err) { failure = err; });
+  EXPECT_EQ(failure, errc::worker_exception) << describe(failure);
+}
+
+// -- sizes --------------------------------------------------------------------
+
+TEST_F(PoolSizes, APoolOfOneRunsEverythingInOrder) {
+  auto p = start(options(1));
+  ASSERT_TRUE(p) << describe(p.error());
+  ASSERT_EQ(p->workers().size(), 1u);
+  auto pid = p->workers()[0].pid;
+  std::vector<whoami> tasks;
+  for (int32_t i = 0; i < 300; ++i)
+    tasks.push_back(whoami{i});
+  auto results = p->map<tagged>(tasks);
+  ASSERT_EQ(results.size(), tasks.size());
+  for (size_t i = 0; i < results.size(); ++i) {
+    ASSERT_TRUE(results[i]) << describe(results[i].error());
+    EXPECT_EQ(results[i]->value, static_cast<int32_t>(i * i));
+    EXPECT_EQ(results[i]->pid, pid);
+  }
+  auto stream = p->imap<tagged>(tasks);
+  size_t i = 0;
+  while (auto r = stream.next(kBound)) {
+    ASSERT_TRUE(*r) << describe(r->error());
+    EXPECT_EQ((*r)->value, static_cast<int32_t>(i * i));
+    ++i;
+  }
+  EXPECT_EQ(i, tasks.size());
+}
+
+TEST_F(PoolSizes, APoolOfSixtyFourRunsTinyTasks) {
+  auto opts = options(64);
+  opts.method = start_method::forkserver;
+  auto t0 = clock_type::now();
+  auto p = start(opts);
+  ASSERT_TRUE(p) << describe(p.error());
+  std::printf("[   info   ] 64 workers started in %lld ms\n", ms_since(t0));
+  EXPECT_EQ(p->size(), 64u);
+  auto ws = p->workers();
+  EXPECT_EQ(ws.size(), 64u);
+  EXPECT_EQ(pids_of(ws).size(), 64u);
+  std::vector<whoami> tasks;
+  for (int32_t i = 0; i < 2000; ++i)
+    tasks.push_back(whoami{i});
+  t0 = clock_type::now();
+  auto results = p->map<tagged>(tasks, 1);
+  std::printf("[   info   ] 2000 tiny tasks on 64 workers took %lld ms\n",
+              ms_since(t0));
+  ASSERT_EQ(results.size(), tasks.size());
+  std::set<pid_t> served;
+  auto live = pids_of(ws);
+  for (size_t i = 0; i < results.size(); ++i) {
+    ASSERT_TRUE(results[i]) << describe(results[i].error());
+    EXPECT_EQ(results[i]->value, static_cast<int32_t>(i * i));
+    EXPECT_EQ(live.count(results[i]->pid), 1u)
+      << "result from an unknown process " << results[i]->pid;
+    served.insert(results[i]->pid);
+  }
+  EXPECT_GT(served.size(), 1u) << "one worker did all the work";
+  ASSERT_FALSE(p->close(30s));
+  for (auto pid : live)
+    EXPECT_TRUE(process_gone(pid)) << "worker " << pid << " survives close()";
+}
+
+TEST_F(PoolSizes, EmptyInputGivesEmptyResults) {
+  auto p = start(options(2));
+  ASSERT_TRUE(p) << describe(p.error());
+  EXPECT_TRUE(p->map<int32_t>(std::vector<square>{}).empty());
+  EXPECT_TRUE(p->map<int32_t>(std::vector<square>{}, 5).empty());
+  EXPECT_TRUE(
+    (p->starmap<int32_t, add>(std::vector<std::tuple<int32_t, int32_t>>{}))
+      .empty());
+  std::vector<square> none;
+  auto s1 = p->imap<int32_t>(none);
+  EXPECT_FALSE(s1.next(kBound));
+  auto s2 = p->imap_unordered<int32_t>(none);
+  EXPECT_FALSE(s2.next(kBound));
+  EXPECT_EQ(p->stats().submitted, 0u);
+  // The pool still works.
+  auto y = p->apply<int32_t>(square{2}, kBound);
+  ASSERT_TRUE(y) << describe(y.error());
+  EXPECT_EQ(*y, 4);
+}
+
+// -- shutdown -----------------------------------------------------------------
+
+namespace {
+
+/// Starts and closes a one-worker pool so that the runtime's lazily started
+/// parts (output thread, ...) exist before a descriptor count.
+void warm_up(caf::actor_system& sys) {
+  pool_options opts;
+  opts.workers = 1;
+  opts.sink = [](const output_line&) {};
+  auto p = pool::start(sys, kTester, opts);
+  ASSERT_TRUE(p) << describe(p.error());
+  auto y = p->apply<int32_t>(square{1}, kBound);
+  ASSERT_TRUE(y) << describe(y.error());
+  ASSERT_FALSE(p->close(kBound));
+}
+
+/// Expects the open descriptors to be back to `baseline` (the runtime may
+/// close its own within a moment).
+void expect_no_fd_leak(const std::vector<std::string>& baseline) {
+  auto deadline = clock_type::now() + 2s;
+  auto now = list_fds();
+  while (now.size() > baseline.size() && clock_type::now() < deadline) {
+    std::this_thread::sleep_for(10ms);
+    now = list_fds();
+  }
+  EXPECT_LE(now.size(), baseline.size())
+    << "descriptors before:\n"
+    << join_lines(baseline) << "after:\n"
+    << join_lines(now);
+}
+
+} // namespace
+
+TEST_F(PoolShutdown, CloseFinishesTenThousandQueuedTasks) {
+  warm_up(sys);
+  auto fds = list_fds();
+  {
+    auto p = start(options(4));
+    ASSERT_TRUE(p) << describe(p.error());
+    auto workers = pids_of(p->workers());
+    auto fs = submit_squares(*p, 0, 10000);
+    auto t0 = clock_type::now();
+    auto err = p->close(40s);
+    std::printf("[   info   ] close() took %lld ms\n", ms_since(t0));
+    ASSERT_FALSE(err) << describe(err);
+    for (size_t i = 0; i < fs.size(); ++i) {
+      ASSERT_TRUE(is_ready(fs[i])) << "task " << i << " unresolved after close()";
+      auto r = fs[i].get();
+      ASSERT_TRUE(r) << "task " << i << ": " << describe(r.error());
+      EXPECT_EQ(*r, static_cast<int32_t>(i * i));
+    }
+    auto stats = p->stats();
+    EXPECT_EQ(stats.submitted, 10000u);
+    EXPECT_EQ(stats.succeeded, 10000u);
+    for (auto pid : workers)
+      EXPECT_TRUE(process_gone(pid))
+        << "worker " << pid << " survives close() (state " << proc_state(pid)
+        << ")";
+    // A closed pool takes no tasks.
+    auto late = p->submit<int32_t>(square{1});
+    ASSERT_TRUE(is_ready(late));
+    auto lr = late.get();
+    ASSERT_FALSE(lr);
+    EXPECT_EQ(lr.error(), errc::closed) << describe(lr.error());
+  }
+  expect_no_fd_leak(fds);
+}
+
+TEST_F(PoolShutdown, TerminateResolvesTenThousandQueuedTasksAtOnce) {
+  warm_up(sys);
+  auto fds = list_fds();
+  {
+    auto p = start(options(4));
+    ASSERT_TRUE(p) << describe(p.error());
+    auto workers = pids_of(p->workers());
+    std::vector<std::future<caf::expected<tagged>>> fs;
+    fs.reserve(10000);
+    for (int32_t i = 0; i < 10000; ++i)
+      fs.push_back(p->submit<tagged>(nap{1, i, "", 0}));
+    auto t0 = clock_type::now();
+    p->terminate();
+    auto took = ms_since(t0);
+    std::printf("[   info   ] terminate() took %lld ms\n", took);
+    EXPECT_LT(took, 5000);
+    ASSERT_EQ(wait_all_until(fs, clock_type::now() + 2s), 0u)
+      << "tasks unresolved after terminate()";
+    size_t ok = 0;
+    size_t closed = 0;
+    for (size_t i = 0; i < fs.size(); ++i) {
+      auto r = fs[i].get();
+      if (r) {
+        ++ok;
+        EXPECT_EQ(r->value, static_cast<int32_t>(i));
+      } else {
+        ASSERT_EQ(r.error(), errc::closed)
+          << "task " << i << ": " << describe(r.error());
+        ++closed;
+      }
+    }
+    std::printf("[   info   ] %zu finished, %zu closed\n", ok, closed);
+    EXPECT_GT(closed, 0u);
+    for (auto pid : workers)
+      EXPECT_TRUE(process_gone(pid))
+        << "worker " << pid << " survives terminate() (state "
+        << proc_state(pid) << ")";
+    auto late = p->submit<int32_t>(square{1});
+    ASSERT_TRUE(is_ready(late));
+    auto lr = late.get();
+    ASSERT_FALSE(lr);
+    EXPECT_EQ(lr.error(), errc::closed) << describe(lr.error());
+  }
+  expect_no_fd_leak(fds);
+}
+
+TEST_F(PoolShutdown, TheDestructorTerminatesRunningWork) {
+  warm_up(sys);
+  auto fds = list_fds();
+  std::vector<std::future<caf::expected<tagged>>> fs;
+  std::set<pid_t> workers;
+  clock_type::time_point t0;
+  {
+    auto p = start(options(2));
+    ASSERT_TRUE(p) << describe(p.error());
+    workers = pids_of(p->workers());
+    auto log = path("runs");
+    for (int32_t i = 0; i < 50; ++i)
+      fs.push_back(p->submit<tagged>(nap{10000, i, log, 0}));
+    ASSERT_NE(wait_started(log, 0), 0) << "no task started";
+    t0 = clock_type::now();
+  }
+  auto took = ms_since(t0);
+  std::printf("[   info   ] the destructor took %lld ms\n", took);
+  EXPECT_LT(took, 3000);
+  ASSERT_EQ(wait_all_until(fs, clock_type::now() + 1s), 0u)
+    << "tasks unresolved after the destructor";
+  for (auto& f : fs) {
+    auto r = f.get();
+    ASSERT_FALSE(r) << "a 10 s task finished";
+    EXPECT_EQ(r.error(), errc::closed) << describe(r.error());
+  }
+  for (auto pid : workers)
+    EXPECT_TRUE(process_gone(pid))
+      << "worker " << pid << " survives the destructor (state "
+      << proc_state(pid) << ")";
+  expect_no_fd_leak(fds);
+}
+
+TEST_F(PoolShutdown, CloseWithATimeoutGivesUpAndTheDestructorTerminates) {
+  std::future<caf::expected<tagged>> slow;
+  std::set<pid_t> workers;
+  {
+    auto p = start(options(1));
+    ASSERT_TRUE(p) << describe(p.error());
+    workers = pids_of(p->workers());
+    slow = p->submit<tagged>(nap{5000, 1, "", 0});
+    auto t0 = clock_type::now();
+    auto err = p->close(200ms);
+    auto took = ms_since(t0);
+    EXPECT_EQ(err, errc::timeout) << describe(err);
+    EXPECT_LT(took, 2000);
+    EXPECT_FALSE(is_ready(slow)) << "close() ended the running task";
+  }
+  ASSERT_TRUE(is_ready(slow, 1s));
+  auto r = slow.get();
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error(), errc::closed) << describe(r.error());
+  for (auto pid : workers)
+    EXPECT_TRUE(process_gone(pid)) << "worker " << pid << " survives";
+}
