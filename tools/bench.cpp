@@ -7,22 +7,45 @@
 //   cpp_pipe_bw_1MiB             GB/s   one-way typed 1 MiB messages
 //   cpp_spawn_first_reply_<m>    ms     start a worker (method m) and get its
 //                                       first reply
+// multiproc bench pool — a pool of (cores) workers, trivial x*x tasks:
+//   cpp_pool_map_chunksize1      tasks/s  map over 200,000 tasks, chunksize 1
+//   cpp_pool_map_auto            tasks/s  map over 1,000,000 tasks, chunksize 0
+//                                         (automatic: n / (4 x workers))
+//   cpp_pool_submit_latency_p50  us       one submit -> future.get at a time
+//                                         from plain code
+//   cpp_pool_chaos_tput          tasks/s  map over 200,000 tasks while a thread
+//                                         SIGKILLs a random live worker every
+//                                         50 ms (at_least_once, defaults)
+//   cpp_pool_chaos_lost          count    tasks without an ok result
+//   cpp_pool_chaos_duplicated    count    results whose echoed index is not
+//                                         their slot or appears more than once
 // Env: BENCH_REPS (default 5).
 #include "bench.hpp"
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <future>
+#include <map>
 #include <memory>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include <signal.h>
+#include <sys/types.h>
 
 #include <caf/all.hpp>
 #include <cereal/types/vector.hpp>
 #include <nlohmann/json.hpp>
 
 #include "multiproc/function.hpp"
+#include "multiproc/pool.hpp"
 #include "multiproc/worker.hpp"
 
 namespace bench {
@@ -62,12 +85,42 @@ struct echo_state {
   counts seen;
 };
 
+/// A pool task: square x (the reply is an int64_t).
+struct square {
+  int64_t x = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(x);
+  }
+};
+
+/// A pool task whose reply echoes its input index (chaos: lost/duplicated).
+struct indexed_square {
+  int64_t index = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(index);
+  }
+};
+
+struct indexed_result {
+  int64_t index = 0;
+  int64_t value = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(index, value);
+  }
+};
+
 } // namespace bench
 
 MULTIPROC_MESSAGE(bench::payload64, "bench.payload64")
 MULTIPROC_MESSAGE(bench::blob, "bench.blob")
 MULTIPROC_MESSAGE(bench::count_query, "bench.count_query")
 MULTIPROC_MESSAGE(bench::counts, "bench.counts")
+MULTIPROC_MESSAGE(bench::square, "bench.square")
+MULTIPROC_MESSAGE(bench::indexed_square, "bench.indexed_square")
+MULTIPROC_MESSAGE(bench::indexed_result, "bench.indexed_result")
 
 namespace bench {
 
@@ -87,6 +140,15 @@ caf::behavior echo(caf::stateful_actor<echo_state>* self) {
   };
 }
 
+caf::behavior pool_squarer(caf::event_based_actor*) {
+  return {
+    [](const square& t) { return t.x * t.x; },
+    [](const indexed_square& t) {
+      return indexed_result{t.index, t.index * t.index};
+    },
+  };
+}
+
 int first_reply_probe(multiproc::pipe_end& parent) {
   return parent.send(int32_t{1}) ? 1 : 0;
 }
@@ -94,6 +156,7 @@ int first_reply_probe(multiproc::pipe_end& parent) {
 } // namespace bench
 
 MULTIPROC_WORKER("bench.echo", bench::echo)
+MULTIPROC_WORKER("bench.pool_squarer", bench::pool_squarer)
 MULTIPROC_FUNCTION("bench.first_reply_probe", bench::first_reply_probe)
 
 namespace {
@@ -117,6 +180,12 @@ struct result_line {
   std::vector<double> values;
 };
 
+std::string fmt_count(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.0f", v);
+  return buf;
+}
+
 std::string fmt(double v) {
   char buf[32];
   if (v < 100)
@@ -139,22 +208,27 @@ public:
   explicit reporter(bool json) : json_(json) {
   }
 
-  void add(std::string metric, std::string unit, std::vector<double> values) {
+  /// `integer`: a count, printed without decimals.
+  void add(std::string metric, std::string unit, std::vector<double> values,
+           bool integer = false) {
     if (values.empty())
       return;
     if (!json_) {
+      auto f = integer ? fmt_count : fmt;
       auto [lo, hi] = std::minmax_element(values.begin(), values.end());
       std::printf("%s %s %s min=%s max=%s n=%zu\n", metric.c_str(),
-                  fmt(median(values)).c_str(), unit.c_str(), fmt(*lo).c_str(),
-                  fmt(*hi).c_str(), values.size());
+                  f(median(values)).c_str(), unit.c_str(), f(*lo).c_str(),
+                  f(*hi).c_str(), values.size());
       std::fflush(stdout);
     }
     lines_.push_back({std::move(metric), std::move(unit), std::move(values)});
   }
 
   void note(const std::string& text) {
-    if (!json_)
+    if (!json_) {
       std::printf("# %s\n", text.c_str());
+      std::fflush(stdout);
+    }
     notes_.push_back(text);
   }
 
@@ -372,25 +446,318 @@ void bench_pipe(reporter& out, const std::string& part) {
   }
 }
 
+// -- pool --------------------------------------------------------------------
+
+using square_results = std::vector<caf::expected<int64_t>>;
+
+// Checks every result of a map over square{0..n-1}; notes the first failure.
+bool all_squares(reporter& out, const char* metric,
+                 const square_results& results, size_t n) {
+  if (results.size() != n) {
+    out.note(std::string{metric} + ": " + std::to_string(results.size())
+             + " results for " + std::to_string(n) + " tasks");
+    return false;
+  }
+  for (size_t i = 0; i < n; ++i) {
+    auto x = static_cast<int64_t>(i);
+    if (!results[i]) {
+      out.note(std::string{metric} + ": task " + std::to_string(i) + " failed: "
+               + multiproc::describe(results[i].error()));
+      return false;
+    }
+    if (*results[i] != x * x) {
+      out.note(std::string{metric} + ": task " + std::to_string(i)
+               + " returned " + std::to_string(*results[i]));
+      return false;
+    }
+  }
+  return true;
+}
+
+std::vector<bench::square> square_tasks(size_t n) {
+  std::vector<bench::square> tasks(n);
+  for (size_t i = 0; i < n; ++i)
+    tasks[i].x = static_cast<int64_t>(i);
+  return tasks;
+}
+
+// Tasks per second of map(n trivial tasks, chunksize); encoding is included.
+std::vector<double> pool_map_tput(reporter& out, multiproc::pool& p,
+                                  const char* metric, size_t n,
+                                  size_t chunksize) {
+  auto tasks = square_tasks(n);
+  { // warm-up: a tenth of the tasks
+    std::vector<bench::square> warm(tasks.begin(), tasks.begin() + n / 10);
+    if (!all_squares(out, metric, p.map<int64_t>(warm, chunksize), warm.size()))
+      return {};
+  }
+  std::vector<double> result;
+  for (int r = 0; r < reps(); ++r) {
+    auto t0 = clock_type::now();
+    auto results = p.map<int64_t>(tasks, chunksize);
+    auto secs = std::chrono::duration<double>(clock_type::now() - t0).count();
+    if (!all_squares(out, metric, results, n))
+      return {};
+    result.push_back(n / secs);
+  }
+  return result;
+}
+
+// p50 of one submit -> future.get at a time, from plain code.
+std::vector<double> pool_latency(reporter& out, multiproc::pool& p, int n) {
+  std::vector<double> result;
+  std::vector<double> samples(n);
+  auto one = [&](int64_t x, double* us) {
+    auto t0 = clock_type::now();
+    auto y = p.submit<int64_t>(bench::square{x}).get();
+    if (us != nullptr)
+      *us = micros(clock_type::now() - t0);
+    if (!y || *y != x * x) {
+      out.note("cpp_pool_submit_latency_p50: task " + std::to_string(x) + ": "
+               + (y ? "returned " + std::to_string(*y)
+                    : multiproc::describe(y.error())));
+      return false;
+    }
+    return true;
+  };
+  for (int i = 0; i < n / 10; ++i)
+    if (!one(i, nullptr))
+      return {};
+  for (int r = 0; r < reps(); ++r) {
+    for (int i = 0; i < n; ++i)
+      if (!one(i, &samples[i]))
+        return {};
+    result.push_back(p50(samples));
+  }
+  return result;
+}
+
+// SIGKILLs a random live worker of `p` every `period` until stopped.
+class chaos_monkey {
+public:
+  chaos_monkey(multiproc::pool& p, std::chrono::milliseconds period)
+    : pool_(p), period_(period), thread_([this] { run(); }) {
+  }
+
+  ~chaos_monkey() {
+    stop();
+  }
+
+  void stop() {
+    {
+      std::lock_guard<std::mutex> guard{mu_};
+      stop_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable())
+      thread_.join();
+  }
+
+  size_t kills() const {
+    return kills_;
+  }
+
+private:
+  void run() {
+    std::mt19937 rng{std::random_device{}()};
+    std::unique_lock<std::mutex> guard{mu_};
+    while (!cv_.wait_for(guard, period_, [this] { return stop_; })) {
+      auto live = pool_.workers();
+      if (live.empty())
+        continue;
+      std::uniform_int_distribution<size_t> pick{0, live.size() - 1};
+      auto pid = live[pick(rng)].pid;
+      if (pid > 0 && ::kill(pid, SIGKILL) == 0)
+        ++kills_;
+    }
+  }
+
+  multiproc::pool& pool_;
+  std::chrono::milliseconds period_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::atomic<size_t> kills_{0};
+  std::thread thread_; // last: starts after the members it uses
+};
+
+// Throughput of map(n) under a chaos monkey, and the tasks it lost or
+// duplicated, counted from the results: each reply echoes its input index.
+void pool_chaos(reporter& out, caf::actor_system& sys, size_t n) {
+  std::vector<double> tput;
+  std::vector<double> lost;
+  std::vector<double> duplicated;
+  std::vector<bench::indexed_square> tasks(n);
+  for (size_t i = 0; i < n; ++i)
+    tasks[i].index = static_cast<int64_t>(i);
+  for (int r = 0; r < reps(); ++r) {
+    auto p = multiproc::pool::start(sys, "bench.pool_squarer");
+    if (!p) {
+      out.note("cpp_pool_chaos: cannot start the pool: "
+               + multiproc::describe(p.error()));
+      return;
+    }
+    size_t kills = 0;
+    auto t0 = clock_type::now();
+    std::vector<caf::expected<bench::indexed_result>> results;
+    {
+      chaos_monkey monkey{*p, 50ms};
+      results = p->map<bench::indexed_result>(tasks);
+      monkey.stop();
+      kills = monkey.kills();
+    }
+    auto secs = std::chrono::duration<double>(clock_type::now() - t0).count();
+    auto stats = p->stats();
+    size_t n_lost = n > results.size() ? n - results.size() : 0;
+    size_t n_dup = 0;
+    std::vector<uint32_t> seen(n, 0);
+    for (auto& x : results)
+      if (x && x->index >= 0 && static_cast<size_t>(x->index) < n)
+        ++seen[x->index];
+    // Lost tasks by error code: how many, and the first one's error.
+    std::map<std::string, std::pair<size_t, std::string>> why;
+    for (size_t i = 0; i < results.size(); ++i) {
+      auto& x = results[i];
+      if (!x) {
+        ++n_lost;
+        auto& [count, first] = why[multiproc::to_string(
+          multiproc::code_of(x.error()))];
+        if (count++ == 0)
+          first = "task " + std::to_string(i) + ": "
+                  + multiproc::describe(x.error());
+        continue;
+      }
+      bool in_range = x->index >= 0 && static_cast<size_t>(x->index) < n;
+      if (static_cast<size_t>(x->index) != i || !in_range
+          || seen[x->index] > 1 || x->value != x->index * x->index)
+        ++n_dup;
+    }
+    std::string lost_by;
+    for (auto& [code, what] : why)
+      lost_by += " " + code + "=" + std::to_string(what.first) + " (first: "
+                 + what.second + ")";
+    out.note("chaos rep " + std::to_string(r + 1) + ": " + std::to_string(kills)
+             + " kills, " + std::to_string(stats.workers_died)
+             + " worker deaths, " + std::to_string(stats.redispatched)
+             + " re-dispatches, " + std::to_string(stats.quarantined)
+             + " quarantined" + (lost_by.empty() ? "" : ", lost:" + lost_by));
+    tput.push_back(n / secs);
+    lost.push_back(static_cast<double>(n_lost));
+    duplicated.push_back(static_cast<double>(n_dup));
+    if (auto err = p->close(10s))
+      out.note("cpp_pool_chaos: close: " + multiproc::describe(err));
+  }
+  out.add("cpp_pool_chaos_tput", "tasks/s", tput);
+  out.add("cpp_pool_chaos_lost", "count", lost, true);
+  out.add("cpp_pool_chaos_duplicated", "count", duplicated, true);
+}
+
+// Ends the process if a measurement runs past its limit: a hang is reported,
+// never waited out.
+class watchdog {
+public:
+  watchdog(std::string what, std::chrono::seconds limit)
+    : what_(std::move(what)), thread_([this, limit] {
+        std::unique_lock<std::mutex> guard{mu_};
+        if (cv_.wait_for(guard, limit, [this] { return done_; }))
+          return;
+        std::printf("# %s: no result within %lld s; giving up\n", what_.c_str(),
+                    static_cast<long long>(limit.count()));
+        std::fflush(stdout);
+        std::fprintf(stderr, "multiproc bench: %s hung (more than %lld s)\n",
+                     what_.c_str(), static_cast<long long>(limit.count()));
+        std::_Exit(3);
+      }) {
+  }
+
+  ~watchdog() {
+    {
+      std::lock_guard<std::mutex> guard{mu_};
+      done_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+private:
+  std::string what_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::thread thread_; // last: starts after the members it uses
+};
+
+// `part`: "" for everything, or one of map1, auto, latency, chaos.
+void bench_pool(reporter& out, const std::string& part) {
+  auto want = [&](const char* x) { return part.empty() || part == x; };
+  auto limit = std::chrono::seconds{120 * reps()};
+  caf::actor_system_config cfg;
+  caf::actor_system sys{cfg};
+  if (want("map1") || want("auto") || want("latency")) {
+    multiproc::pool_options opts;
+    // Python's Pool bounds nothing. With the default bound (100,000), a map
+    // whose chunks are larger than max_pending (1,000,000 tasks in chunks of
+    // n / (4 x workers) on few cores) deadlocks in pool_core::submit_many.
+    opts.max_pending = 2000000;
+    auto p = multiproc::pool::start(sys, "bench.pool_squarer", opts);
+    if (!p) {
+      out.note("cannot start the bench pool: " + multiproc::describe(p.error()));
+      return;
+    }
+    out.note("pool of " + std::to_string(p->size()) + " workers");
+    if (want("map1")) {
+      watchdog dog{"cpp_pool_map_chunksize1", limit};
+      out.add("cpp_pool_map_chunksize1", "tasks/s",
+              pool_map_tput(out, *p, "cpp_pool_map_chunksize1", 200000, 1));
+    }
+    if (want("auto")) {
+      watchdog dog{"cpp_pool_map_auto", limit};
+      out.add("cpp_pool_map_auto", "tasks/s",
+              pool_map_tput(out, *p, "cpp_pool_map_auto", 1000000, 0));
+    }
+    if (want("latency")) {
+      watchdog dog{"cpp_pool_submit_latency_p50", limit};
+      out.add("cpp_pool_submit_latency_p50", "us", pool_latency(out, *p, 2000));
+    }
+    if (auto err = p->close(10s))
+      out.note("bench pool: close: " + multiproc::describe(err));
+  }
+  if (want("chaos")) {
+    watchdog dog{"cpp_pool_chaos", limit};
+    pool_chaos(out, sys, 200000);
+  }
+}
+
 } // namespace
 
 int run_bench(const std::vector<std::string>& what, bool json) {
   reporter out{json};
   bool any = false;
   for (auto& w : what) {
+    bool known = false;
     if (w == "pipe" || w == "all") {
       bench_pipe(out, "");
-      any = true;
+      known = true;
     } else if (w.rfind("pipe.", 0) == 0) {
       bench_pipe(out, w.substr(5));
-      any = true;
-    } else {
+      known = true;
+    }
+    if (w == "pool" || w == "all") {
+      bench_pool(out, "");
+      known = true;
+    } else if (w.rfind("pool.", 0) == 0) {
+      bench_pool(out, w.substr(5));
+      known = true;
+    }
+    if (!known) {
       std::fprintf(stderr,
                    "multiproc bench: unknown benchmark '%s' (known: pipe, "
-                   "pipe.rtt, pipe.tput, pipe.bw, pipe.spawn, all)\n",
+                   "pipe.rtt, pipe.tput, pipe.bw, pipe.spawn, pool, pool.map1, "
+                   "pool.auto, pool.latency, pool.chaos, all)\n",
                    w.c_str());
       return 2;
     }
+    any = true;
   }
   if (!any)
     bench_pipe(out, "");

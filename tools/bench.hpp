@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
-/// Runs the benchmark groups named in `what` ("pipe", "all"); returns the
-/// process exit code. With `json`, prints one JSON object instead of lines.
+/// Runs the benchmark groups named in `what` ("pipe", "pool", "all", or one
+/// part such as "pool.chaos"); returns the process exit code. With `json`,
+/// prints one JSON object instead of lines.
 int run_bench(const std::vector<std::string>& what, bool json);

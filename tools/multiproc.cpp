@@ -50,10 +50,12 @@ int main(int argc, char** argv) {
   auto* bench_cmd = app.add_subcommand("bench", "Run benchmarks");
   bench_cmd
     ->add_option("what", what,
-                 "Benchmark groups: pipe, all, or one part of pipe: pipe.rtt, "
-                 "pipe.tput, pipe.bw, pipe.spawn")
-    ->check(CLI::IsMember(
-      {"pipe", "all", "pipe.rtt", "pipe.tput", "pipe.bw", "pipe.spawn"}));
+                 "Benchmark groups: pipe, pool, all, or one part of a group: "
+                 "pipe.rtt, pipe.tput, pipe.bw, pipe.spawn, pool.map1, "
+                 "pool.auto, pool.latency, pool.chaos")
+    ->check(CLI::IsMember({"pipe", "pool", "all", "pipe.rtt", "pipe.tput",
+                           "pipe.bw", "pipe.spawn", "pool.map1", "pool.auto",
+                           "pool.latency", "pool.chaos"}));
   bench_cmd->add_flag("--json", json, "Print one JSON object");
   bench_cmd->callback([&] {
     if (what.empty())

@@ -565,8 +565,12 @@ void pool_core::perform(std::vector<send_op>& ops) {
                                     op.worker.get(), op.task, op.immediate);
     if (!err)
       continue;
-    // Not sent (e.g. a frame above the limit): fail the task, unless the
-    // worker's death has taken care of it already.
+    // A broken channel means a dying worker: its on_exit() deals with the
+    // task (it is in the worker's in_flight list), like with every other.
+    if (err != errc::frame_too_large && err != errc::encode_failed)
+      continue;
+    // Not sent because of the task itself (a frame above the limit): fail
+    // it, unless the worker's death has taken care of it already.
     std::vector<completion> done;
     {
       std::lock_guard<std::mutex> guard{mu_};
