@@ -616,9 +616,17 @@ void pool_core::submit_many(std::vector<encoded_task> tasks,
       lock_type lk{mu_};
       // Admit a few chunks per lock, so that dispatch starts early and the
       // I/O threads get the lock in between.
+      // Never wait for room while holding undispatched tasks of our own:
+      // stop at the bound once something was admitted, dispatch it, and
+      // only then wait (in admit) on the next round.
       size_t end = std::min(tasks.size(), i + std::max<size_t>(chunksize, 256));
-      for (; i < end; ++i)
+      bool admitted = false;
+      for (; i < end; ++i) {
+        if (admitted && tasks_.size() >= opts_.max_pending)
+          break;
         admit(lk, std::move(tasks[i]), group, i, {}, opts_.on_full, done);
+        admitted = true;
+      }
       dispatch(ops, chunksize);
     }
     perform(ops);

@@ -1770,3 +1770,29 @@ TEST_F(PoolShutdown, CloseWithATimeoutGivesUpAndTheDestructorTerminates) {
   for (auto pid : workers)
     EXPECT_TRUE(process_gone(pid)) << "worker " << pid << " survives";
 }
+
+TEST_F(PoolBackpressure, MapLargerThanMaxPendingDoesNotDeadlock) {
+  // A chunk (or the whole input) above max_pending must not wait for room
+  // that only its own undispatched tasks could free.
+  auto opts = options(2);
+  opts.max_pending = 100;
+  auto p = start(opts);
+  ASSERT_TRUE(p) << describe(p.error());
+  std::vector<square> tasks;
+  for (int32_t i = 0; i < 5000; ++i)
+    tasks.push_back(square{i});
+  for (size_t chunk : {size_t{1}, size_t{0}, size_t{1001}}) {
+    SCOPED_TRACE("chunksize " + std::to_string(chunk));
+    auto done = std::async(std::launch::async,
+                           [&] { return p->map<int32_t>(tasks, chunk); });
+    ASSERT_EQ(done.wait_for(20s), std::future_status::ready)
+      << "map deadlocked";
+    auto ys = done.get();
+    ASSERT_EQ(ys.size(), tasks.size());
+    for (int32_t i = 0; i < 5000; ++i) {
+      ASSERT_TRUE(ys[i]) << describe(ys[i].error());
+      EXPECT_EQ(*ys[i], i * i);
+    }
+  }
+  remember(*p);
+}

@@ -349,7 +349,7 @@ public:
     return make_stream<R, T>(std::move(next), window, false);
   }
 
-  /// Convenience: imap over a vector (read lazily by index).
+  /// Convenience: imap over a vector (copied; read lazily by index).
   template <class R, class T>
   result_stream<R> imap(const std::vector<T>& tasks, size_t window = 0) {
     return imap<R, T>(vector_reader(tasks), window);
@@ -397,10 +397,11 @@ private:
   template <class T>
   static std::function<std::optional<T>()> vector_reader(
     const std::vector<T>& tasks) {
-    return [&tasks, i = size_t{0}]() mutable -> std::optional<T> {
-      if (i == tasks.size())
+    auto data = std::make_shared<const std::vector<T>>(tasks);
+    return [data, i = size_t{0}]() mutable -> std::optional<T> {
+      if (i == data->size())
         return std::nullopt;
-      return tasks[i++];
+      return (*data)[i++];
     };
   }
 
