@@ -694,12 +694,7 @@ void bench_pool(reporter& out, const std::string& part) {
   caf::actor_system_config cfg;
   caf::actor_system sys{cfg};
   if (want("map1") || want("auto") || want("latency")) {
-    multiproc::pool_options opts;
-    // Python's Pool bounds nothing. With the default bound (100,000), a map
-    // whose chunks are larger than max_pending (1,000,000 tasks in chunks of
-    // n / (4 x workers) on few cores) deadlocks in pool_core::submit_many.
-    opts.max_pending = 2000000;
-    auto p = multiproc::pool::start(sys, "bench.pool_squarer", opts);
+    auto p = multiproc::pool::start(sys, "bench.pool_squarer");
     if (!p) {
       out.note("cannot start the bench pool: " + multiproc::describe(p.error()));
       return;

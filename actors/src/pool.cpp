@@ -318,8 +318,6 @@ pool_core::pool_core(caf::actor_system& sys, std::string entry,
   if (opts_.name.empty())
     opts_.name = entry_;
   window_ = opts_.window != 0 ? opts_.window : 64;
-  if (opts_.guarantee == delivery::at_most_once && opts_.window == 0)
-    window_ = 64;
 }
 
 pool_core::~pool_core() {

@@ -1107,7 +1107,7 @@ TEST_F(PoolLedger, KillsAWorkerThatIgnoresSigtermAfterTheGrace) {
   auto victim = wait_started(log, 1);
   ASSERT_NE(victim, 0) << "the slow task did not start";
   remember(victim);
-  ASSERT_TRUE(is_ready(slow, kBound)) << "the stubborn worker was not killed";
+  ASSERT_TRUE(is_ready(slow, kBound)) << "the worker ignoring SIGTERM was not killed";
   auto elapsed = ms_since(t0);
   std::printf("[   info   ] the deadline fired after %lld ms\n", elapsed);
   auto r = slow.get();
@@ -1115,7 +1115,7 @@ TEST_F(PoolLedger, KillsAWorkerThatIgnoresSigtermAfterTheGrace) {
   EXPECT_EQ(r.error(), errc::timeout) << describe(r.error());
   EXPECT_GE(elapsed, 250);
   expect_squares(behind, 0);
-  EXPECT_TRUE(wait_gone(victim, kBound)) << "the stubborn worker survives";
+  EXPECT_TRUE(wait_gone(victim, kBound)) << "the worker ignoring SIGTERM survives";
   remember(*p);
 }
 
