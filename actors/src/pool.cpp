@@ -16,6 +16,7 @@
 #include <deque>
 #include <mutex>
 #include <thread>
+#include <tuple>
 #include <unordered_map>
 
 #include <caf/actor_cast.hpp>
@@ -231,6 +232,9 @@ private:
   /// Starts one worker (no lock held); returns it ready, or the error.
   caf::expected<std::shared_ptr<worker_rec>> start_worker(size_t slot);
   void supervise();
+  /// Calls on_progress if the counters changed (lock held; released around
+  /// the call).
+  void report_progress(lock_type& lk);
 
   caf::actor_system& sys_;
   std::string entry_;
@@ -255,6 +259,7 @@ private:
   bool stopping_ = false; // supervisor: exit
   caf::error broken_;
   pool_stats stats_;
+  pool_stats reported_; // what on_progress saw last
   std::thread supervisor_;
 };
 
@@ -867,8 +872,30 @@ void pool_core::supervise() {
       lk.lock();
       continue;
     }
+    if (opts_.on_progress) {
+      report_progress(lk);
+      next_wake = std::min(next_wake, clock_type::now()
+                                        + std::max(opts_.progress_interval,
+                                                   std::chrono::milliseconds{1}));
+    }
     sup_cv_.wait_until(lk, next_wake);
   }
+  if (opts_.on_progress)
+    report_progress(lk);
+}
+
+void pool_core::report_progress(lock_type& lk) {
+  auto key = [](const pool_stats& s) {
+    return std::make_tuple(s.submitted, s.succeeded, s.failed, s.quarantined,
+                           s.redispatched, s.workers_started, s.workers_died);
+  };
+  if (key(stats_) == key(reported_))
+    return;
+  reported_ = stats_;
+  auto copy = stats_;
+  lk.unlock();
+  opts_.on_progress(copy);
+  lk.lock();
 }
 
 caf::error pool_core::close(std::chrono::milliseconds timeout) {

@@ -67,6 +67,29 @@ enum class when_full {
   fail,  ///< return errc::full at once
 };
 
+/// Counters of a pool's life so far (pool::stats(), the progress callback).
+struct pool_stats {
+  uint64_t submitted = 0;   ///< tasks accepted (the total, for a progress bar)
+  uint64_t succeeded = 0;   ///< tasks that got a reply
+  uint64_t failed = 0;      ///< tasks that ended in an error (any)
+  uint64_t quarantined = 0; ///< of those: quarantined
+  uint64_t redispatched = 0; ///< dispatches after a worker's death (retries)
+  uint64_t workers_started = 0;
+  uint64_t workers_died = 0; ///< unexpectedly, or stopped for a deadline
+
+  /// Tasks that ended, either way.
+  uint64_t done() const noexcept {
+    return succeeded + failed;
+  }
+  /// Tasks queued or in flight.
+  uint64_t pending() const noexcept {
+    return submitted - done();
+  }
+};
+
+/// Called with the pool's counters while they change (see pool_options).
+using progress_fn = std::function<void(const pool_stats&)>;
+
 /// Options of pool::start(); one comment per field.
 struct pool_options {
   /// Number of worker processes; 0: the number of cores.
@@ -110,6 +133,12 @@ struct pool_options {
   size_t stderr_tail = 5;
   /// How long starting one worker may take.
   std::chrono::milliseconds start_timeout{10000};
+  /// Called on the pool's supervisor thread with the counters, at most once
+  /// per progress_interval and only when they changed, and once more when
+  /// the pool stops. It must not call the pool's blocking functions.
+  progress_fn on_progress;
+  /// How often on_progress may be called.
+  std::chrono::milliseconds progress_interval{100};
 
   /// Sets the initializer message (a registered type).
   template <class T>
@@ -120,17 +149,6 @@ struct pool_options {
     initializer.emplace(detail::registered_id(typeid(T)), std::move(bytes));
     return caf::none;
   }
-};
-
-/// Counters of a pool's life so far.
-struct pool_stats {
-  uint64_t submitted = 0;   ///< tasks accepted
-  uint64_t succeeded = 0;   ///< tasks that got a reply
-  uint64_t failed = 0;      ///< tasks that ended in an error (any)
-  uint64_t quarantined = 0; ///< of those: quarantined
-  uint64_t redispatched = 0; ///< dispatches after a worker's death
-  uint64_t workers_started = 0;
-  uint64_t workers_died = 0; ///< unexpectedly, or stopped for a deadline
 };
 
 /// Per-call options of pool::submit().
