@@ -46,7 +46,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   // One future per id, all submitted before any is awaited.
-  std::map<int32_t, std::future<caf::expected<int32_t>>> futures;
+  std::map<int32_t, multiproc::task_future<int32_t>> futures;
   for (int32_t id = 0; id < 5; ++id)
     futures.emplace(id, pool->submit<int32_t>(job{id}));
   std::map<int32_t, int32_t> results;

@@ -4,6 +4,8 @@
 
 #include "multiproc/worker.hpp"
 
+#include "multiproc/detail/result_slot.hpp"
+
 #include <atomic>
 #include <condition_variable>
 #include <cstdio>
@@ -13,11 +15,9 @@
 #include <optional>
 #include <unordered_map>
 
-#include <linux/futex.h>
 #if defined(__x86_64__) || defined(__i386__)
 #include <x86intrin.h>
 #endif
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <caf/actor_cast.hpp>
@@ -195,67 +195,12 @@ uint64_t ticks() noexcept {
 #endif
 }
 
-// -- blocking reply slot ------------------------------------------------------
-
-long futex(std::atomic<uint32_t>* addr, int op, uint32_t val,
-           const timespec* timeout) {
-  return ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(addr), op, val,
-                   timeout, nullptr, 0);
-}
-
-/// Where the I/O thread puts the reply for a blocked caller. The caller spins
-/// briefly (a reply usually comes within tens of microseconds) and then
-/// sleeps on a futex.
-class sync_slot {
-public:
-  void fulfill(caf::message reply, caf::error err) {
-    reply_ = std::move(reply);
-    err_ = std::move(err);
-    if (state_.exchange(done, std::memory_order_acq_rel) == sleeping)
-      futex(&state_, FUTEX_WAKE_PRIVATE, 1, nullptr);
-  }
-
-  /// Returns false on timeout.
-  bool wait(std::chrono::steady_clock::time_point deadline) {
-    for (int i = 0; i < spin_iterations; ++i) {
-      if (state_.load(std::memory_order_acquire) == done)
-        return true;
-      __builtin_ia32_pause();
-    }
-    for (;;) {
-      uint32_t expected = waiting;
-      if (!state_.compare_exchange_strong(expected, sleeping)
-          && expected == done)
-        return true;
-      auto left = deadline - std::chrono::steady_clock::now();
-      if (left <= std::chrono::steady_clock::duration::zero())
-        return state_.load(std::memory_order_acquire) == done;
-      auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left);
-      timespec ts{static_cast<time_t>(ns.count() / 1000000000),
-                  static_cast<long>(ns.count() % 1000000000)};
-      futex(&state_, FUTEX_WAIT_PRIVATE, sleeping, &ts);
-      if (state_.load(std::memory_order_acquire) == done)
-        return true;
-    }
-  }
-
-  caf::message reply_;
-  caf::error err_;
-
-private:
-  static constexpr uint32_t waiting = 0;
-  static constexpr uint32_t sleeping = 1;
-  static constexpr uint32_t done = 2;
-  static constexpr int spin_iterations = 2000;
-  std::atomic<uint32_t> state_{waiting};
-};
-
 // -- parent side --------------------------------------------------------------
 
 struct pending_request {
   caf::strong_actor_ptr target; // receives the response (actor requests)
   caf::message_id mid;
-  std::shared_ptr<sync_slot> slot; // or: a blocked caller
+  std::shared_ptr<detail::result_slot> slot; // or: a blocked caller
   detail::reply_sink* sink = nullptr; // or: a sink (the pool), with its tag
   uint64_t tag = 0;
 };
@@ -350,7 +295,7 @@ public:
     }
     auto rid = next_id();
     finish_envelope(buf, wire::kind::request, type, rid);
-    auto slot = std::make_shared<sync_slot>();
+    auto slot = std::make_shared<detail::result_slot>();
     {
       std::lock_guard<std::mutex> guard{mu_};
       if (death_error_)
@@ -364,17 +309,17 @@ public:
       if (take(rid))
         return err;
     }
-    if (!slot->wait(deadline)) {
+    if (!slot->wait_until(deadline)) {
       if (take(rid))
         return make_error(errc::timeout, "request to " + who()
                                            + " timed out after "
                                            + std::to_string(timeout.count())
                                            + " ms");
-      slot->wait(std::chrono::steady_clock::time_point::max());
+      slot->wait_until(std::chrono::steady_clock::time_point::max());
     }
-    if (slot->err_)
-      return std::move(slot->err_);
-    return std::move(slot->reply_);
+    if (slot->err)
+      return std::move(slot->err);
+    return std::move(slot->reply);
   }
 
   caf::error send_encoded_request(type_id type, std::string_view payload,

@@ -369,13 +369,13 @@ bool contains(const std::string& haystack, const std::string& needle) {
 }
 
 template <class R>
-bool is_ready(std::future<R>& f, std::chrono::milliseconds d = 0ms) {
+bool is_ready(multiproc::task_future<R>& f, std::chrono::milliseconds d = 0ms) {
   return f.wait_for(d) == std::future_status::ready;
 }
 
 /// Waits for every future until `deadline`; returns how many are not ready.
 template <class R>
-size_t wait_all_until(std::vector<std::future<R>>& fs,
+size_t wait_all_until(std::vector<multiproc::task_future<R>>& fs,
                       clock_type::time_point deadline) {
   size_t missing = 0;
   for (auto& f : fs)
@@ -645,16 +645,16 @@ class PoolBackpressure : public PoolFixture {};
 class PoolSizes : public PoolFixture {};
 class PoolShutdown : public PoolFixture {};
 
-std::vector<std::future<caf::expected<int32_t>>>
+std::vector<multiproc::task_future<int32_t>>
 submit_squares(pool& p, int32_t from, int32_t to) {
-  std::vector<std::future<caf::expected<int32_t>>> out;
+  std::vector<multiproc::task_future<int32_t>> out;
   for (int32_t i = from; i < to; ++i)
     out.push_back(p.submit<int32_t>(square{i}));
   return out;
 }
 
 /// Expects every future to hold value i*i (i = from, from+1, ...).
-void expect_squares(std::vector<std::future<caf::expected<int32_t>>>& fs,
+void expect_squares(std::vector<multiproc::task_future<int32_t>>& fs,
                     int32_t from) {
   ASSERT_EQ(wait_all_until(fs, clock_type::now() + kBound), 0u)
     << "tasks submitted alongside did not finish within 10 s";
@@ -734,7 +734,7 @@ TEST_P(PoolFailureMatrix, EndsAsAnErrorOnThatTaskAlone) {
               + fault_name(mode) + " in the worker";
   auto before = submit_squares(*p, 0, 8);
   auto t0 = clock_type::now();
-  std::future<caf::expected<caf::message>> bad;
+  multiproc::task_future<caf::message> bad;
   switch (where) {
     case boundary::decode_task:
       bad = p->submit<caf::message>(decode_fault{mode, 7, note});
@@ -980,7 +980,7 @@ TEST_F(PoolLedger, FailsTheTasksOfAKilledWorkerAloneInAtMostOnceMode) {
   auto p = start(opts);
   ASSERT_TRUE(p) << describe(p.error());
   auto log = path("runs");
-  std::vector<std::future<caf::expected<tagged>>> fs;
+  std::vector<multiproc::task_future<tagged>> fs;
   fs.push_back(p->submit<tagged>(nap{2000, 1, log, 0}));
   for (int32_t i = 2; i <= 6; ++i) // in flight behind it, on the same worker
     fs.push_back(p->submit<tagged>(nap{0, i, log, 0}));
@@ -1025,7 +1025,7 @@ TEST_F(PoolLedger, AWindowOfOneLimitsWhatADeathTakesInAtMostOnceMode) {
   ASSERT_TRUE(p) << describe(p.error());
   auto log = path("runs");
   auto slow = p->submit<tagged>(nap{2000, 1, log, 0});
-  std::vector<std::future<caf::expected<tagged>>> queued;
+  std::vector<multiproc::task_future<tagged>> queued;
   for (int32_t i = 2; i <= 4; ++i)
     queued.push_back(p->submit<tagged>(nap{0, i, log, 0}));
   auto victim = wait_started(log, 1);
@@ -1259,7 +1259,7 @@ TEST_F(PoolBackpressure, FailModeRefusesTasksAtTheBound) {
   opts.on_full = when_full::fail;
   auto p = start(opts);
   ASSERT_TRUE(p) << describe(p.error());
-  std::vector<std::future<caf::expected<tagged>>> held;
+  std::vector<multiproc::task_future<tagged>> held;
   for (int32_t i = 0; i < 3; ++i)
     held.push_back(p->submit<tagged>(nap{300, i, "", 0}));
   auto refused = p->submit<tagged>(nap{0, 3, "", 0});
@@ -1676,7 +1676,7 @@ TEST_F(PoolShutdown, TerminateResolvesTenThousandQueuedTasksAtOnce) {
     auto p = start(options(4));
     ASSERT_TRUE(p) << describe(p.error());
     auto workers = pids_of(p->workers());
-    std::vector<std::future<caf::expected<tagged>>> fs;
+    std::vector<multiproc::task_future<tagged>> fs;
     fs.reserve(10000);
     for (int32_t i = 0; i < 10000; ++i)
       fs.push_back(p->submit<tagged>(nap{1, i, "", 0}));
@@ -1718,7 +1718,7 @@ TEST_F(PoolShutdown, TerminateResolvesTenThousandQueuedTasksAtOnce) {
 TEST_F(PoolShutdown, TheDestructorTerminatesRunningWork) {
   warm_up(sys);
   auto fds = list_fds();
-  std::vector<std::future<caf::expected<tagged>>> fs;
+  std::vector<multiproc::task_future<tagged>> fs;
   std::set<pid_t> workers;
   clock_type::time_point t0;
   {
@@ -1749,7 +1749,7 @@ TEST_F(PoolShutdown, TheDestructorTerminatesRunningWork) {
 }
 
 TEST_F(PoolShutdown, CloseWithATimeoutGivesUpAndTheDestructorTerminates) {
-  std::future<caf::expected<tagged>> slow;
+  multiproc::task_future<tagged> slow;
   std::set<pid_t> workers;
   {
     auto p = start(options(1));

@@ -8,7 +8,7 @@
 /// reply:
 ///
 ///     auto p = multiproc::pool::start(sys, "squarer", {.workers = 4});
-///     auto f = p->submit<int32_t>(square{7});        // std::future
+///     auto f = p->submit<int32_t>(square{7});        // a task_future
 ///     auto ys = p->map<int32_t>(std::vector<square>{...});
 ///
 /// The ledger knows which worker holds which task. When a worker dies, it is
@@ -42,6 +42,7 @@
 #include <caf/expected.hpp>
 #include <caf/message.hpp>
 
+#include "multiproc/detail/result_slot.hpp"
 #include "multiproc/error.hpp"
 #include "multiproc/message_registry.hpp"
 #include "multiproc/output.hpp"
@@ -187,19 +188,13 @@ caf::expected<R> reply_as(caf::message reply, caf::error err) {
   }
 }
 
-/// A group with one task: fulfills a promise.
-template <class R>
-class promise_group : public task_group {
+/// A group with one task: fills a result slot (task_future waits on it).
+class slot_group : public task_group {
 public:
-  std::future<caf::expected<R>> future() {
-    return promise_.get_future();
-  }
   void complete(size_t, caf::message reply, caf::error err) override {
-    promise_.set_value(reply_as<R>(std::move(reply), std::move(err)));
+    slot.fulfill(std::move(reply), std::move(err));
   }
-
-private:
-  std::promise<caf::expected<R>> promise_;
+  result_slot slot;
 };
 
 /// A group of n tasks whose results are kept by index until taken.
@@ -246,6 +241,59 @@ encoded_task encode_task(const T& msg) {
 }
 
 } // namespace detail
+
+/// The result of pool::submit(): like std::future<caf::expected<R>>, but a
+/// waiter spins briefly before it sleeps, so a quick task's result is seen
+/// without a wake-up's delay. Movable, not copyable; get() once.
+template <class R>
+class task_future {
+public:
+  task_future() = default;
+
+  /// False when default-constructed, moved from, or after get().
+  bool valid() const noexcept {
+    return group_ != nullptr;
+  }
+
+  /// True when get() would not wait.
+  bool ready() const noexcept {
+    return group_ && group_->slot.ready();
+  }
+
+  void wait() const {
+    group_->slot.wait_until(std::chrono::steady_clock::time_point::max());
+  }
+
+  template <class Rep, class Period>
+  std::future_status wait_for(const std::chrono::duration<Rep, Period>& d) const {
+    auto now = std::chrono::steady_clock::now();
+    auto left = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+      std::min<std::chrono::duration<double>>(d, std::chrono::hours{24 * 365}));
+    return group_->slot.wait_until(now + left) ? std::future_status::ready
+                                               : std::future_status::timeout;
+  }
+
+  template <class Clock, class Duration>
+  std::future_status
+  wait_until(const std::chrono::time_point<Clock, Duration>& t) const {
+    return wait_for(t - Clock::now());
+  }
+
+  /// Waits for the result and takes it.
+  caf::expected<R> get() {
+    wait();
+    auto group = std::move(group_);
+    return detail::reply_as<R>(std::move(group->slot.reply),
+                               std::move(group->slot.err));
+  }
+
+private:
+  friend class pool;
+  explicit task_future(std::shared_ptr<detail::slot_group> group)
+    : group_(std::move(group)) {
+  }
+  std::shared_ptr<detail::slot_group> group_;
+};
 
 /// A lazily filled stream of results (pool::imap, pool::imap_unordered).
 /// Reads its input only as the window frees up.
@@ -298,11 +346,10 @@ public:
   /// Fails at once (in the future) with errc::full, errc::closed,
   /// errc::unknown_type or errc::encode_failed.
   template <class R, class T>
-  std::future<caf::expected<R>> submit(const T& task, task_options opts = {}) {
-    auto group = std::make_shared<detail::promise_group<R>>();
-    auto result = group->future();
+  task_future<R> submit(const T& task, task_options opts = {}) {
+    auto group = std::make_shared<detail::slot_group>();
     submit_encoded(detail::encode_task(task), group, 0, opts);
-    return result;
+    return task_future<R>{std::move(group)};
   }
 
   /// Runs one task and waits for its result (at most `timeout`).
