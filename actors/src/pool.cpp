@@ -67,6 +67,26 @@ void collect_group::complete(size_t index, caf::message reply,
   impl_->cv.notify_all();
 }
 
+void collect_group::complete_many(task_result* results, size_t n) {
+  bool wanted = false;
+  {
+    std::lock_guard<std::mutex> guard{impl_->mu};
+    for (size_t i = 0; i < n; ++i) {
+      auto index = results[i].index;
+      impl_->results[index] = {std::move(results[i].reply),
+                               std::move(results[i].err)};
+      impl_->ready[index] = 1;
+      impl_->arrivals.push_back(index);
+      wanted = wanted || impl_->want_index == index;
+    }
+    impl_->done += n;
+    wanted = wanted || impl_->want_any
+             || (impl_->want_all && impl_->done == impl_->results.size());
+  }
+  if (wanted)
+    impl_->cv.notify_all();
+}
+
 bool collect_group::wait_for(size_t index, clock_type::time_point deadline) {
   std::unique_lock<std::mutex> lk{impl_->mu};
   impl_->want_index = index;
@@ -144,10 +164,30 @@ struct stderr_tail {
   }
 };
 
+/// A task's encoded input: small ones inline (copied cheaply into a send),
+/// larger ones shared.
+struct payload_ref {
+  std::string small;
+  std::shared_ptr<const std::string> big;
+
+  static payload_ref of(std::string bytes) {
+    payload_ref p;
+    if (bytes.size() <= 15) // fits std::string's inline buffer
+      p.small = std::move(bytes);
+    else
+      p.big = std::make_shared<const std::string>(std::move(bytes));
+    return p;
+  }
+
+  std::string_view view() const noexcept {
+    return big ? std::string_view{*big} : std::string_view{small};
+  }
+};
+
 struct task_rec {
-  uint64_t id = 0; // submission number, names the task in errors
+  uint64_t id = 0; // submission number, names the task in errors; 0: free
   type_id type = 0;
-  std::shared_ptr<const std::string> payload;
+  payload_ref payload;
   std::shared_ptr<task_group> group;
   size_t index = 0;
   std::chrono::milliseconds timeout{0};
@@ -155,6 +195,87 @@ struct task_rec {
   int attempts = 0;    // runs that ended in its worker's death
   bool suspect = false; // was in flight at an ambiguous death
   std::vector<std::string> deaths;
+};
+
+/// The unfinished tasks by id. Ids are handed out in order and most tasks
+/// finish roughly in order, so a deque indexed by id (a finished task leaves
+/// a hole until the ones before it finish) does without a hash map's
+/// allocation and hashing per task. Tasks left far behind by a long run of
+/// finished ones move to a map, so holes stay bounded.
+class task_table {
+public:
+  /// Adds task `id`, which must be the next id.
+  task_rec& add(uint64_t id) {
+    if (slots_.empty())
+      base_ = id;
+    slots_.emplace_back();
+    ++live_;
+    auto& t = slots_.back();
+    t.id = id;
+    return t;
+  }
+
+  task_rec* find(uint64_t id) {
+    if (id >= base_ && id - base_ < slots_.size()) {
+      auto& t = slots_[id - base_];
+      return t.id == id ? &t : nullptr;
+    }
+    auto i = far_.find(id);
+    return i == far_.end() ? nullptr : &i->second;
+  }
+
+  void erase(uint64_t id) {
+    --live_;
+    if (id >= base_ && id - base_ < slots_.size()) {
+      slots_[id - base_] = task_rec{};
+      while (!slots_.empty() && slots_.front().id == 0) {
+        slots_.pop_front();
+        ++base_;
+      }
+      compact();
+    } else {
+      far_.erase(id);
+    }
+  }
+
+  size_t size() const noexcept {
+    return live_;
+  }
+
+  bool empty() const noexcept {
+    return live_ == 0;
+  }
+
+  /// The ids of all tasks, in order.
+  std::vector<uint64_t> ids() const {
+    std::vector<uint64_t> out;
+    out.reserve(live_);
+    for (auto& kvp : far_)
+      out.push_back(kvp.first);
+    for (auto& t : slots_)
+      if (t.id != 0)
+        out.push_back(t.id);
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+
+private:
+  void compact() {
+    // Holes may make up at most half of the deque (plus some slack).
+    size_t in_deque = live_ - far_.size();
+    while (slots_.size() > 2 * in_deque + 4096) {
+      auto& t = slots_.front();
+      if (t.id != 0)
+        far_.emplace(t.id, std::move(t));
+      slots_.pop_front();
+      ++base_;
+    }
+  }
+
+  std::deque<task_rec> slots_;
+  uint64_t base_ = 1;
+  size_t live_ = 0;
+  std::unordered_map<uint64_t, task_rec> far_;
 };
 
 struct reply_entry {
@@ -165,9 +286,7 @@ struct reply_entry {
 
 struct completion {
   std::shared_ptr<task_group> group;
-  size_t index;
-  caf::message reply;
-  caf::error err;
+  task_result result;
 };
 
 } // namespace
@@ -182,7 +301,8 @@ public:
   caf::error start_all();
   void submit(encoded_task task, std::shared_ptr<task_group> group,
               size_t index, const task_options& topts);
-  void submit_many(std::vector<encoded_task> tasks,
+  void submit_many(size_t n,
+                   const std::function<encoded_task(size_t)>& encode,
                    std::shared_ptr<task_group> group, size_t chunksize);
   caf::error close(std::chrono::milliseconds timeout);
   void terminate();
@@ -203,13 +323,18 @@ public:
   void on_exit(worker_rec& w, const caf::expected<exit_status>& st);
 
 private:
+  struct send_item {
+    uint64_t task;
+    type_id type;
+    payload_ref payload;
+  };
+
+  /// Tasks for one worker, sent together.
   struct send_op {
     caf::actor handle;
     std::shared_ptr<worker_rec> worker;
-    uint64_t task;
-    type_id type;
-    std::shared_ptr<const std::string> payload;
-    bool immediate;
+    std::vector<send_item> items;
+    bool immediate = false;
   };
 
   using lock_type = std::unique_lock<std::mutex>;
@@ -224,8 +349,7 @@ private:
   void perform(std::vector<send_op>& ops);
   static void deliver(std::vector<completion>& done);
   void fail_task(uint64_t id, caf::error err, std::vector<completion>& done);
-  void finish_task(std::unordered_map<uint64_t, task_rec>::iterator i,
-                   caf::message reply, caf::error err,
+  void finish_task(task_rec& t, caf::message reply, caf::error err,
                    std::vector<completion>& done);
   void break_pool(caf::error why, std::vector<completion>& done);
 
@@ -245,12 +369,14 @@ private:
   std::condition_variable room_cv_; // submitters waiting for room
   std::condition_variable idle_cv_; // close() waiting for an empty ledger
   std::condition_variable sup_cv_;  // the supervisor's wake-up
-  std::unordered_map<uint64_t, task_rec> tasks_;
+  task_table tasks_;
   std::deque<uint64_t> queue_;
   std::deque<uint64_t> suspects_; // run alone, before queue_
   std::vector<std::shared_ptr<worker_rec>> live_;
   std::vector<std::shared_ptr<worker_rec>> dead_; // to reap
   uint64_t next_task_ = 1;
+  uint64_t dispatch_round_ = 0;
+  size_t room_waiters_ = 0; // threads waiting on room_cv_
   uint64_t next_worker_ = 1;
   size_t next_slot_ = 0;
   size_t rr_ = 0;
@@ -311,6 +437,9 @@ public:
   clock_type::time_point kill_at = clock_type::time_point::max();
   bool dead = false;
   bool solo = false; // runs a suspect alone
+  // Which op of the current dispatch() call sends to this worker.
+  uint64_t op_round = 0;
+  size_t op_index = 0;
 };
 
 // -- pool_core ----------------------------------------------------------------
@@ -426,13 +555,28 @@ caf::error pool_core::start_all() {
 }
 
 void pool_core::deliver(std::vector<completion>& done) {
-  for (auto& c : done)
-    c.group->complete(c.index, std::move(c.reply), std::move(c.err));
+  // Runs of one group's results go to it at once.
+  std::vector<task_result> run;
+  for (size_t i = 0; i < done.size();) {
+    auto& group = done[i].group;
+    size_t j = i + 1;
+    while (j < done.size() && done[j].group == group)
+      ++j;
+    if (j - i == 1) {
+      auto& r = done[i].result;
+      group->complete(r.index, std::move(r.reply), std::move(r.err));
+    } else {
+      run.clear();
+      for (size_t k = i; k < j; ++k)
+        run.push_back(std::move(done[k].result));
+      group->complete_many(run.data(), run.size());
+    }
+    i = j;
+  }
   done.clear();
 }
 
-void pool_core::finish_task(std::unordered_map<uint64_t, task_rec>::iterator i,
-                            caf::message reply, caf::error err,
+void pool_core::finish_task(task_rec& t, caf::message reply, caf::error err,
                             std::vector<completion>& done) {
   if (err) {
     ++stats_.failed;
@@ -441,19 +585,19 @@ void pool_core::finish_task(std::unordered_map<uint64_t, task_rec>::iterator i,
   } else {
     ++stats_.succeeded;
   }
-  done.push_back({std::move(i->second.group), i->second.index,
-                  std::move(reply), std::move(err)});
-  tasks_.erase(i);
-  room_cv_.notify_one();
+  done.push_back({std::move(t.group), {t.index, std::move(reply),
+                  std::move(err)}});
+  tasks_.erase(t.id);
+  if (room_waiters_ != 0)
+    room_cv_.notify_one();
   if (tasks_.empty())
     idle_cv_.notify_all();
 }
 
 void pool_core::fail_task(uint64_t id, caf::error err,
                           std::vector<completion>& done) {
-  auto i = tasks_.find(id);
-  if (i != tasks_.end())
-    finish_task(i, {}, std::move(err), done);
+  if (auto* t = tasks_.find(id))
+    finish_task(*t, {}, std::move(err), done);
 }
 
 void pool_core::admit(lock_type& lk, encoded_task task,
@@ -461,7 +605,7 @@ void pool_core::admit(lock_type& lk, encoded_task task,
                       std::chrono::milliseconds timeout, when_full on_full,
                       std::vector<completion>& done) {
   if (task.error) {
-    done.push_back({std::move(group), index, {}, std::move(task.error)});
+    done.push_back({std::move(group), {index, {}, std::move(task.error)}});
     return;
   }
   auto refuse = [&]() -> caf::error {
@@ -473,31 +617,32 @@ void pool_core::admit(lock_type& lk, encoded_task task,
     return caf::none;
   };
   if (auto err = refuse()) {
-    done.push_back({std::move(group), index, {}, std::move(err)});
+    done.push_back({std::move(group), {index, {}, std::move(err)}});
     return;
   }
   if (tasks_.size() >= opts_.max_pending) {
     if (on_full == when_full::fail) {
-      done.push_back({std::move(group), index, {},
+      done.push_back({std::move(group), {index, {},
                       make_error(errc::full,
                                  "the pool " + opts_.name + " holds "
                                    + std::to_string(tasks_.size())
-                                   + " tasks (max_pending)")});
+                                   + " tasks (max_pending)")}});
       return;
     }
+    ++room_waiters_;
     room_cv_.wait(lk, [&] {
       return tasks_.size() < opts_.max_pending || closing_ || broken_;
     });
+    --room_waiters_;
     if (auto err = refuse()) {
-      done.push_back({std::move(group), index, {}, std::move(err)});
+      done.push_back({std::move(group), {index, {}, std::move(err)}});
       return;
     }
   }
   auto id = next_task_++;
-  auto& t = tasks_[id];
-  t.id = id;
+  auto& t = tasks_.add(id);
   t.type = task.type;
-  t.payload = std::make_shared<const std::string>(std::move(task.payload));
+  t.payload = payload_ref::of(std::move(task.payload));
   t.group = std::move(group);
   t.index = index;
   t.timeout = timeout.count() != 0 ? timeout : opts_.task_timeout;
@@ -508,18 +653,28 @@ void pool_core::admit(lock_type& lk, encoded_task task,
 void pool_core::dispatch(std::vector<send_op>& out, size_t chunk) {
   if (live_.empty())
     return;
+  ++dispatch_round_;
   auto usable = [&](const worker_rec& w) {
     return !w.dead && !w.retiring && !w.stopping && !w.solo;
   };
   auto send = [&](const std::shared_ptr<worker_rec>& w, uint64_t id,
                   bool immediate) {
-    auto& t = tasks_.find(id)->second;
+    auto& t = *tasks_.find(id);
     t.worker = w->id;
     if (w->in_flight.empty())
       w->front_since = clock_type::now();
     w->in_flight.push_back(id);
     ++w->dispatched;
-    out.push_back({w->handle, w, id, t.type, t.payload, immediate});
+    // One send per worker and dispatch: find this worker's op.
+    if (w->op_round != dispatch_round_ || w->op_index >= out.size()
+        || out[w->op_index].worker != w) {
+      w->op_round = dispatch_round_;
+      w->op_index = out.size();
+      out.push_back({w->handle, w, {}, false});
+    }
+    auto& op = out[w->op_index];
+    op.items.push_back({id, t.type, t.payload});
+    op.immediate |= immediate;
     if (opts_.max_tasks_per_child != 0
         && w->dispatched >= opts_.max_tasks_per_child)
       w->retiring = true;
@@ -534,7 +689,7 @@ void pool_core::dispatch(std::vector<send_op>& out, size_t chunk) {
       return;
     auto id = suspects_.front();
     suspects_.pop_front();
-    if (tasks_.count(id) == 0)
+    if (tasks_.find(id) == nullptr)
       continue;
     (*w)->solo = true;
     send(*w, id, true);
@@ -554,7 +709,7 @@ void pool_core::dispatch(std::vector<send_op>& out, size_t chunk) {
     for (size_t k = 0; k < take && !queue_.empty() && !w->retiring; ++k) {
       auto id = queue_.front();
       queue_.pop_front();
-      if (tasks_.count(id) == 0)
+      if (tasks_.find(id) == nullptr)
         continue;
       bool immediate = w->in_flight.empty() && queue_.empty();
       send(w, id, immediate);
@@ -563,25 +718,35 @@ void pool_core::dispatch(std::vector<send_op>& out, size_t chunk) {
 }
 
 void pool_core::perform(std::vector<send_op>& ops) {
+  std::vector<encoded_request> reqs;
   for (auto& op : ops) {
-    auto err = send_encoded_request(op.handle, op.type, *op.payload,
-                                    op.worker.get(), op.task, op.immediate);
-    if (!err)
+    reqs.clear();
+    for (auto& item : op.items)
+      reqs.push_back({item.type, item.payload.view(), item.task});
+    std::vector<std::pair<uint64_t, caf::error>> refused;
+    send_encoded_requests(
+      op.handle, reqs.data(), reqs.size(), op.worker.get(), op.immediate,
+      [&](size_t i, caf::error err) {
+        // A broken channel means a dying worker: its on_exit() deals with
+        // the task (it is in the worker's in_flight list), like with every
+        // other. Not sent because of the task itself (a frame above the
+        // limit): fail it.
+        if (err == errc::frame_too_large || err == errc::encode_failed)
+          refused.emplace_back(op.items[i].task, std::move(err));
+      });
+    if (refused.empty())
       continue;
-    // A broken channel means a dying worker: its on_exit() deals with the
-    // task (it is in the worker's in_flight list), like with every other.
-    if (err != errc::frame_too_large && err != errc::encode_failed)
-      continue;
-    // Not sent because of the task itself (a frame above the limit): fail
-    // it, unless the worker's death has taken care of it already.
     std::vector<completion> done;
     {
       std::lock_guard<std::mutex> guard{mu_};
-      auto i = tasks_.find(op.task);
-      if (i != tasks_.end() && i->second.worker == op.worker->id) {
+      for (auto& [id, err] : refused) {
+        // Unless the worker's death has taken care of it already.
+        auto* t = tasks_.find(id);
+        if (t == nullptr || t->worker != op.worker->id)
+          continue;
         auto& q = op.worker->in_flight;
-        q.erase(std::remove(q.begin(), q.end(), op.task), q.end());
-        finish_task(i, {}, std::move(err), done);
+        q.erase(std::remove(q.begin(), q.end(), id), q.end());
+        finish_task(*t, {}, std::move(err), done);
       }
     }
     deliver(done);
@@ -603,16 +768,17 @@ void pool_core::submit(encoded_task task, std::shared_ptr<task_group> group,
   deliver(done);
 }
 
-void pool_core::submit_many(std::vector<encoded_task> tasks,
+void pool_core::submit_many(size_t n,
+                            const std::function<encoded_task(size_t)>& encode,
                             std::shared_ptr<task_group> group,
                             size_t chunksize) {
   if (chunksize == 0) {
     // Python's rule: about four chunks per worker.
     auto denom = 4 * std::max<size_t>(1, opts_.workers);
-    chunksize = std::max<size_t>(1, (tasks.size() + denom - 1) / denom);
+    chunksize = std::max<size_t>(1, (n + denom - 1) / denom);
   }
   size_t i = 0;
-  while (i < tasks.size()) {
+  while (i < n) {
     std::vector<completion> done;
     std::vector<send_op> ops;
     {
@@ -622,12 +788,12 @@ void pool_core::submit_many(std::vector<encoded_task> tasks,
       // Never wait for room while holding undispatched tasks of our own:
       // stop at the bound once something was admitted, dispatch it, and
       // only then wait (in admit) on the next round.
-      size_t end = std::min(tasks.size(), i + std::max<size_t>(chunksize, 256));
+      size_t end = std::min(n, i + std::max<size_t>(chunksize, 256));
       bool admitted = false;
       for (; i < end; ++i) {
         if (admitted && tasks_.size() >= opts_.max_pending)
           break;
-        admit(lk, std::move(tasks[i]), group, i, {}, opts_.on_full, done);
+        admit(lk, encode(i), group, i, {}, opts_.on_full, done);
         admitted = true;
       }
       dispatch(ops, chunksize);
@@ -640,12 +806,13 @@ void pool_core::submit_many(std::vector<encoded_task> tasks,
 void pool_core::on_replies(worker_rec& w, std::vector<reply_entry>& batch) {
   std::vector<completion> done;
   std::vector<send_op> ops;
+  done.reserve(batch.size());
   {
     std::lock_guard<std::mutex> guard{mu_};
     auto& q = w.in_flight;
     for (auto& r : batch) {
-      auto i = tasks_.find(r.tag);
-      if (i == tasks_.end() || i->second.worker != w.id)
+      auto* t = tasks_.find(r.tag);
+      if (t == nullptr || t->worker != w.id)
         continue; // a stale outcome: the task was dealt with at the death
       if (!q.empty() && q.front() == r.tag) {
         q.pop_front();
@@ -653,7 +820,7 @@ void pool_core::on_replies(worker_rec& w, std::vector<reply_entry>& batch) {
       } else {
         q.erase(std::remove(q.begin(), q.end(), r.tag), q.end());
       }
-      finish_task(i, std::move(r.reply), std::move(r.err), done);
+      finish_task(*t, std::move(r.reply), std::move(r.err), done);
       w.solo = false;
     }
     if (w.retiring && q.empty())
@@ -678,8 +845,8 @@ void pool_core::on_exit(worker_rec& w, const caf::expected<exit_status>& st) {
       ++stats_.workers_died;
     std::vector<uint64_t> held;
     for (auto id : w.in_flight) {
-      auto i = tasks_.find(id);
-      if (i != tasks_.end() && i->second.worker == w.id)
+      auto* t = tasks_.find(id);
+      if (t != nullptr && t->worker == w.id)
         held.push_back(id);
     }
     // Replies travel in batches, so with several tasks in flight the parent
@@ -691,8 +858,7 @@ void pool_core::on_exit(worker_rec& w, const caf::expected<exit_status>& st) {
     std::vector<uint64_t> requeue;
     std::vector<uint64_t> suspects;
     for (auto id : held) {
-      auto i = tasks_.find(id);
-      auto& t = i->second;
+      auto& t = *tasks_.find(id);
       t.worker = 0;
       if (planned) {
         requeue.push_back(id);
@@ -704,7 +870,7 @@ void pool_core::on_exit(worker_rec& w, const caf::expected<exit_status>& st) {
       if (overdue && alone
           && (!opts_.retry_timeouts || t.attempts >= opts_.max_attempts
               || opts_.guarantee == delivery::at_most_once)) {
-        finish_task(i, {},
+        finish_task(t, {},
                     make_error(errc::timeout,
                                "task " + std::to_string(id) + " (item "
                                  + std::to_string(t.index)
@@ -715,7 +881,7 @@ void pool_core::on_exit(worker_rec& w, const caf::expected<exit_status>& st) {
         continue;
       }
       if (opts_.guarantee == delivery::at_most_once) {
-        finish_task(i, {},
+        finish_task(t, {},
                     make_error(errc::worker_died,
                                "task " + std::to_string(id) + " (item "
                                  + std::to_string(t.index)
@@ -730,7 +896,7 @@ void pool_core::on_exit(worker_rec& w, const caf::expected<exit_status>& st) {
         std::string seen;
         for (auto& d : t.deaths)
           seen += (seen.empty() ? "" : "; ") + d;
-        finish_task(i, {},
+        finish_task(t, {},
                     make_error(errc::task_quarantined,
                                "task " + std::to_string(id) + " (item "
                                  + std::to_string(t.index)
@@ -767,13 +933,9 @@ void pool_core::on_exit(worker_rec& w, const caf::expected<exit_status>& st) {
 
 void pool_core::break_pool(caf::error why, std::vector<completion>& done) {
   broken_ = std::move(why);
-  std::vector<uint64_t> ids;
-  for (auto& kvp : tasks_)
-    if (kvp.second.worker == 0)
-      ids.push_back(kvp.first);
-  std::sort(ids.begin(), ids.end());
-  for (auto id : ids)
-    fail_task(id, broken_, done);
+  for (auto id : tasks_.ids())
+    if (tasks_.find(id)->worker == 0)
+      fail_task(id, broken_, done);
   queue_.clear();
   suspects_.clear();
   room_cv_.notify_all();
@@ -819,12 +981,12 @@ void pool_core::supervise() {
       }
       if (w->in_flight.empty())
         continue;
-      auto i = tasks_.find(w->in_flight.front());
-      if (i == tasks_.end() || i->second.timeout.count() == 0)
+      auto* t = tasks_.find(w->in_flight.front());
+      if (t == nullptr || t->timeout.count() == 0)
         continue;
-      auto due = w->front_since + i->second.timeout;
+      auto due = w->front_since + t->timeout;
       if (now >= due) {
-        w->overdue = i->first;
+        w->overdue = t->id;
         w->stopping = true;
         w->kill_at = now + opts_.kill_grace;
         next_wake = std::min(next_wake, w->kill_at);
@@ -941,10 +1103,7 @@ void pool_core::terminate() {
     std::lock_guard<std::mutex> guard{mu_};
     closing_ = true;
     stopping_ = true;
-    std::vector<uint64_t> ids;
-    for (auto& kvp : tasks_)
-      ids.push_back(kvp.first);
-    std::sort(ids.begin(), ids.end());
+    auto ids = tasks_.ids();
     auto why = make_error(errc::closed, "the pool " + opts_.name
                                           + " was terminated before the "
                                             "task finished");
@@ -1113,15 +1272,16 @@ void pool::submit_encoded(detail::encoded_task task,
   core_->submit(std::move(task), std::move(group), index, opts);
 }
 
-void pool::submit_many(std::vector<detail::encoded_task> tasks,
+void pool::submit_many(size_t n,
+                       const std::function<detail::encoded_task(size_t)>& encode,
                        std::shared_ptr<detail::task_group> group,
                        size_t chunksize) {
   if (!core_) {
-    for (size_t i = 0; i < tasks.size(); ++i)
+    for (size_t i = 0; i < n; ++i)
       group->complete(i, {}, make_error(errc::closed, "a moved-from pool"));
     return;
   }
-  core_->submit_many(std::move(tasks), std::move(group), chunksize);
+  core_->submit_many(n, encode, std::move(group), chunksize);
 }
 
 size_t pool::default_window() const noexcept {

@@ -6,9 +6,11 @@
 
 #include "multiproc/detail/result_slot.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdio>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -18,6 +20,7 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <x86intrin.h>
 #endif
+#include <endian.h>
 #include <unistd.h>
 
 #include <caf/actor_cast.hpp>
@@ -205,6 +208,22 @@ struct pending_request {
   uint64_t tag = 0;
 };
 
+/// Requests sent together (send_encoded_requests): one entry for all of
+/// them. Their request ids are batch_flag | seq << batch_shift | index.
+struct pending_batch {
+  detail::reply_sink* sink = nullptr;
+  std::vector<uint64_t> tags;
+  std::vector<char> open; // 1 until the request's outcome came
+  size_t left = 0;
+};
+
+constexpr uint64_t batch_flag = uint64_t{1} << 58;
+constexpr unsigned batch_shift = 16;
+constexpr size_t batch_capacity = size_t{1} << batch_shift;
+/// Payloads from this size on are written from the caller's buffer, not
+/// copied into a batch.
+constexpr size_t batch_copy_limit = 16 * 1024;
+
 class worker_proxy;
 
 /// Owns the child process and its channel; the I/O thread delivers replies.
@@ -347,6 +366,84 @@ public:
     if (err && !take(rid))
       return caf::none; // the death path has answered the sink already
     return err;
+  }
+
+  void send_encoded_requests(
+    const detail::encoded_request* reqs, size_t n, detail::reply_sink* sink,
+    bool immediate, const std::function<void(size_t, caf::error)>& failed) {
+    auto mode = immediate ? send_mode::immediate : send_mode::deferred;
+    thread_local std::string buf;
+    std::vector<size_t> large;
+    for (size_t first = 0; first < n; first += batch_capacity) {
+      size_t k = std::min(n - first, batch_capacity);
+      auto key = batch_flag
+                 | ((next_batch_.fetch_add(1, std::memory_order_relaxed)
+                     << batch_shift)
+                    & caf::message_id::request_id_mask & ~batch_flag);
+      pending_batch batch;
+      batch.sink = sink;
+      batch.tags.resize(k);
+      batch.open.assign(k, 0);
+      buf.clear();
+      for (size_t j = 0; j < k; ++j) {
+        auto& r = reqs[first + j];
+        if (r.payload.size() >= batch_copy_limit) {
+          large.push_back(first + j);
+          continue;
+        }
+        size_t body = wire::envelope_size + r.payload.size();
+        if (body > ch_->options().max_frame_size) {
+          failed(first + j, make_error(errc::frame_too_large,
+                                       "a request of " + std::to_string(body)
+                                         + " bytes exceeds the frame limit"));
+          continue;
+        }
+        uint32_t len = htole32(static_cast<uint32_t>(body));
+        char head[frame_header_size + wire::envelope_size];
+        std::memcpy(head, &len, sizeof(len));
+        wire::envelope e;
+        e.what = wire::kind::request;
+        e.type = r.type;
+        e.request_id = key | j;
+        wire::write_envelope(e, head + frame_header_size);
+        buf.append(head, sizeof(head));
+        buf.append(r.payload.data(), r.payload.size());
+        batch.tags[j] = r.tag;
+        batch.open[j] = 1;
+        ++batch.left;
+      }
+      if (batch.left == 0)
+        continue;
+      caf::error dead;
+      {
+        std::lock_guard<std::mutex> guard{mu_};
+        if (death_error_)
+          dead = death_error_;
+        else
+          batches_.emplace(key, std::move(batch));
+      }
+      auto err = dead ? dead : ch_->send_framed(buf, mode);
+      if (!err)
+        continue;
+      // Not sent: fail what the death path has not answered already.
+      std::vector<char> open;
+      {
+        std::lock_guard<std::mutex> guard{mu_};
+        if (dead) {
+          open = std::move(batch.open);
+        } else if (auto i = batches_.find(key); i != batches_.end()) {
+          open = std::move(i->second.open);
+          batches_.erase(i);
+        }
+      }
+      for (size_t j = 0; j < open.size(); ++j)
+        if (open[j])
+          failed(first + j, err);
+    }
+    for (auto i : large)
+      if (auto err = send_encoded_request(reqs[i].type, reqs[i].payload, sink,
+                                          reqs[i].tag, immediate))
+        failed(i, std::move(err));
   }
 
   caf::error signal(int sig) {
@@ -499,14 +596,27 @@ public:
                                               + ") and was stopped; it "
                                               + how);
     std::unordered_map<uint64_t, pending_request> orphans;
+    std::unordered_map<uint64_t, pending_batch> orphan_batches;
     {
       std::lock_guard<std::mutex> guard{mu_};
       death_error_ = death;
       dead_.store(true, std::memory_order_release);
       orphans.swap(pending_);
+      orphan_batches.swap(batches_);
     }
     for (auto& kvp : orphans)
       deliver(kvp.second, {}, death);
+    for (auto& kvp : orphan_batches) {
+      auto& b = kvp.second;
+      for (size_t j = 0; j < b.open.size(); ++j) {
+        if (!b.open[j])
+          continue;
+        pending_request entry;
+        entry.sink = b.sink;
+        entry.tag = b.tags[j];
+        deliver(entry, {}, death);
+      }
+    }
     if (batch_sink_ != nullptr) {
       batch_sink_->on_batch_end();
       batch_sink_ = nullptr;
@@ -544,6 +654,20 @@ private:
 
   std::optional<pending_request> take(uint64_t rid) {
     std::lock_guard<std::mutex> guard{mu_};
+    if (rid & batch_flag) {
+      auto b = batches_.find(rid & ~(batch_capacity - 1));
+      size_t j = rid & (batch_capacity - 1);
+      if (b == batches_.end() || j >= b->second.open.size()
+          || !b->second.open[j])
+        return std::nullopt;
+      pending_request result;
+      result.sink = b->second.sink;
+      result.tag = b->second.tags[j];
+      b->second.open[j] = 0;
+      if (--b->second.left == 0)
+        batches_.erase(b);
+      return result;
+    }
     auto i = pending_.find(rid);
     if (i == pending_.end())
       return std::nullopt;
@@ -600,6 +724,8 @@ private:
   std::mutex mu_;
   std::condition_variable done_cv_;
   std::unordered_map<uint64_t, pending_request> pending_;
+  std::unordered_map<uint64_t, pending_batch> batches_;
+  std::atomic<uint64_t> next_batch_{1};
   caf::error death_error_;
   std::optional<exit_status> status_;
   bool done_ = false;
@@ -755,6 +881,19 @@ caf::error send_encoded_request(const caf::actor& worker, type_id type,
   if (auto* b = bridge_of(worker))
     return b->send_encoded_request(type, payload, sink, tag, immediate);
   return not_a_worker();
+}
+
+void send_encoded_requests(
+  const caf::actor& worker, const encoded_request* reqs, size_t n,
+  reply_sink* sink, bool immediate,
+  const std::function<void(size_t, caf::error)>& failed) {
+  if (auto* b = bridge_of(worker)) {
+    b->send_encoded_requests(reqs, n, sink, immediate, failed);
+    return;
+  }
+  auto err = not_a_worker();
+  for (size_t i = 0; i < n; ++i)
+    failed(i, err);
 }
 
 caf::error signal_worker(const caf::actor& worker, int sig) {

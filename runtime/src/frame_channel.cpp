@@ -149,6 +149,19 @@ caf::error frame_channel::send(const std::string_view* parts, size_t num_parts,
   char hdr[frame_header_size];
   uint32_t len = htole32(static_cast<uint32_t>(total));
   std::memcpy(hdr, &len, sizeof(len));
+  return send_bytes(std::string_view{hdr, sizeof(hdr)}, parts, num_parts,
+                    total, mode);
+}
+
+caf::error frame_channel::send_framed(std::string_view frames,
+                                      send_mode mode) {
+  return send_bytes(std::string_view{}, &frames, 1, frames.size(), mode);
+}
+
+caf::error frame_channel::send_bytes(std::string_view hdr,
+                                     const std::string_view* parts,
+                                     size_t num_parts, size_t total,
+                                     send_mode mode) {
   bool has_io = io_running_.load(std::memory_order_acquire);
   bool on_io = on_io_thread();
   bool may_block = !on_io;
@@ -165,12 +178,13 @@ caf::error frame_channel::send(const std::string_view* parts, size_t num_parts,
     flushing_ = true;
     lk.unlock();
     iovec storage[max_iov];
-    storage[0] = iovec{hdr, sizeof(hdr)};
+    int iovcnt = 0;
+    if (!hdr.empty())
+      storage[iovcnt++] = iovec{const_cast<char*>(hdr.data()), hdr.size()};
     for (size_t i = 0; i < num_parts; ++i)
-      storage[i + 1] = iovec{const_cast<char*>(parts[i].data()),
-                             parts[i].size()};
+      storage[iovcnt++] = iovec{const_cast<char*>(parts[i].data()),
+                                parts[i].size()};
     iovec* iov = storage;
-    int iovcnt = static_cast<int>(num_parts) + 1;
     int err = write_iov(iov, iovcnt, may_block);
     lk.lock();
     flushing_ = false;
@@ -199,7 +213,7 @@ caf::error frame_channel::send(const std::string_view* parts, size_t num_parts,
     wcv_.notify_all();
     return wr_error_;
   }
-  pending_.append(hdr, sizeof(hdr));
+  pending_.append(hdr.data(), hdr.size());
   for (size_t i = 0; i < num_parts; ++i)
     pending_.append(parts[i].data(), parts[i].size());
   if (!flushing_) {

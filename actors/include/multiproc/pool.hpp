@@ -164,12 +164,25 @@ namespace detail {
 
 class pool_core;
 
+/// The outcome of one task of a group.
+struct task_result {
+  size_t index = 0;
+  caf::message reply;
+  caf::error err;
+};
+
 /// Receives the results of a group of tasks (one submit, one map, ...).
 /// complete() is called exactly once per task, from any thread.
 class task_group {
 public:
   virtual ~task_group() = default;
   virtual void complete(size_t index, caf::message reply, caf::error err) = 0;
+  /// Completes several tasks at once (e.g. under one lock).
+  virtual void complete_many(task_result* results, size_t n) {
+    for (size_t i = 0; i < n; ++i)
+      complete(results[i].index, std::move(results[i].reply),
+               std::move(results[i].err));
+  }
 };
 
 /// Converts a reply to R, or explains why it is not one.
@@ -202,6 +215,7 @@ class collect_group : public task_group {
 public:
   explicit collect_group(size_t n);
   void complete(size_t index, caf::message reply, caf::error err) override;
+  void complete_many(task_result* results, size_t n) override;
   /// Waits until result `index` is there (false: `deadline` passed).
   bool wait_for(size_t index, std::chrono::steady_clock::time_point deadline);
   /// Waits until any untaken result is there; returns its index, or nullopt
@@ -371,11 +385,10 @@ public:
   std::vector<caf::expected<R>> map(const std::vector<T>& tasks,
                                     size_t chunksize = 0) {
     auto group = std::make_shared<detail::collect_group>(tasks.size());
-    std::vector<detail::encoded_task> encoded;
-    encoded.reserve(tasks.size());
-    for (auto& t : tasks)
-      encoded.push_back(detail::encode_task(t));
-    submit_many(std::move(encoded), group, chunksize);
+    // Encoded as they are admitted: no second copy of the whole input.
+    submit_many(
+      tasks.size(), [&](size_t i) { return detail::encode_task(tasks[i]); },
+      group, chunksize);
     group->wait_all();
     std::vector<caf::expected<R>> out;
     out.reserve(tasks.size());
@@ -454,7 +467,8 @@ private:
   void submit_encoded(detail::encoded_task task,
                       std::shared_ptr<detail::task_group> group, size_t index,
                       const task_options& opts);
-  void submit_many(std::vector<detail::encoded_task> tasks,
+  void submit_many(size_t n,
+                   const std::function<detail::encoded_task(size_t)>& encode,
                    std::shared_ptr<detail::task_group> group,
                    size_t chunksize);
   size_t default_window() const noexcept;

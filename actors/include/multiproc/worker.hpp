@@ -147,6 +147,22 @@ caf::error send_encoded_request(const caf::actor& worker, type_id type,
                                 std::string_view payload, reply_sink* sink,
                                 uint64_t tag, bool immediate);
 
+/// One request of send_encoded_requests().
+struct encoded_request {
+  type_id type = 0;
+  std::string_view payload;
+  uint64_t tag = 0;
+};
+
+/// Sends `n` requests at once (one lock, one write), all answered to `sink`.
+/// A request that cannot be sent calls `failed(i, error)` instead (nothing
+/// reaches the sink for it): frame_too_large for that request alone, or
+/// the channel's error once it broke (then for each request not sent).
+void send_encoded_requests(
+  const caf::actor& worker, const encoded_request* reqs, size_t n,
+  reply_sink* sink, bool immediate,
+  const std::function<void(size_t, caf::error)>& failed);
+
 /// Sends signal `sig` to the worker's process (does not wait).
 caf::error signal_worker(const caf::actor& worker, int sig);
 

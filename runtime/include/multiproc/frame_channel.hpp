@@ -99,6 +99,12 @@ public:
     return send(&body, 1, mode);
   }
 
+  /// Sends frames already laid out as on the wire (header, body, header,
+  /// body, ...), e.g. many small frames built in one buffer: one lock and
+  /// one write for all. The caller checks each body against the limit.
+  caf::error send_framed(std::string_view frames,
+                         send_mode mode = send_mode::immediate);
+
   /// Bytes queued and not yet written.
   size_t pending_output() const;
 
@@ -147,6 +153,9 @@ private:
   // Extracts the next complete frame from the receive buffer, if any.
   // Returns false on a bad header (sets rd_error_).
   bool next_frame(std::string_view& out);
+  // Sends `hdr` (may be empty) followed by `parts` (`total` bytes of them).
+  caf::error send_bytes(std::string_view hdr, const std::string_view* parts,
+                        size_t num_parts, size_t total, send_mode mode);
   // Writes queued output; lock held on entry and exit.
   void flush_locked(std::unique_lock<std::mutex>& lk, bool may_block);
   // Writes from an iovec array until done, EAGAIN or error.
