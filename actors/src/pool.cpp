@@ -194,6 +194,7 @@ struct task_rec {
   uint64_t worker = 0; // incarnation holding it; 0 while queued
   int attempts = 0;    // runs that ended in its worker's death
   bool suspect = false; // was in flight at an ambiguous death
+  size_t rerun_group = 1; // a suspect runs with up to this many others
   std::vector<std::string> deaths;
 };
 
@@ -436,7 +437,7 @@ public:
   uint64_t overdue = 0;   // the task whose deadline stopped it
   clock_type::time_point kill_at = clock_type::time_point::max();
   bool dead = false;
-  bool solo = false; // runs a suspect alone
+  bool solo = false; // runs a group of suspects and nothing else
   // Which op of the current dispatch() call sends to this worker.
   uint64_t op_round = 0;
   size_t op_index = 0;
@@ -689,10 +690,22 @@ void pool_core::dispatch(std::vector<send_op>& out, size_t chunk) {
       return;
     auto id = suspects_.front();
     suspects_.pop_front();
-    if (tasks_.find(id) == nullptr)
+    auto* t = tasks_.find(id);
+    if (t == nullptr)
       continue;
     (*w)->solo = true;
-    send(*w, id, true);
+    size_t group = t->rerun_group;
+    send(*w, id, group <= 1);
+    // Suspects of the same size class go with it, up to the group's size.
+    while (--group > 0 && !suspects_.empty()) {
+      auto* next = tasks_.find(suspects_.front());
+      if (next != nullptr && next->rerun_group <= 1)
+        break;
+      auto next_id = suspects_.front();
+      suspects_.pop_front();
+      if (next != nullptr)
+        send(*w, next_id, false);
+    }
   }
   size_t per_worker = chunk <= 1 ? window_ : std::max(window_, 2 * chunk);
   size_t n = live_.size();
@@ -821,7 +834,8 @@ void pool_core::on_replies(worker_rec& w, std::vector<reply_entry>& batch) {
         q.erase(std::remove(q.begin(), q.end(), r.tag), q.end());
       }
       finish_task(*t, std::move(r.reply), std::move(r.err), done);
-      w.solo = false;
+      if (q.empty())
+        w.solo = false;
     }
     if (w.retiring && q.empty())
       sup_cv_.notify_all();
@@ -864,8 +878,12 @@ void pool_core::on_exit(worker_rec& w, const caf::expected<exit_status>& st) {
         requeue.push_back(id);
         continue;
       }
-      t.attempts += 1;
-      t.deaths.push_back(how);
+      // The worker ran its tasks in order: the death counts as an attempt
+      // of the first task not answered, the one most likely running.
+      if (id == held.front()) {
+        t.attempts += 1;
+        t.deaths.push_back(how);
+      }
       bool overdue = w.overdue == id;
       if (overdue && alone
           && (!opts_.retry_timeouts || t.attempts >= opts_.max_attempts
@@ -912,6 +930,15 @@ void pool_core::on_exit(worker_rec& w, const caf::expected<exit_status>& st) {
       }
       ++stats_.redispatched;
       t.suspect = true;
+      // The first task not answered is the likely culprit: it runs alone.
+      // The others (most had not started, or their replies were still in
+      // the pipe) run in groups of half their number, so a rare culprit
+      // among them is found by halving while a random death costs only a
+      // few round trips (docs/pool.md).
+      size_t others = held.size() - 1;
+      t.rerun_group = id == held.front()
+                        ? 1
+                        : std::max<size_t>(1, (others + 1) / 2);
       suspects.push_back(id);
     }
     // Re-queued tasks go first, in their old order.
