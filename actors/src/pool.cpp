@@ -672,6 +672,7 @@ void pool_core::dispatch(std::vector<send_op>& out, size_t chunk) {
       w->op_round = dispatch_round_;
       w->op_index = out.size();
       out.push_back({w->handle, w, {}, false});
+      out.back().items.reserve(std::min(queue_.size() + 1, window_ * 4));
     }
     auto& op = out[w->op_index];
     op.items.push_back({id, t.type, t.payload});
@@ -734,6 +735,7 @@ void pool_core::perform(std::vector<send_op>& ops) {
   std::vector<encoded_request> reqs;
   for (auto& op : ops) {
     reqs.clear();
+    reqs.reserve(op.items.size());
     for (auto& item : op.items)
       reqs.push_back({item.type, item.payload.view(), item.task});
     std::vector<std::pair<uint64_t, caf::error>> refused;

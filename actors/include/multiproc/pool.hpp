@@ -12,9 +12,9 @@
 ///     auto ys = p->map<int32_t>(std::vector<square>{...});
 ///
 /// The ledger knows which worker holds which task. When a worker dies, it is
-/// replaced and its tasks are dispatched again (at_least_once; each alone
-/// if it is unclear which one killed the worker) or failed on their own
-/// (at_most_once). A task that killed its worker on every attempt is
+/// replaced and its tasks are dispatched again (at_least_once; the likely
+/// culprit alone if it is unclear which one killed the worker) or failed on
+/// their own (at_most_once). A task that killed its worker on every attempt is
 /// quarantined: its result is errc::task_quarantined naming the task, the
 /// exit statuses and the dead worker's last stderr lines. Every result is
 /// delivered exactly once; nothing waits forever unless the caller asked.
@@ -54,9 +54,10 @@ namespace multiproc {
 /// What happens to the tasks of a worker that died.
 enum class delivery {
   /// Run again on another worker. If the dead worker held several tasks, it
-  /// is unknown which one was running: each runs again alone, and a death
-  /// quarantines a task only once it has happened while the task ran alone
-  /// and the task has seen max_attempts deaths (docs/pool.md).
+  /// is unknown which one was running: the first one not answered runs
+  /// again alone, the others in halving groups; a death quarantines a task
+  /// only once it happened while the task ran alone and the task has seen
+  /// max_attempts deaths (docs/pool.md).
   at_least_once,
   /// Fail with errc::worker_died; a task never runs twice.
   at_most_once,
