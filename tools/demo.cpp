@@ -3,6 +3,11 @@
 // process checks every reply against its own computation. Halfway through,
 // one worker is told to crash: the requests in flight to it fail with
 // worker_died, and the lost tasks go to the surviving workers.
+//
+// Then a multiproc::pool of as many workers mines proof-of-work nonces, with
+// its progress on stderr (a bar on a terminal, plain lines otherwise). A third
+// of the way, one of its workers is killed: the pool replaces it and runs its
+// tasks again, and every result is still checked here.
 
 #include "demo.hpp"
 
@@ -16,6 +21,9 @@
 #include <utility>
 #include <vector>
 
+#include <signal.h>
+#include <unistd.h>
+
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
 #include <caf/after.hpp>
@@ -24,6 +32,7 @@
 #include <caf/system_messages.hpp>
 #include <cereal/types/vector.hpp>
 
+#include "multiproc/pool.hpp"
 #include "multiproc/worker.hpp"
 
 namespace demo {
@@ -58,11 +67,33 @@ struct crash_now {
   }
 };
 
+/// Find the smallest nonce whose hash with `id` starts with pow_bits zero
+/// bits (reply: nonce_found).
+struct find_nonce {
+  uint32_t id = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(id);
+  }
+};
+
+/// The nonce found for `id`.
+struct nonce_found {
+  uint32_t id = 0;
+  uint32_t nonce = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(id, nonce);
+  }
+};
+
 } // namespace demo
 
 MULTIPROC_MESSAGE(demo::hash_block, "multiproc.demo.hash_block")
 MULTIPROC_MESSAGE(demo::block_hash, "multiproc.demo.block_hash")
 MULTIPROC_MESSAGE(demo::crash_now, "multiproc.demo.crash_now")
+MULTIPROC_MESSAGE(demo::find_nonce, "multiproc.demo.find_nonce")
+MULTIPROC_MESSAGE(demo::nonce_found, "multiproc.demo.nonce_found")
 
 namespace demo {
 
@@ -123,7 +154,30 @@ uint64_t checksum(const std::vector<block_hash>& hashes) {
   return h;
 }
 
-// -- the worker (runs in the child processes) ---------------------------------------
+/// Leading zero bits a nonce's hash needs: about a million tries, a
+/// millisecond or so of work per task, and a single hash to check it.
+constexpr int pow_bits = 20;
+
+/// The hash of (id, nonce): splitmix64's finalizer.
+uint64_t pow_hash(uint32_t id, uint32_t nonce) {
+  uint64_t z = ((uint64_t{id} << 32) | nonce) + 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+bool meets_target(uint32_t id, uint32_t nonce) {
+  return pow_hash(id, nonce) >> (64 - pow_bits) == 0;
+}
+
+nonce_found mine(const find_nonce& x) {
+  uint32_t nonce = 0;
+  while (!meets_target(x.id, nonce))
+    ++nonce;
+  return {x.id, nonce};
+}
+
+// -- the workers (run in the child processes) ---------------------------------------
 
 caf::behavior hasher(caf::event_based_actor*) {
   return {
@@ -136,9 +190,16 @@ caf::behavior hasher(caf::event_based_actor*) {
   };
 }
 
+caf::behavior miner(caf::event_based_actor*) {
+  return {
+    [](const find_nonce& x) { return mine(x); },
+  };
+}
+
 } // namespace demo
 
 MULTIPROC_WORKER("multiproc.demo.hasher", demo::hasher)
+MULTIPROC_WORKER("multiproc.demo.miner", demo::miner)
 
 namespace demo {
 
@@ -304,6 +365,96 @@ std::vector<uint32_t> id_range(size_t first, size_t last) {
   return ids;
 }
 
+// -- the pool -----------------------------------------------------------------------
+
+/// Shows the pool's counters on stderr: on a terminal, one bar redrawn in
+/// place; otherwise a plain line each time, which a log or a pipe keeps.
+void show_progress(const multiproc::pool_stats& s, bool tty) {
+  if (s.submitted == 0) // the workers started; no task yet
+    return;
+  auto done = static_cast<unsigned long long>(s.done());
+  auto total = static_cast<unsigned long long>(s.submitted);
+  auto failed = static_cast<unsigned long long>(s.failed);
+  auto retried = static_cast<unsigned long long>(s.redispatched);
+  if (!tty) {
+    std::fprintf(stderr,
+                 "progress: %llu/%llu done, %llu failed, %llu retried\n", done,
+                 total, failed, retried);
+    return;
+  }
+  constexpr unsigned long long width = 30;
+  auto filled = done * width / total;
+  std::string bar(filled, '#');
+  bar.append(width - filled, '.');
+  std::fprintf(stderr, "\r  [%s] %llu/%llu %3llu%%, %llu failed, %llu retried",
+               bar.c_str(), done, total, done * 100 / total, failed, retried);
+}
+
+/// Mines a nonce for ids 0..n-1 on a pool of `workers`, kills one worker a
+/// third of the way, and checks every result. True if none was lost.
+bool run_pool(caf::actor_system& sys, size_t n, size_t workers,
+              multiproc::start_method method) {
+  bool tty = ::isatty(STDERR_FILENO) == 1;
+  multiproc::pool_options opts;
+  opts.workers = workers;
+  opts.method = method;
+  opts.name = "miner";
+  opts.on_progress = [tty](const multiproc::pool_stats& s) {
+    show_progress(s, tty);
+  };
+  // A bar may redraw often; plain lines should stay a few per second.
+  opts.progress_interval = tty ? 100ms : 250ms;
+  auto start = std::chrono::steady_clock::now();
+  auto p = multiproc::pool::start(sys, "multiproc.demo.miner", opts);
+  if (!p) {
+    std::printf("pool: cannot start: %s\n",
+                multiproc::describe(p.error()).c_str());
+    return false;
+  }
+  auto victim = p->workers().back();
+  std::printf("pool: %zu tasks (find a nonce whose hash starts with %d zero "
+              "bits) on %zu workers; %s[%d] gets SIGKILL a third of the way\n",
+              n, pow_bits, workers, victim.name.c_str(),
+              static_cast<int>(victim.pid));
+  // The progress lines go to stderr: what came before must be out first.
+  std::fflush(stdout);
+  std::vector<multiproc::task_future<nonce_found>> fs;
+  for (uint32_t i = 0; i < n; ++i)
+    fs.push_back(p->submit<nonce_found>(find_nonce{i}));
+  // As the OOM killer would: the tasks the victim held run again elsewhere.
+  fs[n / 3].wait();
+  ::kill(victim.pid, SIGKILL);
+  size_t ok = 0;
+  std::string first_failure;
+  for (uint32_t i = 0; i < n; ++i) {
+    auto r = fs[i].get();
+    if (r && r->id == i && meets_target(i, r->nonce))
+      ++ok;
+    else if (first_failure.empty())
+      first_failure = "task " + std::to_string(i) + ": "
+                      + (r ? "wrong nonce" : multiproc::describe(r.error()));
+  }
+  auto closed = p->close();
+  if (tty) // close() made the last call: end the bar's line
+    std::fputc('\n', stderr);
+  auto s = p->stats();
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+              std::chrono::steady_clock::now() - start)
+              .count();
+  if (!first_failure.empty())
+    std::printf("  first lost %s\n", first_failure.c_str());
+  if (closed)
+    std::printf("  cannot close the pool: %s\n",
+                multiproc::describe(closed).c_str());
+  std::printf("pool: %zu tasks, %zu ok, %zu lost, %llu worker%s replaced, "
+              "%llu tasks re-dispatched, in %lld ms\n",
+              n, ok, n - ok, static_cast<unsigned long long>(s.workers_died),
+              s.workers_died == 1 ? "" : "s",
+              static_cast<unsigned long long>(s.redispatched),
+              static_cast<long long>(ms));
+  return ok == n && !closed;
+}
+
 } // namespace demo
 
 int run_demo(const demo_options& opts) {
@@ -389,12 +540,17 @@ int run_demo(const demo_options& opts) {
                 st ? st->to_string().c_str()
                    : multiproc::describe(st.error()).c_str());
   }
+
+  // 8. A pool mines nonces with a progress display; one worker is killed.
+  bool pool_ok = opts.pool_tasks == 0
+                 || run_pool(sys, opts.pool_tasks, opts.workers, method);
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
               std::chrono::steady_clock::now() - start)
               .count();
-  if (!ok) {
-    std::printf("demo: FAILED: %zu/%zu tasks answered correctly\n",
-                pl.answered(), opts.tasks);
+  if (!ok || !pool_ok) {
+    std::printf("demo: FAILED: %zu/%zu tasks answered correctly%s\n",
+                pl.answered(), opts.tasks,
+                pool_ok ? "" : "; the pool lost tasks");
     return 1;
   }
   std::printf("demo: %zu/%zu tasks answered by %zu workers (%zu crashed on "

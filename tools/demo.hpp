@@ -2,7 +2,8 @@
 
 // `multiproc demo`: a request/response pipeline between this process and a
 // few worker processes that hash generated blocks; one worker is made to
-// crash mid-request and the pipeline continues with the others.
+// crash mid-request and the pipeline continues with the others. Then a pool
+// runs many small tasks with a progress display while one worker is killed.
 
 #include <cstddef>
 #include <optional>
@@ -15,6 +16,8 @@ struct demo_options {
   size_t workers = 3;
   /// Blocks to hash, spread over the workers.
   size_t tasks = 24;
+  /// Tasks for the pool stage (about a millisecond each); 0: skip it.
+  size_t pool_tasks = 2000;
   /// How to start the workers; empty: multiproc::default_start_method().
   std::optional<multiproc::start_method> method;
 };

@@ -24,12 +24,17 @@ int main(int argc, char** argv) {
   std::string method;
   auto* demo_cmd = app.add_subcommand(
     "demo", "Hash generated blocks on worker processes, crash one of them, "
-            "verify the results");
+            "verify the results; then run a pool with a progress display");
   demo_cmd->add_option("--workers", demo.workers, "Worker processes (>= 2)")
     ->check(CLI::Range(size_t{2}, size_t{64}))
     ->capture_default_str();
   demo_cmd->add_option("--tasks", demo.tasks, "Blocks to hash")
     ->check(CLI::Range(size_t{1}, size_t{100000}))
+    ->capture_default_str();
+  demo_cmd
+    ->add_option("--pool-tasks", demo.pool_tasks,
+                 "Tasks for the pool stage (0: skip it)")
+    ->check(CLI::Range(size_t{0}, size_t{100000}))
     ->capture_default_str();
   demo_cmd
     ->add_option("--method", method,

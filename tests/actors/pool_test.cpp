@@ -1796,3 +1796,103 @@ TEST_F(PoolBackpressure, MapLargerThanMaxPendingDoesNotDeadlock) {
   }
   remember(*p);
 }
+
+// -- progress -----------------------------------------------------------------
+
+namespace {
+
+class PoolProgress : public PoolFixture {};
+
+/// Records every on_progress call and the threads that made it.
+struct progress_log {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<pool_stats> calls;
+  std::set<std::thread::id> threads;
+
+  progress_fn callback() {
+    return [this](const pool_stats& s) {
+      {
+        std::lock_guard<std::mutex> guard{mu};
+        calls.push_back(s);
+        threads.insert(std::this_thread::get_id());
+      }
+      cv.notify_all();
+    };
+  }
+
+  /// Waits until a call reports `done` tasks done (false: `bound` passed).
+  bool wait_done(uint64_t done, std::chrono::milliseconds bound) {
+    std::unique_lock<std::mutex> lk{mu};
+    return cv.wait_for(lk, bound, [&] {
+      return !calls.empty() && calls.back().done() >= done;
+    });
+  }
+};
+
+/// Task i of the progress test: every tenth throws, the others succeed.
+run_fault progress_task(int32_t i) {
+  return run_fault{i % 10 == 0 ? pool_test::throw_exception
+                               : pool_test::no_fault,
+                   i, "pool_test: progress task " + std::to_string(i)};
+}
+
+} // namespace
+
+TEST_F(PoolProgress, ReportsCountsThatNeverDecreaseAndEndWithTheTotals) {
+  progress_log progress; // outlives the pool, whose thread calls it
+  auto opts = options(2);
+  opts.on_progress = progress.callback();
+  opts.progress_interval = 1ms;
+  auto p = start(opts);
+  ASSERT_TRUE(p) << describe(p.error());
+  // Half through submit(): the pool reports them while it is still open.
+  constexpr int32_t n = 100;
+  std::vector<multiproc::task_future<int32_t>> fs;
+  for (int32_t i = 0; i < n / 2; ++i)
+    fs.push_back(p->submit<int32_t>(progress_task(i)));
+  ASSERT_EQ(wait_all_until(fs, clock_type::now() + kBound), 0u);
+  ASSERT_TRUE(progress.wait_done(n / 2, kBound))
+    << "no progress call reported the first " << n / 2 << " tasks done";
+  // The other half through map(); close() makes the last call.
+  std::vector<run_fault> rest;
+  for (int32_t i = n / 2; i < n; ++i)
+    rest.push_back(progress_task(i));
+  auto ys = p->map<int32_t>(rest);
+  ASSERT_EQ(ys.size(), rest.size());
+  ASSERT_FALSE(p->close(kBound));
+  std::lock_guard<std::mutex> guard{progress.mu};
+  auto& calls = progress.calls;
+  std::printf("[   info   ] %zu progress calls\n", calls.size());
+  ASSERT_GE(calls.size(), 2u);
+  EXPECT_EQ(progress.threads.size(), 1u) << "calls from several threads";
+  EXPECT_EQ(progress.threads.count(std::this_thread::get_id()), 0u)
+    << "a call on the caller's thread";
+  for (size_t i = 0; i < calls.size(); ++i) {
+    SCOPED_TRACE("call " + std::to_string(i) + ": "
+                 + describe_stats(calls[i]));
+    auto& s = calls[i];
+    EXPECT_LE(s.done(), s.submitted);
+    EXPECT_LE(s.quarantined, s.failed);
+    if (i == 0)
+      continue;
+    auto& before = calls[i - 1];
+    EXPECT_NE(describe_stats(s), describe_stats(before))
+      << "a call without a change";
+    EXPECT_GE(s.submitted, before.submitted);
+    EXPECT_GE(s.succeeded, before.succeeded);
+    EXPECT_GE(s.failed, before.failed);
+    EXPECT_GE(s.quarantined, before.quarantined);
+    EXPECT_GE(s.redispatched, before.redispatched);
+    EXPECT_GE(s.workers_started, before.workers_started);
+    EXPECT_GE(s.workers_died, before.workers_died);
+  }
+  auto& last = calls.back();
+  EXPECT_EQ(last.submitted, uint64_t{n});
+  EXPECT_EQ(last.done(), uint64_t{n});
+  EXPECT_EQ(last.pending(), 0u);
+  EXPECT_EQ(last.failed, uint64_t{n / 10});
+  EXPECT_EQ(last.succeeded, uint64_t{n - n / 10});
+  EXPECT_EQ(describe_stats(last), describe_stats(p->stats()))
+    << "the last call missed a change";
+}
