@@ -387,6 +387,7 @@ private:
   caf::error broken_;
   pool_stats stats_;
   pool_stats reported_; // what on_progress saw last
+  clock_type::time_point last_progress_{}; // when it was called last
   std::thread supervisor_;
 };
 
@@ -1064,10 +1065,13 @@ void pool_core::supervise() {
       continue;
     }
     if (opts_.on_progress) {
-      report_progress(lk);
-      next_wake = std::min(next_wake, clock_type::now()
-                                        + std::max(opts_.progress_interval,
-                                                   std::chrono::milliseconds{1}));
+      auto interval = std::max(opts_.progress_interval,
+                               std::chrono::milliseconds{1});
+      if (clock_type::now() >= last_progress_ + interval) {
+        report_progress(lk);
+        last_progress_ = clock_type::now();
+      }
+      next_wake = std::min(next_wake, last_progress_ + interval);
     }
     sup_cv_.wait_until(lk, next_wake);
   }
