@@ -889,6 +889,31 @@ TEST_F(PoolFailures, ACrashInAtMostOnceModeFailsWithWorkerDied) {
   remember(*p);
 }
 
+TEST_F(PoolFailures, ATaskAboveTheFrameLimitFailsAloneAmongOthers) {
+  // Sent in one write with its neighbours, the task too large for a frame
+  // (64 MiB) fails with frame_too_large; the others and the worker go on.
+  auto p = start(options(1));
+  ASSERT_TRUE(p) << describe(p.error());
+  std::vector<run_fault> tasks;
+  for (int32_t i = 0; i < 20; ++i)
+    tasks.push_back(run_fault{pool_test::no_fault, i, ""});
+  tasks[7].note.assign((size_t{64} << 20) + 1, 'x');
+  auto rs = p->map<int32_t>(tasks, 20);
+  ASSERT_EQ(rs.size(), tasks.size());
+  for (int32_t i = 0; i < 20; ++i) {
+    if (i == 7) {
+      ASSERT_FALSE(rs[i]) << "the oversized task gave " << *rs[i];
+      EXPECT_EQ(rs[i].error(), errc::frame_too_large) << describe(rs[i].error());
+      continue;
+    }
+    ASSERT_TRUE(rs[i]) << "task " << i << ": " << describe(rs[i].error());
+    EXPECT_EQ(*rs[i], i * i);
+  }
+  EXPECT_EQ(p->stats().workers_died, 0u);
+  EXPECT_EQ(p->stats().failed, 1u);
+  remember(*p);
+}
+
 // -- the ledger: killed workers, deadlines, recycling -------------------------
 
 TEST_F(PoolLedger, RedispatchesTheTasksOfAKilledWorker) {
@@ -971,6 +996,44 @@ TEST_F(PoolLedger, ChargesADeathOnlyToATaskThatRanAlone) {
   EXPECT_EQ(count_value(read_log(log), 1), 2u) << "it ran a third time";
   EXPECT_EQ(p->stats().quarantined, 1u);
   EXPECT_EQ(p->stats().workers_died, 2u);
+  remember(*p);
+}
+
+TEST_F(PoolLedger, FindsACulpritAmongManyInFlightAndTheOthersSucceed) {
+  // 300 tasks in flight on one worker; the one in the middle crashes it on
+  // every run. The rerun rule (the first unanswered task alone, the others
+  // in halving groups) quarantines it after max_attempts; every other task
+  // gives its result exactly once.
+  auto opts = options(1);
+  opts.window = 300;
+  auto p = start(opts);
+  ASSERT_TRUE(p) << describe(p.error());
+  std::vector<run_fault> tasks;
+  for (int32_t i = 0; i < 300; ++i)
+    tasks.push_back(run_fault{i == 150 ? pool_test::segfault
+                                       : pool_test::no_fault,
+                              i, "pool_test-note: the culprit"});
+  auto rs = p->map<int32_t>(tasks, 300);
+  ASSERT_EQ(rs.size(), tasks.size());
+  for (int32_t i = 0; i < 300; ++i) {
+    if (i == 150) {
+      ASSERT_FALSE(rs[i]) << "the culprit gave " << *rs[i];
+      EXPECT_EQ(rs[i].error(), errc::task_quarantined)
+        << describe(rs[i].error());
+      EXPECT_TRUE(contains(text_of(rs[i].error()), "3 attempts"))
+        << describe(rs[i].error());
+      EXPECT_TRUE(contains(text_of(rs[i].error()), "killed by SIGSEGV"))
+        << describe(rs[i].error());
+      continue;
+    }
+    ASSERT_TRUE(rs[i]) << "task " << i << ": " << describe(rs[i].error());
+    EXPECT_EQ(*rs[i], i * i);
+  }
+  auto st = p->stats();
+  EXPECT_EQ(st.quarantined, 1u);
+  EXPECT_EQ(st.succeeded, 299u);
+  // Halving finds it in a few deaths, not one per task in flight.
+  EXPECT_LE(st.workers_died, 20u) << describe_stats(st);
   remember(*p);
 }
 
