@@ -53,18 +53,8 @@ collect_group::collect_group(size_t n) : impl_(std::make_shared<impl>()) {
 
 void collect_group::complete(size_t index, caf::message reply,
                              caf::error err) {
-  {
-    std::lock_guard<std::mutex> guard{impl_->mu};
-    impl_->results[index] = {std::move(reply), std::move(err)};
-    impl_->ready[index] = 1;
-    impl_->arrivals.push_back(index);
-    ++impl_->done;
-    bool wanted = impl_->want_any || impl_->want_index == index
-                  || (impl_->want_all && impl_->done == impl_->results.size());
-    if (!wanted)
-      return;
-  }
-  impl_->cv.notify_all();
+  task_result r{index, std::move(reply), std::move(err)};
+  complete_many(&r, 1);
 }
 
 void collect_group::complete_many(task_result* results, size_t n) {
@@ -193,7 +183,6 @@ struct task_rec {
   std::chrono::milliseconds timeout{0};
   uint64_t worker = 0; // incarnation holding it; 0 while queued
   int attempts = 0;    // runs that ended in its worker's death
-  bool suspect = false; // was in flight at an ambiguous death
   size_t rerun_group = 1; // a suspect runs with up to this many others
   std::vector<std::string> deaths;
 };
@@ -932,7 +921,6 @@ void pool_core::on_exit(worker_rec& w, const caf::expected<exit_status>& st) {
         continue;
       }
       ++stats_.redispatched;
-      t.suspect = true;
       // The first task not answered is the likely culprit: it runs alone.
       // The others (most had not started, or their replies were still in
       // the pipe) run in groups of half their number, so a rare culprit

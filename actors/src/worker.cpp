@@ -10,7 +10,6 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdio>
-#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -20,7 +19,6 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <x86intrin.h>
 #endif
-#include <endian.h>
 #include <unistd.h>
 
 #include <caf/actor_cast.hpp>
@@ -398,9 +396,8 @@ public:
                                          + " bytes exceeds the frame limit"));
           continue;
         }
-        uint32_t len = htole32(static_cast<uint32_t>(body));
         char head[frame_header_size + wire::envelope_size];
-        std::memcpy(head, &len, sizeof(len));
+        write_frame_header(body, head);
         wire::envelope e;
         e.what = wire::kind::request;
         e.type = r.type;

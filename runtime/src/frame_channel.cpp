@@ -147,8 +147,7 @@ caf::error frame_channel::send(const std::string_view* parts, size_t num_parts,
   if (total > opts_.max_frame_size)
     return too_large(total, opts_.max_frame_size, "refusing to send");
   char hdr[frame_header_size];
-  uint32_t len = htole32(static_cast<uint32_t>(total));
-  std::memcpy(hdr, &len, sizeof(len));
+  write_frame_header(total, hdr);
   return send_bytes(std::string_view{hdr, sizeof(hdr)}, parts, num_parts,
                     total, mode);
 }

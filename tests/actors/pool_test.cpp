@@ -666,6 +666,29 @@ void expect_squares(std::vector<multiproc::task_future<int32_t>>& fs,
   }
 }
 
+/// Checks map results: i * i for every index but `bad`, whose error it
+/// returns for further checks.
+caf::error expect_squares_but(std::vector<caf::expected<int32_t>>& rs,
+                              size_t n, size_t bad) {
+  caf::error found;
+  EXPECT_EQ(rs.size(), n);
+  for (size_t i = 0; i < rs.size(); ++i) {
+    auto x = static_cast<int32_t>(i);
+    if (i == bad) {
+      EXPECT_FALSE(rs[i]) << "task " << i << " gave " << *rs[i];
+      if (!rs[i])
+        found = rs[i].error();
+      continue;
+    }
+    if (rs[i]) {
+      EXPECT_EQ(*rs[i], x * x);
+    } else {
+      ADD_FAILURE() << "task " << i << ": " << describe(rs[i].error());
+    }
+  }
+  return found;
+}
+
 } // namespace
 
 // -- the failure matrix -------------------------------------------------------
@@ -899,16 +922,8 @@ TEST_F(PoolFailures, ATaskAboveTheFrameLimitFailsAloneAmongOthers) {
     tasks.push_back(run_fault{pool_test::no_fault, i, ""});
   tasks[7].note.assign((size_t{64} << 20) + 1, 'x');
   auto rs = p->map<int32_t>(tasks, 20);
-  ASSERT_EQ(rs.size(), tasks.size());
-  for (int32_t i = 0; i < 20; ++i) {
-    if (i == 7) {
-      ASSERT_FALSE(rs[i]) << "the oversized task gave " << *rs[i];
-      EXPECT_EQ(rs[i].error(), errc::frame_too_large) << describe(rs[i].error());
-      continue;
-    }
-    ASSERT_TRUE(rs[i]) << "task " << i << ": " << describe(rs[i].error());
-    EXPECT_EQ(*rs[i], i * i);
-  }
+  auto err = expect_squares_but(rs, tasks.size(), 7);
+  EXPECT_EQ(err, errc::frame_too_large) << describe(err);
   EXPECT_EQ(p->stats().workers_died, 0u);
   EXPECT_EQ(p->stats().failed, 1u);
   remember(*p);
@@ -1014,21 +1029,10 @@ TEST_F(PoolLedger, FindsACulpritAmongManyInFlightAndTheOthersSucceed) {
                                        : pool_test::no_fault,
                               i, "pool_test-note: the culprit"});
   auto rs = p->map<int32_t>(tasks, 300);
-  ASSERT_EQ(rs.size(), tasks.size());
-  for (int32_t i = 0; i < 300; ++i) {
-    if (i == 150) {
-      ASSERT_FALSE(rs[i]) << "the culprit gave " << *rs[i];
-      EXPECT_EQ(rs[i].error(), errc::task_quarantined)
-        << describe(rs[i].error());
-      EXPECT_TRUE(contains(text_of(rs[i].error()), "3 attempts"))
-        << describe(rs[i].error());
-      EXPECT_TRUE(contains(text_of(rs[i].error()), "killed by SIGSEGV"))
-        << describe(rs[i].error());
-      continue;
-    }
-    ASSERT_TRUE(rs[i]) << "task " << i << ": " << describe(rs[i].error());
-    EXPECT_EQ(*rs[i], i * i);
-  }
+  auto err = expect_squares_but(rs, tasks.size(), 150);
+  EXPECT_EQ(err, errc::task_quarantined) << describe(err);
+  EXPECT_TRUE(contains(text_of(err), "3 attempts")) << describe(err);
+  EXPECT_TRUE(contains(text_of(err), "killed by SIGSEGV")) << describe(err);
   auto st = p->stats();
   EXPECT_EQ(st.quarantined, 1u);
   EXPECT_EQ(st.succeeded, 299u);

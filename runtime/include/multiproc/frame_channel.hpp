@@ -19,12 +19,14 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <thread>
 
+#include <endian.h>
 #include <sys/uio.h>
 
 #include <caf/error.hpp>
@@ -36,6 +38,13 @@ namespace multiproc {
 
 /// Size of the frame header (the body length, u32 little-endian).
 constexpr size_t frame_header_size = 4;
+
+/// Writes the header of a frame whose body has `body_size` bytes into `out`
+/// (frame_header_size bytes).
+inline void write_frame_header(size_t body_size, char* out) noexcept {
+  uint32_t len = htole32(static_cast<uint32_t>(body_size));
+  std::memcpy(out, &len, sizeof(len));
+}
 
 /// Default limit on a frame body: 64 MiB.
 constexpr size_t default_max_frame_size = size_t{64} << 20;
