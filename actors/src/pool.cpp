@@ -185,6 +185,13 @@ struct task_rec {
   int attempts = 0;    // runs that ended in its worker's death
   size_t rerun_group = 1; // a suspect runs with up to this many others
   std::vector<std::string> deaths;
+  // A chunk: `count` tasks (items index .. index + count - 1 of the group)
+  // whose payload holds the encoded items; they travel in one frame and
+  // their results come back together. A chunk whose worker dies is split
+  // into single tasks for what it did not answer.
+  uint32_t count = 1;
+  uint32_t left = 1;      // items not finished
+  std::vector<char> got;  // chunk: which items finished
 };
 
 /// The unfinished tasks by id. Ids are handed out in order and most tasks
@@ -270,6 +277,7 @@ private:
 
 struct reply_entry {
   uint64_t tag;
+  uint32_t item;
   caf::message reply;
   caf::error err;
 };
@@ -282,6 +290,13 @@ struct completion {
 } // namespace
 
 class worker_rec;
+
+/// The largest chunk size map() chooses by itself.
+constexpr size_t max_auto_chunk = 1024;
+/// A chunk ends once its items take this many bytes...
+constexpr size_t max_chunk_bytes = size_t{1} << 20;
+/// ... and a task this big travels alone (written from its own buffer).
+constexpr size_t max_chunk_item_bytes = 16 * 1024;
 
 class pool_core : public std::enable_shared_from_this<pool_core> {
 public:
@@ -317,6 +332,7 @@ private:
     uint64_t task;
     type_id type;
     payload_ref payload;
+    uint32_t chunk_items; // 0: a single task
   };
 
   /// Tasks for one worker, sent together.
@@ -333,14 +349,24 @@ private:
   void admit(lock_type& lk, encoded_task task,
              std::shared_ptr<task_group> group, size_t index,
              std::chrono::milliseconds timeout, when_full on_full,
-             std::vector<completion>& done);
+             std::vector<completion>& done, uint32_t count = 1);
   /// Assigns queued tasks to workers with room (lock held).
-  void dispatch(std::vector<send_op>& out, size_t chunk = 1);
+  void dispatch(std::vector<send_op>& out);
   void perform(std::vector<send_op>& ops);
   static void deliver(std::vector<completion>& done);
+  /// Fails every unfinished item of task `id`.
   void fail_task(uint64_t id, caf::error err, std::vector<completion>& done);
-  void finish_task(task_rec& t, caf::message reply, caf::error err,
-                   std::vector<completion>& done);
+  /// Finishes item `item` of `t` (0 for a single task); erases `t` after
+  /// its last item.
+  void finish_task(task_rec& t, uint32_t item, caf::message reply,
+                   caf::error err, std::vector<completion>& done);
+  /// Replaces chunk `t`, in flight on `w`, by single tasks for its
+  /// unfinished items (appended to `held` in order).
+  void split_chunk(task_rec& t, worker_rec& w, std::vector<uint64_t>& held);
+  void submit_chunks(size_t n,
+                     const std::function<encoded_task(size_t)>& encode,
+                     const std::shared_ptr<task_group>& group,
+                     size_t chunksize);
   void break_pool(caf::error why, std::vector<completion>& done);
 
   /// Starts one worker (no lock held); returns it ready, or the error.
@@ -360,6 +386,7 @@ private:
   std::condition_variable idle_cv_; // close() waiting for an empty ledger
   std::condition_variable sup_cv_;  // the supervisor's wake-up
   task_table tasks_;
+  size_t pending_ = 0; // tasks (not chunks) queued or in flight
   std::deque<uint64_t> queue_;
   std::deque<uint64_t> suspects_; // run alone, before queue_
   std::vector<std::shared_ptr<worker_rec>> live_;
@@ -383,7 +410,7 @@ private:
 /// Receives the initializer's outcome (lives as long as its worker_rec).
 struct init_sink : reply_sink {
   std::promise<caf::error> done;
-  void on_reply(uint64_t, caf::message, caf::error err) override {
+  void on_reply(uint64_t, uint32_t, caf::message, caf::error err) override {
     done.set_value(std::move(err));
   }
 };
@@ -396,8 +423,9 @@ public:
     : core_(core), id(id), slot(slot), tail(std::make_shared<stderr_tail>()) {
   }
 
-  void on_reply(uint64_t tag, caf::message reply, caf::error err) override {
-    replies.push_back({tag, std::move(reply), std::move(err)});
+  void on_reply(uint64_t tag, uint32_t item, caf::message reply,
+                caf::error err) override {
+    replies.push_back({tag, item, std::move(reply), std::move(err)});
   }
 
   void on_batch_end() override {
@@ -420,6 +448,7 @@ public:
   std::shared_ptr<stderr_tail> tail;
   // Guarded by the pool's mutex:
   std::deque<uint64_t> in_flight; // dispatch order
+  size_t in_flight_tasks = 0;     // their unfinished items
   clock_type::time_point front_since{};
   size_t dispatched = 0;
   bool retiring = false;  // max_tasks_per_child reached: no more tasks
@@ -567,8 +596,8 @@ void pool_core::deliver(std::vector<completion>& done) {
   done.clear();
 }
 
-void pool_core::finish_task(task_rec& t, caf::message reply, caf::error err,
-                            std::vector<completion>& done) {
+void pool_core::finish_task(task_rec& t, uint32_t item, caf::message reply,
+                            caf::error err, std::vector<completion>& done) {
   if (err) {
     ++stats_.failed;
     if (err == errc::task_quarantined)
@@ -576,9 +605,14 @@ void pool_core::finish_task(task_rec& t, caf::message reply, caf::error err,
   } else {
     ++stats_.succeeded;
   }
-  done.push_back({std::move(t.group), {t.index, std::move(reply),
-                  std::move(err)}});
-  tasks_.erase(t.id);
+  --pending_;
+  if (t.count > 1)
+    t.got[item] = 1;
+  bool last = --t.left == 0;
+  done.push_back({last ? std::move(t.group) : t.group,
+                  {t.index + item, std::move(reply), std::move(err)}});
+  if (last)
+    tasks_.erase(t.id);
   if (room_waiters_ != 0)
     room_cv_.notify_one();
   if (tasks_.empty())
@@ -587,16 +621,60 @@ void pool_core::finish_task(task_rec& t, caf::message reply, caf::error err,
 
 void pool_core::fail_task(uint64_t id, caf::error err,
                           std::vector<completion>& done) {
-  if (auto* t = tasks_.find(id))
-    finish_task(*t, {}, std::move(err), done);
+  auto* t = tasks_.find(id);
+  if (t == nullptr)
+    return;
+  if (t->count == 1) {
+    finish_task(*t, 0, {}, std::move(err), done);
+    return;
+  }
+  // finish_task() may erase (and the table move) the record: look it up
+  // again each time.
+  for (uint32_t k = 0, n = t->count; k < n; ++k) {
+    t = tasks_.find(id);
+    if (t == nullptr)
+      break;
+    if (!t->got[k])
+      finish_task(*t, k, {}, err, done);
+  }
+}
+
+void pool_core::split_chunk(task_rec& t, worker_rec& w,
+                            std::vector<uint64_t>& held) {
+  std::vector<wire::chunk_item> items;
+  // The payload was built by submit_chunks(): it parses.
+  [[maybe_unused]] auto err = wire::read_chunk(wire::kind::chunk_request,
+                                               t.payload.view(), items);
+  bool first = true;
+  for (uint32_t k = 0; k < t.count && k < items.size(); ++k) {
+    if (t.got[k])
+      continue;
+    auto id = next_task_++;
+    auto& s = tasks_.add(id); // a deque: `t` stays where it is
+    s.type = items[k].type;
+    s.payload = payload_ref::of(std::string{items[k].payload});
+    s.group = t.group;
+    s.index = t.index + k;
+    s.timeout = t.timeout;
+    s.worker = w.id;
+    held.push_back(id);
+    if (first && w.overdue == t.id)
+      w.overdue = id; // the item that was running
+    first = false;
+  }
+  tasks_.erase(t.id);
 }
 
 void pool_core::admit(lock_type& lk, encoded_task task,
                       std::shared_ptr<task_group> group, size_t index,
                       std::chrono::milliseconds timeout, when_full on_full,
-                      std::vector<completion>& done) {
+                      std::vector<completion>& done, uint32_t count) {
+  auto fail_all = [&](caf::error err) {
+    for (uint32_t k = 0; k < count; ++k)
+      done.push_back({group, {index + k, {}, err}});
+  };
   if (task.error) {
-    done.push_back({std::move(group), {index, {}, std::move(task.error)}});
+    fail_all(std::move(task.error));
     return;
   }
   auto refuse = [&]() -> caf::error {
@@ -608,25 +686,23 @@ void pool_core::admit(lock_type& lk, encoded_task task,
     return caf::none;
   };
   if (auto err = refuse()) {
-    done.push_back({std::move(group), {index, {}, std::move(err)}});
+    fail_all(std::move(err));
     return;
   }
-  if (tasks_.size() >= opts_.max_pending) {
+  if (pending_ >= opts_.max_pending) {
     if (on_full == when_full::fail) {
-      done.push_back({std::move(group), {index, {},
-                      make_error(errc::full,
-                                 "the pool " + opts_.name + " holds "
-                                   + std::to_string(tasks_.size())
-                                   + " tasks (max_pending)")}});
+      fail_all(make_error(errc::full, "the pool " + opts_.name + " holds "
+                                        + std::to_string(pending_)
+                                        + " tasks (max_pending)"));
       return;
     }
     ++room_waiters_;
     room_cv_.wait(lk, [&] {
-      return tasks_.size() < opts_.max_pending || closing_ || broken_;
+      return pending_ < opts_.max_pending || closing_ || broken_;
     });
     --room_waiters_;
     if (auto err = refuse()) {
-      done.push_back({std::move(group), {index, {}, std::move(err)}});
+      fail_all(std::move(err));
       return;
     }
   }
@@ -637,11 +713,16 @@ void pool_core::admit(lock_type& lk, encoded_task task,
   t.group = std::move(group);
   t.index = index;
   t.timeout = timeout.count() != 0 ? timeout : opts_.task_timeout;
+  t.count = count;
+  t.left = count;
+  if (count > 1)
+    t.got.assign(count, 0);
   queue_.push_back(id);
-  ++stats_.submitted;
+  pending_ += count;
+  stats_.submitted += count;
 }
 
-void pool_core::dispatch(std::vector<send_op>& out, size_t chunk) {
+void pool_core::dispatch(std::vector<send_op>& out) {
   if (live_.empty())
     return;
   ++dispatch_round_;
@@ -655,7 +736,8 @@ void pool_core::dispatch(std::vector<send_op>& out, size_t chunk) {
     if (w->in_flight.empty())
       w->front_since = clock_type::now();
     w->in_flight.push_back(id);
-    ++w->dispatched;
+    w->in_flight_tasks += t.left;
+    w->dispatched += t.count;
     // One send per worker and dispatch: find this worker's op.
     if (w->op_round != dispatch_round_ || w->op_index >= out.size()
         || out[w->op_index].worker != w) {
@@ -665,7 +747,7 @@ void pool_core::dispatch(std::vector<send_op>& out, size_t chunk) {
       out.back().items.reserve(std::min(queue_.size() + 1, window_ * 4));
     }
     auto& op = out[w->op_index];
-    op.items.push_back({id, t.type, t.payload});
+    op.items.push_back({id, t.type, t.payload, t.count > 1 ? t.count : 0});
     op.immediate |= immediate;
     if (opts_.max_tasks_per_child != 0
         && w->dispatched >= opts_.max_tasks_per_child)
@@ -698,26 +780,32 @@ void pool_core::dispatch(std::vector<send_op>& out, size_t chunk) {
         send(*w, next_id, false);
     }
   }
-  size_t per_worker = chunk <= 1 ? window_ : std::max(window_, 2 * chunk);
+  // One task or chunk per worker in turn, up to a window of tasks each (two
+  // chunks, for big ones).
   size_t n = live_.size();
   size_t idle_rounds = 0;
   while (!queue_.empty() && idle_rounds < n) {
+    auto id = queue_.front();
+    auto* head = tasks_.find(id);
+    if (head == nullptr) {
+      queue_.pop_front();
+      continue;
+    }
+    size_t per_worker = head->count > 1
+                          ? std::max<size_t>(window_, 2 * head->count)
+                          : window_;
     auto& w = live_[rr_ % n];
     ++rr_;
-    if (!usable(*w) || w->in_flight.size() >= per_worker) {
+    if (usable(*w) && opts_.max_tasks_per_child != 0 && head->count > 1
+        && w->dispatched + head->count > opts_.max_tasks_per_child)
+      w->retiring = true; // the chunk does not fit: replace the worker early
+    if (!usable(*w) || w->in_flight_tasks >= per_worker) {
       ++idle_rounds;
       continue;
     }
     idle_rounds = 0;
-    size_t take = std::min(chunk, per_worker - w->in_flight.size());
-    for (size_t k = 0; k < take && !queue_.empty() && !w->retiring; ++k) {
-      auto id = queue_.front();
-      queue_.pop_front();
-      if (tasks_.find(id) == nullptr)
-        continue;
-      bool immediate = w->in_flight.empty() && queue_.empty();
-      send(w, id, immediate);
-    }
+    queue_.pop_front();
+    send(w, id, w->in_flight.empty() && queue_.empty());
   }
 }
 
@@ -727,7 +815,8 @@ void pool_core::perform(std::vector<send_op>& ops) {
     reqs.clear();
     reqs.reserve(op.items.size());
     for (auto& item : op.items)
-      reqs.push_back({item.type, item.payload.view(), item.task});
+      reqs.push_back({item.type, item.payload.view(), item.task,
+                      item.chunk_items});
     std::vector<std::pair<uint64_t, caf::error>> refused;
     send_encoded_requests(
       op.handle, reqs.data(), reqs.size(), op.worker.get(), op.immediate,
@@ -751,7 +840,8 @@ void pool_core::perform(std::vector<send_op>& ops) {
           continue;
         auto& q = op.worker->in_flight;
         q.erase(std::remove(q.begin(), q.end(), id), q.end());
-        finish_task(*t, {}, std::move(err), done);
+        op.worker->in_flight_tasks -= t->left;
+        fail_task(id, std::move(err), done);
       }
     }
     deliver(done);
@@ -778,9 +868,18 @@ void pool_core::submit_many(size_t n,
                             std::shared_ptr<task_group> group,
                             size_t chunksize) {
   if (chunksize == 0) {
-    // Python's rule: about four chunks per worker.
+    // Python's rule (about four chunks per worker), capped: a chunk costs
+    // little here, and smaller ones keep the workers busy while the caller
+    // encodes the next ones (docs/pool.md).
     auto denom = 4 * std::max<size_t>(1, opts_.workers);
-    chunksize = std::max<size_t>(1, (n + denom - 1) / denom);
+    chunksize = std::clamp<size_t>((n + denom - 1) / denom, 1, max_auto_chunk);
+  }
+  chunksize = std::min(chunksize, max_chunk_items);
+  if (opts_.max_tasks_per_child != 0)
+    chunksize = std::min(chunksize, opts_.max_tasks_per_child);
+  if (chunksize > 1) {
+    submit_chunks(n, encode, group, chunksize);
+    return;
   }
   size_t i = 0;
   while (i < n) {
@@ -788,20 +887,78 @@ void pool_core::submit_many(size_t n,
     std::vector<send_op> ops;
     {
       lock_type lk{mu_};
-      // Admit a few chunks per lock, so that dispatch starts early and the
+      // Admit a few tasks per lock, so that dispatch starts early and the
       // I/O threads get the lock in between.
       // Never wait for room while holding undispatched tasks of our own:
       // stop at the bound once something was admitted, dispatch it, and
       // only then wait (in admit) on the next round.
-      size_t end = std::min(n, i + std::max<size_t>(chunksize, 256));
+      size_t end = std::min(n, i + 256);
       bool admitted = false;
       for (; i < end; ++i) {
-        if (admitted && tasks_.size() >= opts_.max_pending)
+        if (admitted && pending_ >= opts_.max_pending)
           break;
         admit(lk, encode(i), group, i, {}, opts_.on_full, done);
         admitted = true;
       }
-      dispatch(ops, chunksize);
+      dispatch(ops);
+    }
+    perform(ops);
+    deliver(done);
+  }
+}
+
+void pool_core::submit_chunks(size_t n,
+                              const std::function<encoded_task(size_t)>& encode,
+                              const std::shared_ptr<task_group>& group,
+                              size_t chunksize) {
+  // Each chunk is encoded without the lock, then admitted and dispatched.
+  // A task that fails to encode fails alone and ends its chunk; a big one
+  // (or a lone one) goes as a single task.
+  size_t i = 0;
+  std::vector<completion> done;
+  std::vector<send_op> ops;
+  encoded_task unit;
+  while (i < n) {
+    size_t first = i;
+    uint32_t count = 0;
+    encoded_task single; // the first item, in case it stays alone
+    unit.type = 0;
+    unit.payload.assign(wire::chunk_count_size, '\0');
+    unit.error = caf::none;
+    while (i < n && count < chunksize
+           && unit.payload.size() < max_chunk_bytes) {
+      auto t = encode(i);
+      if (t.error) {
+        if (count != 0)
+          break; // it goes next, alone
+        done.push_back({group, {i, {}, std::move(t.error)}});
+        first = ++i;
+        continue;
+      }
+      if (t.payload.size() >= max_chunk_item_bytes) {
+        if (count == 0) {
+          single = std::move(t);
+          count = 1;
+          ++i;
+        }
+        break;
+      }
+      wire::append_chunk_request_item(unit.payload, t.type, t.payload);
+      if (count == 0)
+        single = std::move(t);
+      ++count;
+      ++i;
+    }
+    if (count != 0) {
+      lock_type lk{mu_};
+      if (count == 1) {
+        admit(lk, std::move(single), group, first, {}, opts_.on_full, done);
+      } else {
+        wire::write_chunk_count(unit.payload.data(), count);
+        admit(lk, std::move(unit), group, first, {}, opts_.on_full, done,
+              count);
+      }
+      dispatch(ops);
     }
     perform(ops);
     deliver(done);
@@ -819,13 +976,19 @@ void pool_core::on_replies(worker_rec& w, std::vector<reply_entry>& batch) {
       auto* t = tasks_.find(r.tag);
       if (t == nullptr || t->worker != w.id)
         continue; // a stale outcome: the task was dealt with at the death
-      if (!q.empty() && q.front() == r.tag) {
-        q.pop_front();
-        w.front_since = clock_type::now();
-      } else {
-        q.erase(std::remove(q.begin(), q.end(), r.tag), q.end());
+      if (t->count > 1 && (r.item >= t->count || t->got[r.item]))
+        continue;
+      bool front = !q.empty() && q.front() == r.tag;
+      if (front)
+        w.front_since = clock_type::now(); // a chunk's deadline is per item
+      if (t->left == 1) {
+        if (front)
+          q.pop_front();
+        else
+          q.erase(std::remove(q.begin(), q.end(), r.tag), q.end());
       }
-      finish_task(*t, std::move(r.reply), std::move(r.err), done);
+      --w.in_flight_tasks;
+      finish_task(*t, r.item, std::move(r.reply), std::move(r.err), done);
       if (q.empty())
         w.solo = false;
     }
@@ -852,7 +1015,11 @@ void pool_core::on_exit(worker_rec& w, const caf::expected<exit_status>& st) {
     std::vector<uint64_t> held;
     for (auto id : w.in_flight) {
       auto* t = tasks_.find(id);
-      if (t != nullptr && t->worker == w.id)
+      if (t == nullptr || t->worker != w.id)
+        continue;
+      if (t->count > 1)
+        split_chunk(*t, w, held);
+      else
         held.push_back(id);
     }
     // Replies travel in batches, so with several tasks in flight the parent
@@ -880,7 +1047,7 @@ void pool_core::on_exit(worker_rec& w, const caf::expected<exit_status>& st) {
       if (overdue && alone
           && (!opts_.retry_timeouts || t.attempts >= opts_.max_attempts
               || opts_.guarantee == delivery::at_most_once)) {
-        finish_task(t, {},
+        finish_task(t, 0, {},
                     make_error(errc::timeout,
                                "task " + std::to_string(id) + " (item "
                                  + std::to_string(t.index)
@@ -891,7 +1058,7 @@ void pool_core::on_exit(worker_rec& w, const caf::expected<exit_status>& st) {
         continue;
       }
       if (opts_.guarantee == delivery::at_most_once) {
-        finish_task(t, {},
+        finish_task(t, 0, {},
                     make_error(errc::worker_died,
                                "task " + std::to_string(id) + " (item "
                                  + std::to_string(t.index)
@@ -906,7 +1073,7 @@ void pool_core::on_exit(worker_rec& w, const caf::expected<exit_status>& st) {
         std::string seen;
         for (auto& d : t.deaths)
           seen += (seen.empty() ? "" : "; ") + d;
-        finish_task(t, {},
+        finish_task(t, 0, {},
                     make_error(errc::task_quarantined,
                                "task " + std::to_string(id) + " (item "
                                  + std::to_string(t.index)
@@ -936,6 +1103,7 @@ void pool_core::on_exit(worker_rec& w, const caf::expected<exit_status>& st) {
     queue_.insert(queue_.begin(), requeue.begin(), requeue.end());
     suspects_.insert(suspects_.end(), suspects.begin(), suspects.end());
     w.in_flight.clear();
+    w.in_flight_tasks = 0;
     auto pos = std::find_if(live_.begin(), live_.end(),
                             [&](auto& x) { return x.get() == &w; });
     if (pos != live_.end()) {
@@ -1092,7 +1260,7 @@ caf::error pool_core::close(std::chrono::milliseconds timeout) {
     else if (!idle_cv_.wait_for(lk, timeout, idle))
       return make_error(errc::timeout,
                         "the pool " + opts_.name + " still had "
-                          + std::to_string(tasks_.size())
+                          + std::to_string(pending_)
                           + " tasks after " + std::to_string(timeout.count())
                           + " ms");
     stopping_ = true;
@@ -1135,6 +1303,7 @@ void pool_core::terminate() {
     for (auto& w : live_) {
       w->stopping = true;
       w->in_flight.clear();
+      w->in_flight_tasks = 0;
     }
     room_cv_.notify_all();
     idle_cv_.notify_all();

@@ -204,14 +204,17 @@ struct pending_request {
   std::shared_ptr<detail::result_slot> slot; // or: a blocked caller
   detail::reply_sink* sink = nullptr; // or: a sink (the pool), with its tag
   uint64_t tag = 0;
+  uint32_t item = 0; // the position in its chunk
 };
 
 /// Requests sent together (send_encoded_requests): one entry for all of
 /// them. Their request ids are batch_flag | seq << batch_shift | index.
+/// A chunk's items take one id each, in order.
 struct pending_batch {
   detail::reply_sink* sink = nullptr;
   std::vector<uint64_t> tags;
-  std::vector<char> open; // 1 until the request's outcome came
+  std::vector<uint32_t> items; // position in its chunk
+  std::vector<char> open;      // 1 until the request's outcome came
   size_t left = 0;
 };
 
@@ -221,6 +224,10 @@ constexpr size_t batch_capacity = size_t{1} << batch_shift;
 /// Payloads from this size on are written from the caller's buffer, not
 /// copied into a batch.
 constexpr size_t batch_copy_limit = 16 * 1024;
+
+/// Chunk items (wire::kind::chunk_request) per frame the child accepts.
+constexpr size_t chunk_capacity = size_t{1} << 24;
+static_assert(detail::max_chunk_items < batch_capacity);
 
 class worker_proxy;
 
@@ -372,42 +379,55 @@ public:
     auto mode = immediate ? send_mode::immediate : send_mode::deferred;
     thread_local std::string buf;
     std::vector<size_t> large;
-    for (size_t first = 0; first < n; first += batch_capacity) {
-      size_t k = std::min(n - first, batch_capacity);
+    size_t max_body = ch_->options().max_frame_size;
+    // Requests go in batches of up to batch_capacity ids (a chunk takes one
+    // per item): one pending entry and one write per batch.
+    size_t i = 0;
+    while (i < n) {
       auto key = batch_flag
                  | ((next_batch_.fetch_add(1, std::memory_order_relaxed)
                      << batch_shift)
                     & caf::message_id::request_id_mask & ~batch_flag);
       pending_batch batch;
       batch.sink = sink;
-      batch.tags.resize(k);
-      batch.open.assign(k, 0);
+      std::vector<size_t> sent; // request of each id
       buf.clear();
-      for (size_t j = 0; j < k; ++j) {
-        auto& r = reqs[first + j];
-        if (r.payload.size() >= batch_copy_limit) {
-          large.push_back(first + j);
+      for (; i < n; ++i) {
+        auto& r = reqs[i];
+        size_t ids = std::max<size_t>(1, r.chunk_items);
+        if (sent.size() + ids > batch_capacity)
+          break;
+        if (r.chunk_items == 0 && r.payload.size() >= batch_copy_limit) {
+          large.push_back(i);
           continue;
         }
         size_t body = wire::envelope_size + r.payload.size();
-        if (body > ch_->options().max_frame_size) {
-          failed(first + j, make_error(errc::frame_too_large,
-                                       "a request of " + std::to_string(body)
-                                         + " bytes exceeds the frame limit"));
+        if (body > max_body) {
+          failed(i, make_error(errc::frame_too_large,
+                               std::string{r.chunk_items != 0 ? "a chunk"
+                                                              : "a request"}
+                                 + " of " + std::to_string(body)
+                                 + " bytes exceeds the frame limit"));
           continue;
         }
+        size_t j = sent.size();
         char head[frame_header_size + wire::envelope_size];
         write_frame_header(body, head);
         wire::envelope e;
-        e.what = wire::kind::request;
-        e.type = r.type;
+        e.what = r.chunk_items != 0 ? wire::kind::chunk_request
+                                    : wire::kind::request;
+        e.type = r.chunk_items != 0 ? 0 : r.type;
         e.request_id = key | j;
         wire::write_envelope(e, head + frame_header_size);
         buf.append(head, sizeof(head));
         buf.append(r.payload.data(), r.payload.size());
-        batch.tags[j] = r.tag;
-        batch.open[j] = 1;
-        ++batch.left;
+        for (uint32_t k = 0; k < ids; ++k) {
+          sent.push_back(i);
+          batch.tags.push_back(r.tag);
+          batch.items.push_back(k);
+          batch.open.push_back(1);
+        }
+        batch.left += ids;
       }
       if (batch.left == 0)
         continue;
@@ -422,25 +442,27 @@ public:
       auto err = dead ? dead : ch_->send_framed(buf, mode);
       if (!err)
         continue;
-      // Not sent: fail what the death path has not answered already.
+      // Not sent: fail what the death path has not answered already, once
+      // per request.
       std::vector<char> open;
       {
         std::lock_guard<std::mutex> guard{mu_};
         if (dead) {
           open = std::move(batch.open);
-        } else if (auto i = batches_.find(key); i != batches_.end()) {
-          open = std::move(i->second.open);
-          batches_.erase(i);
+        } else if (auto b = batches_.find(key); b != batches_.end()) {
+          open = std::move(b->second.open);
+          batches_.erase(b);
         }
       }
+      size_t last = n;
       for (size_t j = 0; j < open.size(); ++j)
-        if (open[j])
-          failed(first + j, err);
+        if (open[j] && sent[j] != last)
+          failed(last = sent[j], err);
     }
-    for (auto i : large)
-      if (auto err = send_encoded_request(reqs[i].type, reqs[i].payload, sink,
-                                          reqs[i].tag, immediate))
-        failed(i, std::move(err));
+    for (auto k : large)
+      if (auto err = send_encoded_request(reqs[k].type, reqs[k].payload, sink,
+                                          reqs[k].tag, immediate))
+        failed(k, std::move(err));
   }
 
   caf::error signal(int sig) {
@@ -544,6 +566,45 @@ public:
         deliver(*entry, std::move(reply), std::move(err));
         return;
       }
+      case wire::kind::chunk_response: {
+        chunk_items_.clear();
+        if (auto err = wire::read_chunk(env->what, payload, chunk_items_)) {
+          ch_->fail(std::move(err));
+          return;
+        }
+        // The frame answers items of one batch: one lock for all entries.
+        chunk_entries_.clear();
+        {
+          std::lock_guard<std::mutex> guard{mu_};
+          uint64_t first = env->request_id & (batch_capacity - 1);
+          uint64_t key = env->request_id - first;
+          for (auto& item : chunk_items_)
+            chunk_entries_.push_back(
+              first + item.index < batch_capacity
+                ? take_locked(key | (first + item.index))
+                : std::nullopt);
+        }
+        for (size_t k = 0; k < chunk_items_.size(); ++k) {
+          auto& entry = chunk_entries_[k];
+          if (!entry)
+            continue; // answered already (the caller gave up)
+          auto& item = chunk_items_[k];
+          if (item.failed) {
+            caf::error err;
+            bool ok = decode_error(item.payload, err);
+            deliver(*entry, {}, err);
+            if (!ok)
+              ch_->fail(std::move(err));
+            continue;
+          }
+          auto msg = decode_message(item.type, item.payload);
+          if (!msg)
+            deliver(*entry, {}, std::move(msg.error()));
+          else
+            deliver(*entry, std::move(*msg), {});
+        }
+        return;
+      }
       case wire::kind::async: {
         // A worker's own messages to its parent have no addressee yet.
         auto msg = decode_message(env->type, payload);
@@ -611,6 +672,7 @@ public:
         pending_request entry;
         entry.sink = b.sink;
         entry.tag = b.tags[j];
+        entry.item = b.items[j];
         deliver(entry, {}, death);
       }
     }
@@ -651,6 +713,10 @@ private:
 
   std::optional<pending_request> take(uint64_t rid) {
     std::lock_guard<std::mutex> guard{mu_};
+    return take_locked(rid);
+  }
+
+  std::optional<pending_request> take_locked(uint64_t rid) {
     if (rid & batch_flag) {
       auto b = batches_.find(rid & ~(batch_capacity - 1));
       size_t j = rid & (batch_capacity - 1);
@@ -660,6 +726,7 @@ private:
       pending_request result;
       result.sink = b->second.sink;
       result.tag = b->second.tags[j];
+      result.item = b->second.items[j];
       b->second.open[j] = 0;
       if (--b->second.left == 0)
         batches_.erase(b);
@@ -689,7 +756,8 @@ private:
       if (batch_sink_ != nullptr && batch_sink_ != entry.sink)
         batch_sink_->on_batch_end();
       batch_sink_ = entry.sink;
-      entry.sink->on_reply(entry.tag, std::move(reply), std::move(err));
+      entry.sink->on_reply(entry.tag, entry.item, std::move(reply),
+                           std::move(err));
       return;
     }
     if (entry.slot) {
@@ -715,6 +783,8 @@ private:
   caf::weak_actor_ptr proxy_;
   std::shared_ptr<worker_bridge> keep_alive_;
   detail::reply_sink* batch_sink_ = nullptr; // I/O thread only
+  std::vector<wire::chunk_item> chunk_items_;  // I/O thread only
+  std::vector<std::optional<pending_request>> chunk_entries_; // I/O thread
   std::atomic<uint64_t> next_id_{1};
   std::atomic<bool> shutdown_requested_{false};
   std::atomic<bool> dead_{false}; // death_error_ is set
@@ -916,12 +986,28 @@ namespace {
 
 class child_bridge;
 
+/// The message ids of chunk items in the child: chunk_item_flag |
+/// slot << chunk_index_bits | index (within CAF's 60-bit request ids).
+constexpr uint64_t chunk_item_flag = uint64_t{1} << 59;
+constexpr unsigned chunk_index_bits = 24;
+constexpr uint64_t chunk_slot_mask = (uint64_t{1} << 35) - 1;
+static_assert(chunk_capacity == size_t{1} << chunk_index_bits);
+
+/// Gathers the outcomes of chunk items (implemented by child_bridge).
+class chunk_outcomes {
+public:
+  virtual ~chunk_outcomes() = default;
+  /// The outcome (a reply or a caf::error) of the item with this request id.
+  virtual void add(uint64_t item_rid, const caf::message& content) = 0;
+};
+
 /// The worker's view of its parent: replies sent to it travel back over the
 /// channel.
 class parent_proxy : public caf::monitorable_actor {
 public:
-  parent_proxy(caf::actor_config& cfg, frame_channel* ch)
-    : caf::monitorable_actor(cfg), ch_(ch) {
+  parent_proxy(caf::actor_config& cfg, frame_channel* ch,
+               chunk_outcomes* chunks)
+    : caf::monitorable_actor(cfg), ch_(ch), chunks_(chunks) {
   }
 
   const char* name() const override {
@@ -934,6 +1020,10 @@ public:
     auto content = what->move_content_to_message();
     if (what->mid.is_response()) {
       auto rid = what->mid.request_id().integer_value();
+      if (rid & chunk_item_flag) {
+        chunks_->add(rid, content);
+        return;
+      }
       if (content.match_elements<caf::error>()) {
         auto buf = encode_error_frame(rid, content.get_as<caf::error>(0));
         [[maybe_unused]] auto err = ch_->send(buf, mode);
@@ -956,16 +1046,123 @@ public:
 
 private:
   frame_channel* ch_;
+  chunk_outcomes* chunks_;
 };
 
-class child_bridge : public frame_handler {
+class child_bridge : public frame_handler, public chunk_outcomes {
 public:
   child_bridge(caf::actor_system& sys, frame_channel& ch, caf::actor worker)
     : ch_(ch), unit_(&sys), worker_(std::move(worker)) {
     caf::actor_config cfg;
     parent_ = caf::make_actor<parent_proxy, caf::strong_actor_ptr>(
-      sys.next_actor_id(), sys.node(), &sys, cfg, &ch);
+      sys.next_actor_id(), sys.node(), &sys, cfg, &ch,
+      static_cast<chunk_outcomes*>(this));
     delivery_.emplace(worker_, parent_, unit_);
+  }
+
+  // -- chunks -------------------------------------------------------------------
+  //
+  // The items of a chunk_request go to the worker one by one, like requests
+  // (direct delivery, same order), each with a request id naming its chunk
+  // and index. Their outcomes gather in one chunk_response frame, written
+  // when the chunk's items have all been handed over, when it reaches
+  // chunk_flush_bytes, or ~100 µs after the last write (so a slow chunk's
+  // finished results are not held back). An outcome that comes later (a
+  // response promise, a message the behavior skipped) goes out at once in a
+  // chunk_response of its own.
+
+  void add(uint64_t item_rid, const caf::message& content) override {
+    auto slot = (item_rid >> chunk_index_bits) & chunk_slot_mask;
+    auto index = static_cast<uint32_t>(item_rid & (chunk_capacity - 1));
+    thread_local std::string item;
+    item.assign(wire::chunk_response_item_head, '\0');
+    type_id type = 0;
+    bool failed = false;
+    auto fail_with = [&](const caf::error& err) {
+      failed = true;
+      type = 0;
+      item.resize(wire::chunk_response_item_head);
+      item += encode_error(err);
+    };
+    if (content.match_elements<caf::error>()) {
+      fail_with(content.get_as<caf::error>(0));
+    } else if (auto err = encode_message(content, type, item)) {
+      // A result that cannot be encoded fails that item only.
+      fail_with(err);
+    }
+    size_t limit = ch_.options().max_frame_size - wire::envelope_size
+                   - wire::chunk_count_size;
+    if (item.size() > limit)
+      fail_with(make_error(errc::frame_too_large,
+                           "the result of chunk item " + std::to_string(index)
+                             + " (" + std::to_string(item.size())
+                             + " bytes) exceeds the frame limit"));
+    wire::write_chunk_response_item_head(
+      item.data(), index, failed, type,
+      static_cast<uint32_t>(item.size() - wire::chunk_response_item_head));
+    bool io = ch_.on_io_thread();
+    std::string full; // a frame to write now, if any
+    std::string last;
+    {
+      std::lock_guard<std::mutex> guard{chunk_mu_};
+      auto i = chunks_.find(slot);
+      if (i == chunks_.end())
+        return; // cannot happen: each item is answered once
+      auto& c = i->second;
+      if (c.count != 0 && c.out.size() + item.size() > limit)
+        full = take_frame(c);
+      if (c.count == 0)
+        begin_frame(c);
+      c.out += item;
+      ++c.count;
+      --c.left;
+      bool looping = io && looping_slot_ == slot;
+      if (!looping || c.out.size() >= chunk_flush_bytes)
+        last = take_frame(c);
+      if (c.left == 0 && !looping)
+        chunks_.erase(i);
+    }
+    auto mode = io ? send_mode::deferred : send_mode::immediate;
+    if (!full.empty())
+      [[maybe_unused]] auto err = ch_.send_framed(full, mode);
+    if (!last.empty())
+      [[maybe_unused]] auto err = ch_.send_framed(last, mode);
+  }
+
+  void run_chunk(uint64_t rid, std::string_view payload) {
+    items_.clear();
+    if (auto err = wire::read_chunk(wire::kind::chunk_request, payload,
+                                    items_)) {
+      ch_.fail(std::move(err));
+      return;
+    }
+    if (items_.size() >= chunk_capacity) {
+      ch_.fail(make_error(errc::protocol_error,
+                          "a chunk of " + std::to_string(items_.size())
+                            + " items exceeds the limit of "
+                            + std::to_string(chunk_capacity - 1)));
+      return;
+    }
+    if (items_.empty())
+      return;
+    auto slot = next_slot_++ & chunk_slot_mask;
+    {
+      std::lock_guard<std::mutex> guard{chunk_mu_};
+      auto& c = chunks_[slot];
+      c.rid = rid;
+      c.left = static_cast<uint32_t>(items_.size());
+    }
+    looping_slot_ = slot;
+    for (auto& it : items_) {
+      if (ticks() - last_flush_ > flush_after_cycles)
+        flush_chunk(slot);
+      auto item_rid = chunk_item_flag | slot << chunk_index_bits | it.index;
+      if (auto err = delivery_->deliver(it.type, it.payload,
+                                        caf::make_message_id(item_rid)))
+        add(item_rid, caf::make_message(std::move(err)));
+    }
+    looping_slot_ = no_slot;
+    flush_chunk(slot);
   }
 
   void on_frame(std::string_view body) override {
@@ -976,6 +1173,9 @@ public:
       return;
     }
     switch (env->what) {
+      case wire::kind::chunk_request:
+        run_chunk(env->request_id, payload);
+        return;
       case wire::kind::request:
       case wire::kind::async: {
         auto mid = env->what == wire::kind::request
@@ -1048,11 +1248,68 @@ public:
   }
 
 private:
+  /// A chunk_request whose items are not all answered.
+  struct open_chunk {
+    uint64_t rid = 0;  // the chunk_request's request id
+    uint32_t left = 0; // items not answered yet
+    uint32_t count = 0; // items in `out`
+    std::string out;   // a chunk_response frame being filled
+  };
+
+  static constexpr size_t chunk_flush_bytes = 64 * 1024;
+  static constexpr uint64_t no_slot = ~uint64_t{0};
+
+  void begin_frame(open_chunk& c) {
+    c.out.assign(frame_header_size + wire::envelope_size
+                   + wire::chunk_count_size,
+                 '\0');
+  }
+
+  /// The frame of `c`'s gathered outcomes, ready to write (lock held).
+  std::string take_frame(open_chunk& c) {
+    if (c.count == 0)
+      return {};
+    auto& out = c.out;
+    write_frame_header(out.size() - frame_header_size, out.data());
+    wire::envelope e;
+    e.what = wire::kind::chunk_response;
+    e.request_id = c.rid;
+    wire::write_envelope(e, out.data() + frame_header_size);
+    wire::write_chunk_count(out.data() + frame_header_size
+                              + wire::envelope_size,
+                            c.count);
+    c.count = 0;
+    return std::move(out);
+  }
+
+  /// Writes what chunk `slot` gathered so far (I/O thread).
+  void flush_chunk(uint64_t slot) {
+    std::string frame;
+    {
+      std::lock_guard<std::mutex> guard{chunk_mu_};
+      auto i = chunks_.find(slot);
+      if (i == chunks_.end())
+        return;
+      frame = take_frame(i->second);
+      if (i->second.left == 0 && looping_slot_ != slot)
+        chunks_.erase(i);
+    }
+    if (!frame.empty())
+      [[maybe_unused]] auto err = ch_.send_framed(frame, send_mode::deferred);
+    ch_.flush();
+    last_flush_ = ticks();
+  }
+
   frame_channel& ch_;
   detail::inline_unit unit_;
   caf::actor worker_;
   caf::strong_actor_ptr parent_;
   std::optional<detail::direct_delivery> delivery_;
+  std::vector<wire::chunk_item> items_; // I/O thread only
+  uint64_t next_slot_ = 0;               // I/O thread only
+  uint64_t looping_slot_ = no_slot;      // read on the I/O thread only
+  std::mutex chunk_mu_;
+  std::unordered_map<uint64_t, open_chunk> chunks_;
   /// When replies were last written (TSC cycles); ~100 µs at 2 GHz.
   static constexpr uint64_t flush_after_cycles = 200000;
   uint64_t last_flush_ = 0;

@@ -21,6 +21,8 @@ const char* to_string(kind k) noexcept {
     case kind::error: return "error";
     case kind::async: return "async";
     case kind::shutdown: return "shutdown";
+    case kind::chunk_request: return "chunk_request";
+    case kind::chunk_response: return "chunk_response";
   }
   return "unknown";
 }
@@ -52,7 +54,7 @@ caf::expected<envelope> read_envelope(std::string_view body,
                         + std::to_string(protocol_version) + ")");
   auto k = static_cast<uint8_t>(body[1]);
   if (k < static_cast<uint8_t>(kind::hello)
-      || k > static_cast<uint8_t>(kind::shutdown))
+      || k > static_cast<uint8_t>(kind::chunk_response))
     return make_error(errc::protocol_error,
                       "unknown frame kind " + std::to_string(k));
   env.what = static_cast<kind>(k);
@@ -67,6 +69,99 @@ caf::expected<envelope> read_envelope(std::string_view body,
   env.request_id = le64toh(rid);
   payload = body.substr(envelope_size);
   return env;
+}
+
+namespace {
+
+template <class T>
+void put_le(char* out, T x) noexcept {
+  if constexpr (sizeof(T) == 4)
+    x = htole32(x);
+  else if constexpr (sizeof(T) == 8)
+    x = htole64(x);
+  std::memcpy(out, &x, sizeof(T));
+}
+
+template <class T>
+T get_le(const char* in) noexcept {
+  T x;
+  std::memcpy(&x, in, sizeof(T));
+  if constexpr (sizeof(T) == 4)
+    return le32toh(x);
+  else if constexpr (sizeof(T) == 8)
+    return le64toh(x);
+  else
+    return x;
+}
+
+} // namespace
+
+void append_chunk_request_item(std::string& out, type_id type,
+                               std::string_view payload) {
+  char head[chunk_request_item_head];
+  put_le<uint64_t>(head, type);
+  put_le<uint32_t>(head + 8, static_cast<uint32_t>(payload.size()));
+  out.append(head, sizeof(head));
+  out.append(payload.data(), payload.size());
+}
+
+void write_chunk_response_item_head(char* out, uint32_t index, bool failed,
+                                    type_id type, uint32_t size) noexcept {
+  put_le<uint32_t>(out, index);
+  out[4] = failed ? 1 : 0;
+  put_le<uint64_t>(out + 5, type);
+  put_le<uint32_t>(out + 13, size);
+}
+
+void write_chunk_count(char* out, uint32_t count) noexcept {
+  put_le<uint32_t>(out, count);
+}
+
+caf::error read_chunk(kind what, std::string_view payload,
+                      std::vector<chunk_item>& out) {
+  bool response = what == kind::chunk_response;
+  auto bad = [&](const std::string& why) {
+    return make_error(errc::protocol_error,
+                      std::string{"malformed "} + to_string(what)
+                        + " frame: " + why);
+  };
+  if (payload.size() < chunk_count_size)
+    return bad("no item count");
+  auto count = get_le<uint32_t>(payload.data());
+  size_t pos = chunk_count_size;
+  size_t head = response ? chunk_response_item_head : chunk_request_item_head;
+  for (uint32_t i = 0; i < count; ++i) {
+    if (payload.size() - pos < head)
+      return bad("item " + std::to_string(i) + " of " + std::to_string(count)
+                 + " is cut off");
+    chunk_item item;
+    const char* p = payload.data() + pos;
+    if (response) {
+      item.index = get_le<uint32_t>(p);
+      if (static_cast<uint8_t>(p[4]) > 1)
+        return bad("item " + std::to_string(i) + " has status "
+                   + std::to_string(static_cast<uint8_t>(p[4])));
+      item.failed = p[4] == 1;
+      p += 5;
+    } else {
+      item.index = i;
+    }
+    item.type = get_le<uint64_t>(p);
+    auto size = get_le<uint32_t>(p + 8);
+    pos += head;
+    if (payload.size() - pos < size)
+      return bad("item " + std::to_string(i) + " claims "
+                 + std::to_string(size) + " bytes; "
+                 + std::to_string(payload.size() - pos) + " are left");
+    item.payload = payload.substr(pos, size);
+    pos += size;
+    out.push_back(item);
+  }
+  if (pos != payload.size())
+    return bad(std::to_string(payload.size() - pos)
+               + " bytes after the last of " + std::to_string(count)
+               + " items");
+  return caf::none;
 }
 
 hello make_hello(std::string name) {

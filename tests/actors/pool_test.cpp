@@ -141,6 +141,16 @@ struct nap {
   }
 };
 
+/// Answered by a helper actor the handler delegates to (a response that
+/// reaches the parent later, from another thread of the worker).
+struct later {
+  int32_t value = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(value);
+  }
+};
+
 /// Fault while the handler runs; replies value * value otherwise.
 struct run_fault {
   int32_t mode = no_fault;
@@ -267,6 +277,7 @@ MULTIPROC_MESSAGE(pool_test::add, "pool_test.add")
 MULTIPROC_MESSAGE(pool_test::tagged, "pool_test.tagged")
 MULTIPROC_MESSAGE(pool_test::whoami, "pool_test.whoami")
 MULTIPROC_MESSAGE(pool_test::nap, "pool_test.nap")
+MULTIPROC_MESSAGE(pool_test::later, "pool_test.later")
 MULTIPROC_MESSAGE(pool_test::run_fault, "pool_test.run_fault")
 MULTIPROC_MESSAGE(pool_test::decode_fault, "pool_test.decode_fault")
 MULTIPROC_MESSAGE(pool_test::fragile, "pool_test.fragile")
@@ -288,9 +299,18 @@ tagged do_nap(const nap& x) {
   return tagged{x.value, static_cast<int32_t>(::getpid())};
 }
 
-caf::behavior tester(caf::event_based_actor*) {
+caf::behavior tester(caf::event_based_actor* self) {
   return {
     [](const square& x) { return x.value * x.value; },
+    [self](const later& x) {
+      auto helper = self->spawn([](caf::event_based_actor* h) {
+        return caf::behavior{[h](int32_t v) {
+          h->quit();
+          return v * v;
+        }};
+      });
+      return self->delegate(helper, x.value);
+    },
     [](const add& x) { return x.a + x.b; },
     [](const whoami& x) {
       return tagged{x.value * x.value, static_cast<int32_t>(::getpid())};
@@ -345,6 +365,7 @@ using pool_test::run_fault;
 using pool_test::square;
 using pool_test::tagged;
 using pool_test::whoami;
+using pool_test::later;
 
 namespace {
 
@@ -1867,6 +1888,151 @@ TEST_F(PoolBackpressure, MapLargerThanMaxPendingDoesNotDeadlock) {
 // -- progress -----------------------------------------------------------------
 
 namespace {
+
+// -- chunks ---------------------------------------------------------------------
+//
+// map() with a chunk size above 1 sends each chunk as one frame; the worker
+// still gets its items as requests of their own, and their outcomes come
+// back per item.
+
+class PoolChunks : public PoolFixture {};
+
+TEST_F(PoolChunks, ItemsThatThrowFailAloneAndTheirChunkGoesOn) {
+  auto p = start(options(2));
+  ASSERT_TRUE(p) << describe(p.error());
+  std::vector<run_fault> tasks;
+  for (int32_t i = 0; i < 100; ++i)
+    tasks.push_back(run_fault{i == 10 || i == 55 ? pool_test::throw_exception
+                                                 : pool_test::no_fault,
+                              i, "pool_test-note: item " + std::to_string(i)});
+  auto rs = p->map<int32_t>(tasks, 25);
+  ASSERT_EQ(rs.size(), tasks.size());
+  for (size_t i = 0; i < rs.size(); ++i) {
+    auto x = static_cast<int32_t>(i);
+    if (i == 10 || i == 55) {
+      ASSERT_FALSE(rs[i]) << "item " << i << " gave " << *rs[i];
+      EXPECT_EQ(rs[i].error(), errc::worker_exception);
+      EXPECT_TRUE(contains(text_of(rs[i].error()),
+                           "pool_test-note: item " + std::to_string(i)))
+        << describe(rs[i].error());
+      continue;
+    }
+    ASSERT_TRUE(rs[i]) << "item " << i << ": " << describe(rs[i].error());
+    EXPECT_EQ(*rs[i], x * x);
+  }
+  EXPECT_EQ(p->stats().workers_died, 0u);
+  EXPECT_EQ(p->stats().failed, 2u);
+  remember(*p);
+}
+
+TEST_F(PoolChunks, ItemsAnsweredLaterThroughAPromiseReachTheirTasks) {
+  auto p = start(options(2));
+  ASSERT_TRUE(p) << describe(p.error());
+  std::vector<later> tasks;
+  for (int32_t i = 0; i < 200; ++i)
+    tasks.push_back(later{i});
+  auto rs = p->map<int32_t>(tasks, 50);
+  auto err = expect_squares_but(rs, tasks.size(), tasks.size());
+  EXPECT_FALSE(err);
+  EXPECT_EQ(p->stats().succeeded, 200u);
+  remember(*p);
+}
+
+/// 100 logged naps in chunks of 100 on one worker; item 50 naps long enough
+/// to be killed while it runs.
+struct killed_chunk {
+  std::vector<nap> tasks;
+  std::vector<caf::expected<tagged>> results;
+  pid_t victim = 0;
+
+  void run(pool& p, const std::string& log, int32_t long_ms) {
+    for (int32_t i = 0; i < 100; ++i)
+      tasks.push_back(nap{i == 50 ? long_ms : 0, i, log, 0});
+    auto f = std::async(std::launch::async,
+                        [&] { return p.map<tagged>(tasks, 100); });
+    victim = wait_started(log, 50);
+    if (victim != 0)
+      ::kill(victim, SIGKILL);
+    ASSERT_EQ(f.wait_for(kBound), std::future_status::ready)
+      << "map did not finish after its worker died";
+    results = f.get();
+    ASSERT_NE(victim, 0) << "item 50 did not start";
+    ASSERT_EQ(results.size(), tasks.size());
+  }
+};
+
+TEST_F(PoolChunks, AKilledChunkRunsWhatItDidNotAnswerAgain) {
+  auto p = start(options(1));
+  ASSERT_TRUE(p) << describe(p.error());
+  auto log = path("runs");
+  killed_chunk k;
+  k.run(*p, log, 300);
+  remember(k.victim);
+  for (size_t i = 0; i < k.results.size(); ++i) {
+    ASSERT_TRUE(k.results[i]) << "item " << i << ": "
+                              << describe(k.results[i].error());
+    EXPECT_EQ(k.results[i]->value, static_cast<int32_t>(i));
+  }
+  // Item 50 ran again on the new worker.
+  EXPECT_NE(k.results[50]->pid, k.victim);
+  auto runs = read_log(log);
+  EXPECT_EQ(count_value(runs, 50), 2u) << describe_log(runs);
+  EXPECT_EQ(p->stats().workers_died, 1u);
+  EXPECT_GE(p->stats().redispatched, 1u);
+  remember(*p);
+}
+
+TEST_F(PoolChunks, AtMostOnceAKilledChunkFailsWhatItDidNotAnswerAndRunsNothingTwice) {
+  auto opts = options(1);
+  opts.guarantee = delivery::at_most_once;
+  auto p = start(opts);
+  ASSERT_TRUE(p) << describe(p.error());
+  auto log = path("runs");
+  killed_chunk k;
+  k.run(*p, log, 20000);
+  remember(k.victim);
+  ASSERT_FALSE(k.results[50]);
+  EXPECT_EQ(k.results[50].error(), errc::worker_died)
+    << describe(k.results[50].error());
+  auto runs = read_log(log);
+  for (int32_t i = 0; i < 100; ++i) {
+    EXPECT_LE(count_value(runs, i), 1u) << "item " << i << " ran twice";
+    auto& r = k.results[static_cast<size_t>(i)];
+    if (r) {
+      EXPECT_EQ(r->value, i);
+      EXPECT_EQ(r->pid, k.victim);
+    } else {
+      EXPECT_EQ(r.error(), errc::worker_died) << describe(r.error());
+    }
+    // The items after the one killed never ran.
+    if (i > 50)
+      EXPECT_FALSE(r) << "item " << i;
+  }
+  EXPECT_EQ(p->stats().redispatched, 0u);
+  remember(*p);
+}
+
+TEST_F(PoolChunks, MaxTasksPerChildHoldsWithChunks) {
+  auto opts = options(2);
+  opts.max_tasks_per_child = 7;
+  auto p = start(opts);
+  ASSERT_TRUE(p) << describe(p.error());
+  std::vector<whoami> tasks;
+  for (int32_t i = 0; i < 100; ++i)
+    tasks.push_back(whoami{i});
+  auto results = p->map<tagged>(tasks, 5);
+  std::map<pid_t, int> per_pid;
+  for (size_t i = 0; i < results.size(); ++i) {
+    ASSERT_TRUE(results[i]) << "task " << i << ": "
+                            << describe(results[i].error());
+    EXPECT_EQ(results[i]->value, static_cast<int32_t>(i * i));
+    ++per_pid[results[i]->pid];
+    remember(results[i]->pid);
+  }
+  for (auto& [pid, n] : per_pid)
+    EXPECT_LE(n, 7) << "worker " << pid << " ran " << n << " tasks";
+  remember(*p);
+}
 
 class PoolProgress : public PoolFixture {};
 

@@ -212,6 +212,99 @@ TEST(Envelope, RejectsShortFramesOtherVersionsAndUnknownKinds) {
   EXPECT_NE(text_of(kind.error()).find("kind 42"), std::string::npos);
 }
 
+TEST(Chunk, RequestItemsRoundTripInOrder) {
+  std::string payload(wire::chunk_count_size, '\0');
+  wire::append_chunk_request_item(payload, 7, "abc");
+  wire::append_chunk_request_item(payload, 8, "");
+  wire::append_chunk_request_item(payload, 9, std::string(300, 'x'));
+  wire::write_chunk_count(payload.data(), 3);
+  std::vector<wire::chunk_item> items;
+  ASSERT_FALSE(wire::read_chunk(wire::kind::chunk_request, payload, items));
+  ASSERT_EQ(items.size(), 3u);
+  EXPECT_EQ(items[0].index, 0u);
+  EXPECT_EQ(items[0].type, 7u);
+  EXPECT_EQ(items[0].payload, "abc");
+  EXPECT_EQ(items[1].index, 1u);
+  EXPECT_EQ(items[1].payload, "");
+  EXPECT_EQ(items[2].index, 2u);
+  EXPECT_EQ(items[2].type, 9u);
+  EXPECT_EQ(items[2].payload, std::string(300, 'x'));
+}
+
+TEST(Chunk, ResponseItemsCarryTheirIndexAndStatus) {
+  std::string payload(wire::chunk_count_size, '\0');
+  auto add = [&](uint32_t index, bool failed, type_id type,
+                 std::string_view bytes) {
+    char head[wire::chunk_response_item_head];
+    wire::write_chunk_response_item_head(head, index, failed, type,
+                                         static_cast<uint32_t>(bytes.size()));
+    payload.append(head, sizeof(head));
+    payload.append(bytes.data(), bytes.size());
+  };
+  add(5, false, 11, "ok");
+  auto err = encode_error(make_error(errc::worker_exception, "boom"));
+  add(2, true, 0, err);
+  wire::write_chunk_count(payload.data(), 2);
+  std::vector<wire::chunk_item> items;
+  ASSERT_FALSE(wire::read_chunk(wire::kind::chunk_response, payload, items));
+  ASSERT_EQ(items.size(), 2u);
+  EXPECT_EQ(items[0].index, 5u);
+  EXPECT_FALSE(items[0].failed);
+  EXPECT_EQ(items[0].type, 11u);
+  EXPECT_EQ(items[0].payload, "ok");
+  EXPECT_EQ(items[1].index, 2u);
+  EXPECT_TRUE(items[1].failed);
+  caf::error out;
+  ASSERT_TRUE(decode_error(items[1].payload, out));
+  EXPECT_EQ(text_of(out), "boom");
+}
+
+TEST(Chunk, MalformedPayloadsAreProtocolErrorsNamingTheItem) {
+  std::vector<wire::chunk_item> items;
+  auto read = [&](std::string_view payload) {
+    items.clear();
+    return wire::read_chunk(wire::kind::chunk_request, payload, items);
+  };
+  auto no_count = read("ab");
+  EXPECT_EQ(no_count, errc::protocol_error);
+  EXPECT_NE(text_of(no_count).find("no item count"), std::string::npos);
+  std::string good(wire::chunk_count_size, '\0');
+  wire::append_chunk_request_item(good, 7, "abcdef");
+  wire::write_chunk_count(good.data(), 1);
+  // The item claims more bytes than there are.
+  auto cut = read(std::string_view{good}.substr(0, good.size() - 2));
+  EXPECT_EQ(cut, errc::protocol_error);
+  EXPECT_NE(text_of(cut).find("item 0 claims 6 bytes; 4 are left"),
+            std::string::npos)
+    << text_of(cut);
+  // The count promises an item that is not there.
+  auto more = good;
+  wire::write_chunk_count(more.data(), 2);
+  auto missing = read(more);
+  EXPECT_EQ(missing, errc::protocol_error);
+  EXPECT_NE(text_of(missing).find("item 1 of 2 is cut off"), std::string::npos)
+    << text_of(missing);
+  // Bytes after the last item.
+  auto extra = good + "zz";
+  auto trailing = read(extra);
+  EXPECT_EQ(trailing, errc::protocol_error);
+  EXPECT_NE(text_of(trailing).find("2 bytes after the last of 1 items"),
+            std::string::npos)
+    << text_of(trailing);
+  // A response item with a status other than 0 or 1.
+  std::string bad_status(wire::chunk_count_size, '\0');
+  char head[wire::chunk_response_item_head];
+  wire::write_chunk_response_item_head(head, 0, false, 1, 0);
+  head[4] = 7;
+  bad_status.append(head, sizeof(head));
+  wire::write_chunk_count(bad_status.data(), 1);
+  items.clear();
+  auto status = wire::read_chunk(wire::kind::chunk_response, bad_status, items);
+  EXPECT_EQ(status, errc::protocol_error);
+  EXPECT_NE(text_of(status).find("status 7"), std::string::npos);
+  EXPECT_NE(text_of(status).find("chunk_response"), std::string::npos);
+}
+
 TEST(ErrorFrame, RoundTripsMultiprocAndCafErrors) {
   caf::error out;
   ASSERT_TRUE(decode_error(

@@ -128,11 +128,13 @@ type_id registered_id(const std::type_info& type);
 
 /// Receives the outcome of requests sent with send_encoded_request(): the
 /// reply, or the error (the handler's, or worker_died when the child ended
-/// first). Called on the worker's I/O thread, exactly once per request.
+/// first). Called on the worker's I/O thread, exactly once per request, or
+/// once per item of a chunk (`item` is its position; 0 for a request).
 class reply_sink {
 public:
   virtual ~reply_sink() = default;
-  virtual void on_reply(uint64_t tag, caf::message reply, caf::error err) = 0;
+  virtual void on_reply(uint64_t tag, uint32_t item, caf::message reply,
+                        caf::error err) = 0;
   /// Called after a batch of frames that brought this sink replies (and
   /// before the worker's on_exit): a sink may buffer until then.
   virtual void on_batch_end() {
@@ -147,17 +149,27 @@ caf::error send_encoded_request(const caf::actor& worker, type_id type,
                                 std::string_view payload, reply_sink* sink,
                                 uint64_t tag, bool immediate);
 
-/// One request of send_encoded_requests().
+/// One request of send_encoded_requests(): a value of `type`, or a chunk.
 struct encoded_request {
   type_id type = 0;
   std::string_view payload;
   uint64_t tag = 0;
+  /// 0: a single request. Else a chunk: `payload` is a chunk_request
+  /// payload of this many items (wire::write_chunk_count(), then
+  /// wire::append_chunk_request_item() per item; `type` unused), which
+  /// travel in one frame and reach the worker as requests of their own;
+  /// each item's outcome reaches the sink with its position.
+  uint32_t chunk_items = 0;
 };
+
+/// Items of one chunk, at most.
+constexpr size_t max_chunk_items = 16384;
 
 /// Sends `n` requests at once (one lock, one write), all answered to `sink`.
 /// A request that cannot be sent calls `failed(i, error)` instead (nothing
 /// reaches the sink for it): frame_too_large for that request alone, or
-/// the channel's error once it broke (then for each request not sent).
+/// the channel's error once it broke (then for each request not sent). A
+/// chunk has at most max_chunk_items items.
 void send_encoded_requests(
   const caf::actor& worker, const encoded_request* reqs, size_t n,
   reply_sink* sink, bool immediate,

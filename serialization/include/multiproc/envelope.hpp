@@ -26,7 +26,7 @@
 
 namespace multiproc::wire {
 
-constexpr uint8_t protocol_version = 1;
+constexpr uint8_t protocol_version = 2;
 constexpr size_t envelope_size = 20;
 
 /// What a frame carries.
@@ -37,6 +37,8 @@ enum class kind : uint8_t {
   error = 4,    ///< the reply to a request is an error (`wire_error` payload)
   async = 5,    ///< a message that expects no reply
   shutdown = 6, ///< the parent asks the worker to finish and exit
+  chunk_request = 7,  ///< several requests in one frame (chunk items)
+  chunk_response = 8, ///< outcomes of some items of a chunk_request
 };
 
 const char* to_string(kind k) noexcept;
@@ -80,6 +82,41 @@ struct hello {
     ar(pid, name, fingerprint, types);
   }
 };
+
+/// One item of a chunk frame (docs/wire_format.md, "Chunks"). In a
+/// chunk_request, `index` is the item's position and `failed` is false; in a
+/// chunk_response, `index` names the request item it answers and `failed`
+/// marks an error (`payload` is then a wire_error).
+struct chunk_item {
+  uint32_t index = 0;
+  bool failed = false;
+  type_id type = 0;
+  std::string_view payload;
+};
+
+/// Bytes before an item's payload: a request item {u64 type, u32 size}; a
+/// response item {u32 index, u8 failed, u64 type, u32 size}.
+constexpr size_t chunk_request_item_head = 12;
+constexpr size_t chunk_response_item_head = 17;
+/// Bytes of the item count at the start of a chunk payload.
+constexpr size_t chunk_count_size = 4;
+
+/// Appends a request item to a chunk payload.
+void append_chunk_request_item(std::string& out, type_id type,
+                               std::string_view payload);
+
+/// Writes the head of a response item whose payload is `size` bytes.
+void write_chunk_response_item_head(char* out, uint32_t index, bool failed,
+                                    type_id type, uint32_t size) noexcept;
+
+/// Writes the item count at the start of a chunk payload.
+void write_chunk_count(char* out, uint32_t count) noexcept;
+
+/// Splits a chunk payload into its items (appended to `out`). Fails with
+/// protocol_error, naming the item, if a size runs past the payload or the
+/// count does not match the items.
+caf::error read_chunk(kind what, std::string_view payload,
+                      std::vector<chunk_item>& out);
 
 /// This process's hello.
 hello make_hello(std::string name);
