@@ -31,6 +31,20 @@ namespace multiproc::detail {
 
 using clock_type = std::chrono::steady_clock;
 
+void materialize(task_result& r) {
+  if (r.type == 0)
+    return;
+  if (!r.err) {
+    auto msg = multiproc::decode_message(r.type, r.bytes);
+    if (msg)
+      r.reply = std::move(*msg);
+    else
+      r.err = std::move(msg.error());
+  }
+  r.type = 0;
+  r.bytes = {};
+}
+
 // -- collect_group ------------------------------------------------------------
 
 struct collect_group::impl {
@@ -53,11 +67,13 @@ collect_group::collect_group(size_t n) : impl_(std::make_shared<impl>()) {
 
 void collect_group::complete(size_t index, caf::message reply,
                              caf::error err) {
-  task_result r{index, std::move(reply), std::move(err)};
+  task_result r{index, std::move(reply), std::move(err), 0, {}};
   complete_many(&r, 1);
 }
 
 void collect_group::complete_many(task_result* results, size_t n) {
+  for (size_t i = 0; i < n; ++i)
+    materialize(results[i]);
   bool wanted = false;
   {
     std::lock_guard<std::mutex> guard{impl_->mu};
@@ -280,6 +296,9 @@ struct reply_entry {
   uint32_t item;
   caf::message reply;
   caf::error err;
+  type_id type; // not 0: the reply is still encoded, in the worker's arena
+  size_t offset;
+  size_t size;
 };
 
 struct completion {
@@ -359,7 +378,8 @@ private:
   /// Finishes item `item` of `t` (0 for a single task); erases `t` after
   /// its last item.
   void finish_task(task_rec& t, uint32_t item, caf::message reply,
-                   caf::error err, std::vector<completion>& done);
+                   caf::error err, std::vector<completion>& done,
+                   type_id type = 0, std::string_view bytes = {});
   /// Replaces chunk `t`, in flight on `w`, by single tasks for its
   /// unfinished items (appended to `held` in order).
   void split_chunk(task_rec& t, worker_rec& w, std::vector<uint64_t>& held);
@@ -425,15 +445,25 @@ public:
 
   void on_reply(uint64_t tag, uint32_t item, caf::message reply,
                 caf::error err) override {
-    replies.push_back({tag, item, std::move(reply), std::move(err)});
+    replies.push_back({tag, item, std::move(reply), std::move(err), 0, 0, 0});
+  }
+
+  bool on_reply_bytes(uint64_t tag, uint32_t item, type_id type,
+                      std::string_view bytes) override {
+    // Decoded by the group that gets it (map: straight into its result).
+    replies.push_back({tag, item, {}, {}, type, arena.size(), bytes.size()});
+    arena.append(bytes.data(), bytes.size());
+    return true;
   }
 
   void on_batch_end() override {
     if (!replies.empty())
       core_->on_replies(*this, replies);
+    arena.clear();
   }
 
   std::vector<reply_entry> replies; // I/O thread only
+  std::string arena;                // I/O thread only: encoded replies
   init_sink init;
 
   std::string who() const {
@@ -583,10 +613,10 @@ void pool_core::deliver(std::vector<completion>& done) {
     while (j < done.size() && done[j].group == group)
       ++j;
     if (j - i == 1) {
-      auto& r = done[i].result;
-      group->complete(r.index, std::move(r.reply), std::move(r.err));
+      group->complete_many(&done[i].result, 1);
     } else {
       run.clear();
+      run.reserve(j - i);
       for (size_t k = i; k < j; ++k)
         run.push_back(std::move(done[k].result));
       group->complete_many(run.data(), run.size());
@@ -597,7 +627,8 @@ void pool_core::deliver(std::vector<completion>& done) {
 }
 
 void pool_core::finish_task(task_rec& t, uint32_t item, caf::message reply,
-                            caf::error err, std::vector<completion>& done) {
+                            caf::error err, std::vector<completion>& done,
+                            type_id type, std::string_view bytes) {
   if (err) {
     ++stats_.failed;
     if (err == errc::task_quarantined)
@@ -610,7 +641,8 @@ void pool_core::finish_task(task_rec& t, uint32_t item, caf::message reply,
     t.got[item] = 1;
   bool last = --t.left == 0;
   done.push_back({last ? std::move(t.group) : t.group,
-                  {t.index + item, std::move(reply), std::move(err)}});
+                  {t.index + item, std::move(reply), std::move(err), type,
+                   bytes}});
   if (last)
     tasks_.erase(t.id);
   if (room_waiters_ != 0)
@@ -671,7 +703,7 @@ void pool_core::admit(lock_type& lk, encoded_task task,
                       std::vector<completion>& done, uint32_t count) {
   auto fail_all = [&](caf::error err) {
     for (uint32_t k = 0; k < count; ++k)
-      done.push_back({group, {index + k, {}, err}});
+      done.push_back({group, {index + k, {}, err, 0, {}}});
   };
   if (task.error) {
     fail_all(std::move(task.error));
@@ -931,7 +963,7 @@ void pool_core::submit_chunks(size_t n,
       if (t.error) {
         if (count != 0)
           break; // it goes next, alone
-        done.push_back({group, {i, {}, std::move(t.error)}});
+        done.push_back({group, {i, {}, std::move(t.error), 0, {}}});
         first = ++i;
         continue;
       }
@@ -988,7 +1020,8 @@ void pool_core::on_replies(worker_rec& w, std::vector<reply_entry>& batch) {
           q.erase(std::remove(q.begin(), q.end(), r.tag), q.end());
       }
       --w.in_flight_tasks;
-      finish_task(*t, r.item, std::move(r.reply), std::move(r.err), done);
+      finish_task(*t, r.item, std::move(r.reply), std::move(r.err), done,
+                  r.type, std::string_view{w.arena}.substr(r.offset, r.size));
       if (q.empty())
         w.solo = false;
     }

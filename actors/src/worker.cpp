@@ -545,25 +545,17 @@ public:
         auto entry = take(env->request_id);
         if (!entry)
           return; // the caller gave up (timeout); drop the late reply
-        caf::message reply;
-        caf::error err;
         if (env->what == wire::kind::response) {
-          // A reply that fails to decode fails its request only: the frame
-          // boundary is intact, so the channel goes on.
-          auto msg = decode_message(env->type, payload);
-          if (!msg) {
-            deliver(*entry, {}, msg.error());
-            return;
-          }
-          reply = std::move(*msg);
-        } else {
-          if (!decode_error(payload, err)) {
-            deliver(*entry, {}, err);
-            ch_->fail(std::move(err));
-            return;
-          }
+          deliver_encoded(*entry, env->type, payload);
+          return;
         }
-        deliver(*entry, std::move(reply), std::move(err));
+        caf::error err;
+        if (!decode_error(payload, err)) {
+          deliver(*entry, {}, err);
+          ch_->fail(std::move(err));
+          return;
+        }
+        deliver(*entry, {}, std::move(err));
         return;
       }
       case wire::kind::chunk_response: {
@@ -597,11 +589,7 @@ public:
               ch_->fail(std::move(err));
             continue;
           }
-          auto msg = decode_message(item.type, item.payload);
-          if (!msg)
-            deliver(*entry, {}, std::move(msg.error()));
-          else
-            deliver(*entry, std::move(*msg), {});
+          deliver_encoded(*entry, item.type, item.payload);
         }
         return;
       }
@@ -749,13 +737,34 @@ private:
                       eu);
   }
 
+  /// Delivers a reply payload: as bytes to a sink that takes them, else
+  /// decoded. A reply that fails to decode fails its request only: the
+  /// frame boundary is intact, so the channel goes on.
+  void deliver_encoded(pending_request& entry, type_id type,
+                       std::string_view payload) {
+    if (entry.sink) {
+      switch_batch_sink(entry.sink);
+      if (entry.sink->on_reply_bytes(entry.tag, entry.item, type, payload))
+        return;
+    }
+    auto msg = decode_message(type, payload);
+    if (!msg)
+      deliver(entry, {}, std::move(msg.error()));
+    else
+      deliver(entry, std::move(*msg), {});
+  }
+
+  /// Batch ends go to one sink (a pool uses one per worker); another sink
+  /// in the same batch gets its batch end now.
+  void switch_batch_sink(detail::reply_sink* sink) {
+    if (batch_sink_ != nullptr && batch_sink_ != sink)
+      batch_sink_->on_batch_end();
+    batch_sink_ = sink;
+  }
+
   void deliver(pending_request& entry, caf::message reply, caf::error err) {
     if (entry.sink) {
-      // Batch ends go to one sink (a pool uses one per worker); another
-      // sink in the same batch gets its batch end now.
-      if (batch_sink_ != nullptr && batch_sink_ != entry.sink)
-        batch_sink_->on_batch_end();
-      batch_sink_ = entry.sink;
+      switch_batch_sink(entry.sink);
       entry.sink->on_reply(entry.tag, entry.item, std::move(reply),
                            std::move(err));
       return;

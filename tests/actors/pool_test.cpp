@@ -1925,6 +1925,46 @@ TEST_F(PoolChunks, ItemsThatThrowFailAloneAndTheirChunkGoesOn) {
   remember(*p);
 }
 
+TEST_F(PoolChunks, AResultThatCannotBeDecodedFailsItsItemAlone) {
+  // map() decodes results straight into the vector it returns.
+  auto p = start(options(2));
+  ASSERT_TRUE(p) << describe(p.error());
+  std::string note = "pool_test-note: this result refuses to be decoded";
+  std::vector<make_fragile> tasks;
+  for (int32_t i = 0; i < 60; ++i)
+    tasks.push_back(make_fragile{i, pool_test::no_fault,
+                                 i == 33 ? pool_test::throw_exception
+                                         : pool_test::no_fault,
+                                 note});
+  for (size_t chunksize : {size_t{1}, size_t{20}}) {
+    auto rs = p->map<fragile>(tasks, chunksize);
+    ASSERT_EQ(rs.size(), tasks.size());
+    for (size_t i = 0; i < rs.size(); ++i) {
+      if (i == 33) {
+        ASSERT_FALSE(rs[i]) << "chunksize " << chunksize;
+        EXPECT_EQ(rs[i].error(), errc::decode_failed)
+          << describe(rs[i].error());
+        EXPECT_TRUE(contains(text_of(rs[i].error()), note))
+          << describe(rs[i].error());
+        continue;
+      }
+      ASSERT_TRUE(rs[i]) << "item " << i << ", chunksize " << chunksize
+                         << ": " << describe(rs[i].error());
+      EXPECT_EQ(rs[i]->value, static_cast<int32_t>(i));
+    }
+  }
+  // A result of another type than asked for names both.
+  std::vector<square> squares{{1}, {2}, {3}};
+  auto wrong = p->map<std::string>(squares, 3);
+  ASSERT_EQ(wrong.size(), 3u);
+  for (auto& r : wrong) {
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error(), errc::type_mismatch) << describe(r.error());
+  }
+  EXPECT_EQ(p->stats().workers_died, 0u);
+  remember(*p);
+}
+
 TEST_F(PoolChunks, ItemsAnsweredLaterThroughAPromiseReachTheirTasks) {
   auto p = start(options(2));
   ASSERT_TRUE(p) << describe(p.error());
@@ -2005,8 +2045,9 @@ TEST_F(PoolChunks, AtMostOnceAKilledChunkFailsWhatItDidNotAnswerAndRunsNothingTw
       EXPECT_EQ(r.error(), errc::worker_died) << describe(r.error());
     }
     // The items after the one killed never ran.
-    if (i > 50)
+    if (i > 50) {
       EXPECT_FALSE(r) << "item " << i;
+    }
   }
   EXPECT_EQ(p->stats().redispatched, 0u);
   remember(*p);

@@ -25,12 +25,15 @@
 /// callbacks). A pool is movable, not copyable.
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <future>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -165,24 +168,34 @@ namespace detail {
 
 class pool_core;
 
-/// The outcome of one task of a group.
+/// The outcome of one task of a group: the reply, or its error, or (`type`
+/// not 0) the reply still encoded, in `bytes`.
 struct task_result {
   size_t index = 0;
   caf::message reply;
   caf::error err;
+  type_id type = 0;
+  std::string_view bytes;
 };
 
+/// Decodes a result that is still encoded (into `reply`, or `err`).
+void materialize(task_result& r);
+
 /// Receives the results of a group of tasks (one submit, one map, ...).
-/// complete() is called exactly once per task, from any thread.
+/// Each task's result arrives exactly once, from any thread, through
+/// complete_many() (whose default decodes and calls complete()).
 class task_group {
 public:
   virtual ~task_group() = default;
   virtual void complete(size_t index, caf::message reply, caf::error err) = 0;
-  /// Completes several tasks at once (e.g. under one lock).
+  /// Completes several tasks at once (e.g. under one lock). Encoded
+  /// results' bytes live until it returns.
   virtual void complete_many(task_result* results, size_t n) {
-    for (size_t i = 0; i < n; ++i)
+    for (size_t i = 0; i < n; ++i) {
+      materialize(results[i]);
       complete(results[i].index, std::move(results[i].reply),
                std::move(results[i].err));
+    }
   }
 };
 
@@ -201,6 +214,61 @@ caf::expected<R> reply_as(caf::message reply, caf::error err) {
                         + ", got " + caf::to_string(reply));
   }
 }
+
+/// A map()'s results, decoded straight into the vector map() returns (no
+/// caf::message per result).
+template <class R>
+class typed_collect_group : public task_group {
+public:
+  explicit typed_collect_group(size_t n)
+    : results_(n, caf::expected<R>{caf::no_error}), left_(n) {
+  }
+
+  void complete(size_t index, caf::message reply, caf::error err) override {
+    task_result r;
+    r.index = index;
+    r.reply = std::move(reply);
+    r.err = std::move(err);
+    complete_many(&r, 1);
+  }
+
+  void complete_many(task_result* results, size_t n) override {
+    // Each result has its own slot: no lock until the count.
+    for (size_t i = 0; i < n; ++i)
+      results_[results[i].index] = convert(results[i]);
+    bool all;
+    {
+      std::lock_guard<std::mutex> guard{mu_};
+      left_ -= n;
+      all = left_ == 0;
+    }
+    if (all)
+      cv_.notify_all();
+  }
+
+  /// Waits for every result, then hands them over.
+  std::vector<caf::expected<R>> take_all() {
+    std::unique_lock<std::mutex> lk{mu_};
+    cv_.wait(lk, [this] { return left_ == 0; });
+    return std::move(results_);
+  }
+
+private:
+  static caf::expected<R> convert(task_result& r) {
+    if constexpr (!std::is_same<R, caf::message>::value) {
+      static const auto id = registered_id(typeid(R));
+      if (!r.err && r.type != 0 && r.type == id)
+        return decode<R>(r.bytes);
+    }
+    materialize(r);
+    return reply_as<R>(std::move(r.reply), std::move(r.err));
+  }
+
+  std::vector<caf::expected<R>> results_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  size_t left_;
+};
 
 /// A group with one task: fills a result slot (task_future waits on it).
 class slot_group : public task_group {
@@ -385,19 +453,13 @@ public:
   template <class R, class T>
   std::vector<caf::expected<R>> map(const std::vector<T>& tasks,
                                     size_t chunksize = 0) {
-    auto group = std::make_shared<detail::collect_group>(tasks.size());
+    auto group = std::make_shared<detail::typed_collect_group<R>>(
+      tasks.size());
     // Encoded as they are admitted: no second copy of the whole input.
     submit_many(
       tasks.size(), [&](size_t i) { return detail::encode_task(tasks[i]); },
       group, chunksize);
-    group->wait_all();
-    std::vector<caf::expected<R>> out;
-    out.reserve(tasks.size());
-    for (size_t i = 0; i < tasks.size(); ++i) {
-      auto [reply, err] = group->take(i);
-      out.push_back(detail::reply_as<R>(std::move(reply), std::move(err)));
-    }
-    return out;
+    return group->take_all();
   }
 
   /// map() for tasks built from argument tuples: task i is Msg{args_i...}.

@@ -135,6 +135,14 @@ public:
   virtual ~reply_sink() = default;
   virtual void on_reply(uint64_t tag, uint32_t item, caf::message reply,
                         caf::error err) = 0;
+  /// A reply still encoded (a value of `type`; the bytes live until the
+  /// call returns). A sink that returns true takes it as it is (and decodes
+  /// it later, or never); false: it gets on_reply() with the decoded value.
+  virtual bool on_reply_bytes(uint64_t tag, uint32_t item, type_id type,
+                              std::string_view bytes) {
+    (void) tag, (void) item, (void) type, (void) bytes;
+    return false;
+  }
   /// Called after a batch of frames that brought this sink replies (and
   /// before the worker's on_exit): a sink may buffer until then.
   virtual void on_batch_end() {
