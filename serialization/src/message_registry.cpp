@@ -56,17 +56,35 @@ void message_registry::add(message_type entry) {
   d.by_id.emplace(entry.id, std::move(entry));
 }
 
+// Messages come in runs of one type: each thread remembers its last hit.
+// Entries are never removed and a node's address never changes, so a
+// remembered pointer stays valid.
+
 const message_type* message_registry::find(type_id id) const noexcept {
+  thread_local const message_type* last = nullptr;
+  if (last != nullptr && last->id == id)
+    return last;
   auto& d = data();
   auto i = d.by_id.find(id);
-  return i == d.by_id.end() ? nullptr : &i->second;
+  if (i == d.by_id.end())
+    return nullptr;
+  last = &i->second;
+  return last;
 }
 
 const message_type*
 message_registry::find(const std::type_info& type) const noexcept {
+  thread_local const std::type_info* last_type = nullptr;
+  thread_local const message_type* last = nullptr;
+  if (last_type == &type)
+    return last;
   auto& d = data();
   auto i = d.by_type.find(std::type_index{type});
-  return i == d.by_type.end() ? nullptr : find(i->second);
+  if (i == d.by_type.end())
+    return nullptr;
+  last_type = &type;
+  last = find(i->second);
+  return last;
 }
 
 const message_type*
