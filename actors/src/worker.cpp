@@ -1039,13 +1039,16 @@ public:
         return;
       }
       auto& buf = frame_buffer();
-      if (auto err = encode_frame(buf, wire::kind::response, rid, content)) {
-        // A result that cannot be encoded fails that request only.
+      auto err = encode_frame(buf, wire::kind::response, rid, content);
+      if (!err)
+        err = ch_->send(buf, mode);
+      // A result that cannot be encoded or is too large for a frame fails
+      // that request only (other errors: the channel is broken).
+      if (err == errc::encode_failed || err == errc::unknown_type
+          || err == errc::frame_too_large) {
         auto ebuf = encode_error_frame(rid, err);
         [[maybe_unused]] auto err2 = ch_->send(ebuf, mode);
-        return;
       }
-      [[maybe_unused]] auto err = ch_->send(buf, mode);
       return;
     }
     auto& buf = frame_buffer();

@@ -151,6 +151,15 @@ struct later {
   }
 };
 
+/// Replies a string of `bytes` bytes.
+struct big_result {
+  int64_t bytes = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(bytes);
+  }
+};
+
 /// Fault while the handler runs; replies value * value otherwise.
 struct run_fault {
   int32_t mode = no_fault;
@@ -278,6 +287,7 @@ MULTIPROC_MESSAGE(pool_test::tagged, "pool_test.tagged")
 MULTIPROC_MESSAGE(pool_test::whoami, "pool_test.whoami")
 MULTIPROC_MESSAGE(pool_test::nap, "pool_test.nap")
 MULTIPROC_MESSAGE(pool_test::later, "pool_test.later")
+MULTIPROC_MESSAGE(pool_test::big_result, "pool_test.big_result")
 MULTIPROC_MESSAGE(pool_test::run_fault, "pool_test.run_fault")
 MULTIPROC_MESSAGE(pool_test::decode_fault, "pool_test.decode_fault")
 MULTIPROC_MESSAGE(pool_test::fragile, "pool_test.fragile")
@@ -302,6 +312,9 @@ tagged do_nap(const nap& x) {
 caf::behavior tester(caf::event_based_actor* self) {
   return {
     [](const square& x) { return x.value * x.value; },
+    [](const big_result& x) {
+      return std::string(static_cast<size_t>(x.bytes), 'x');
+    },
     [self](const later& x) {
       auto helper = self->spawn([](caf::event_based_actor* h) {
         return caf::behavior{[h](int32_t v) {
@@ -366,6 +379,7 @@ using pool_test::square;
 using pool_test::tagged;
 using pool_test::whoami;
 using pool_test::later;
+using pool_test::big_result;
 
 namespace {
 
@@ -930,6 +944,23 @@ TEST_F(PoolFailures, ACrashInAtMostOnceModeFailsWithWorkerDied) {
   // The pool goes on with a replacement.
   auto later = submit_squares(*p, 0, 10);
   expect_squares(later, 0);
+  remember(*p);
+}
+
+TEST_F(PoolFailures, AResultAboveTheFrameLimitFailsItsTaskAlone) {
+  // The worker cannot send a result above the frame limit (64 MiB): that
+  // task fails with frame_too_large instead of waiting forever; the worker
+  // goes on.
+  auto p = start(options(1));
+  ASSERT_TRUE(p) << describe(p.error());
+  auto big = p->submit<std::string>(big_result{(int64_t{64} << 20) + 1});
+  auto after = submit_squares(*p, 0, 5);
+  ASSERT_TRUE(is_ready(big, kBound)) << "the task with a huge result hangs";
+  auto r = big.get();
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error(), errc::frame_too_large) << describe(r.error());
+  expect_squares(after, 0);
+  EXPECT_EQ(p->stats().workers_died, 0u);
   remember(*p);
 }
 
