@@ -53,11 +53,9 @@ struct collect_group::impl {
   std::vector<std::pair<caf::message, caf::error>> results;
   std::vector<char> ready; // 0: pending, 1: there, 2: taken
   std::deque<size_t> arrivals; // for wait_any
-  size_t done = 0;
   // What a waiter waits for (no wake-up per result otherwise).
   size_t want_index = SIZE_MAX;
   bool want_any = false;
-  bool want_all = false;
 };
 
 collect_group::collect_group(size_t n) : impl_(std::make_shared<impl>()) {
@@ -85,9 +83,7 @@ void collect_group::complete_many(task_result* results, size_t n) {
       impl_->arrivals.push_back(index);
       wanted = wanted || impl_->want_index == index;
     }
-    impl_->done += n;
-    wanted = wanted || impl_->want_any
-             || (impl_->want_all && impl_->done == impl_->results.size());
+    wanted = wanted || impl_->want_any;
   }
   if (wanted)
     impl_->cv.notify_all();
@@ -120,13 +116,6 @@ std::optional<size_t> collect_group::wait_any(clock_type::time_point deadline) {
       return std::nullopt;
     }
   }
-}
-
-void collect_group::wait_all() {
-  std::unique_lock<std::mutex> lk{impl_->mu};
-  impl_->want_all = true;
-  impl_->cv.wait(lk, [&] { return impl_->done == impl_->results.size(); });
-  impl_->want_all = false;
 }
 
 std::pair<caf::message, caf::error> collect_group::take(size_t index) {
@@ -312,10 +301,9 @@ class worker_rec;
 
 /// The largest chunk size map() chooses by itself.
 constexpr size_t max_auto_chunk = 1024;
-/// A chunk ends once its items take this many bytes...
+/// A chunk ends once its items take this many bytes; a task of
+/// max_batched_payload bytes or more travels alone.
 constexpr size_t max_chunk_bytes = size_t{1} << 20;
-/// ... and a task this big travels alone (written from its own buffer).
-constexpr size_t max_chunk_item_bytes = 16 * 1024;
 
 class pool_core : public std::enable_shared_from_this<pool_core> {
 public:
@@ -967,7 +955,7 @@ void pool_core::submit_chunks(size_t n,
         first = ++i;
         continue;
       }
-      if (t.payload.size() >= max_chunk_item_bytes) {
+      if (t.payload.size() >= max_batched_payload) {
         if (count == 0) {
           single = std::move(t);
           count = 1;

@@ -221,9 +221,6 @@ struct pending_batch {
 constexpr uint64_t batch_flag = uint64_t{1} << 58;
 constexpr unsigned batch_shift = 16;
 constexpr size_t batch_capacity = size_t{1} << batch_shift;
-/// Payloads from this size on are written from the caller's buffer, not
-/// copied into a batch.
-constexpr size_t batch_copy_limit = 16 * 1024;
 
 /// Chunk items (wire::kind::chunk_request) per frame the child accepts.
 constexpr size_t chunk_capacity = size_t{1} << 24;
@@ -397,7 +394,8 @@ public:
         size_t ids = std::max<size_t>(1, r.chunk_items);
         if (sent.size() + ids > batch_capacity)
           break;
-        if (r.chunk_items == 0 && r.payload.size() >= batch_copy_limit) {
+        if (r.chunk_items == 0
+            && r.payload.size() >= detail::max_batched_payload) {
           large.push_back(i);
           continue;
         }

@@ -701,6 +701,21 @@ void expect_squares(std::vector<multiproc::task_future<int32_t>>& fs,
   }
 }
 
+/// Checks whoami results (i * i for task i) and counts them per worker.
+std::map<pid_t, int>
+tasks_per_worker(const std::vector<caf::expected<tagged>>& rs) {
+  std::map<pid_t, int> per_pid;
+  for (size_t i = 0; i < rs.size(); ++i) {
+    if (!rs[i]) {
+      ADD_FAILURE() << "task " << i << ": " << describe(rs[i].error());
+      continue;
+    }
+    EXPECT_EQ(rs[i]->value, static_cast<int32_t>(i * i));
+    ++per_pid[rs[i]->pid];
+  }
+  return per_pid;
+}
+
 /// Checks map results: i * i for every index but `bad`, whose error it
 /// returns for further checks.
 caf::error expect_squares_but(std::vector<caf::expected<int32_t>>& rs,
@@ -1251,16 +1266,11 @@ TEST_F(PoolLedger, RecyclesWorkersAfterMaxTasksPerChildWithABacklog) {
   std::printf("[   info   ] 100 tasks on recycled workers took %lld ms\n",
               ms_since(t0));
   ASSERT_EQ(results.size(), tasks.size());
-  std::map<pid_t, int> per_pid;
-  for (size_t i = 0; i < results.size(); ++i) {
-    ASSERT_TRUE(results[i]) << "task " << i << ": "
-                            << describe(results[i].error());
-    EXPECT_EQ(results[i]->value, static_cast<int32_t>(i * i));
-    ++per_pid[results[i]->pid];
-    remember(results[i]->pid);
-  }
-  for (auto& [pid, n] : per_pid)
+  auto per_pid = tasks_per_worker(results);
+  for (auto& [pid, n] : per_pid) {
+    remember(pid);
     EXPECT_LE(n, 5) << "worker " << pid << " ran " << n << " tasks";
+  }
   EXPECT_GE(per_pid.size(), 20u);
   EXPECT_GE(p->stats().workers_started, 20u);
   EXPECT_EQ(p->stats().failed, 0u);
@@ -2093,16 +2103,11 @@ TEST_F(PoolChunks, MaxTasksPerChildHoldsWithChunks) {
   for (int32_t i = 0; i < 100; ++i)
     tasks.push_back(whoami{i});
   auto results = p->map<tagged>(tasks, 5);
-  std::map<pid_t, int> per_pid;
-  for (size_t i = 0; i < results.size(); ++i) {
-    ASSERT_TRUE(results[i]) << "task " << i << ": "
-                            << describe(results[i].error());
-    EXPECT_EQ(results[i]->value, static_cast<int32_t>(i * i));
-    ++per_pid[results[i]->pid];
-    remember(results[i]->pid);
-  }
-  for (auto& [pid, n] : per_pid)
+  ASSERT_EQ(results.size(), tasks.size());
+  for (auto& [pid, n] : tasks_per_worker(results)) {
+    remember(pid);
     EXPECT_LE(n, 7) << "worker " << pid << " ran " << n << " tasks";
+  }
   remember(*p);
 }
 

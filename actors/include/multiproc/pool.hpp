@@ -290,8 +290,6 @@ public:
   /// Waits until any untaken result is there; returns its index, or nullopt
   /// when `deadline` passed or every result was taken.
   std::optional<size_t> wait_any(std::chrono::steady_clock::time_point deadline);
-  /// Waits until all results are there.
-  void wait_all();
   /// Takes result `index` (which must be there).
   std::pair<caf::message, caf::error> take(size_t index);
   /// Adds room for more tasks (imap grows as it reads its input).

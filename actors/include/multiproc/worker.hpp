@@ -173,6 +173,10 @@ struct encoded_request {
 /// Items of one chunk, at most.
 constexpr size_t max_chunk_items = 16384;
 
+/// Payloads from this size on are written from the caller's buffer, not
+/// copied into a batch (so they are never chunk items either).
+constexpr size_t max_batched_payload = 16 * 1024;
+
 /// Sends `n` requests at once (one lock, one write), all answered to `sink`.
 /// A request that cannot be sent calls `failed(i, error)` instead (nothing
 /// reaches the sink for it): frame_too_large for that request alone, or
