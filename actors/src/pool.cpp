@@ -405,6 +405,7 @@ private:
   uint64_t next_worker_ = 1;
   size_t next_slot_ = 0;
   size_t rr_ = 0;
+  uint64_t idle_events_ = 0; // worker_rec::last_idle
   int start_failures_ = 0;
   bool closing_ = false;
   bool stopping_ = false; // supervisor: exit
@@ -469,6 +470,7 @@ public:
   size_t in_flight_tasks = 0;     // their unfinished items
   clock_type::time_point front_since{};
   size_t dispatched = 0;
+  uint64_t last_idle = 0; // when its last task finished (pool's counter)
   bool retiring = false;  // max_tasks_per_child reached: no more tasks
   bool stopping = false;  // the pool stops it (retire, deadline, close)
   uint64_t overdue = 0;   // the task whose deadline stopped it
@@ -510,6 +512,7 @@ pool_core::start_worker(size_t slot) {
   wopts.name = opts_.name + "-" + std::to_string(slot);
   wopts.start_timeout = opts_.start_timeout;
   wopts.shutdown_timeout = std::chrono::milliseconds{2000};
+  wopts.busy_poll = opts_.busy_poll;
   auto user_sink = opts_.sink ? opts_.sink : default_output_sink();
   wopts.sink = [tail = w->tail, user_sink](const output_line& line) {
     if (line.is_stderr)
@@ -804,6 +807,7 @@ void pool_core::dispatch(std::vector<send_op>& out) {
   // chunks, for big ones).
   size_t n = live_.size();
   size_t idle_rounds = 0;
+  bool look_idle = true;
   while (!queue_.empty() && idle_rounds < n) {
     auto id = queue_.front();
     auto* head = tasks_.find(id);
@@ -814,8 +818,18 @@ void pool_core::dispatch(std::vector<send_op>& out) {
     size_t per_worker = head->count > 1
                           ? std::max<size_t>(window_, 2 * head->count)
                           : window_;
-    auto& w = live_[rr_ % n];
-    ++rr_;
+    // An idle worker first, the one whose last task finished last: it is
+    // still polling for work (busy_poll) and its caches are warm. Then each
+    // in turn.
+    const std::shared_ptr<worker_rec>* idle = nullptr;
+    if (look_idle) {
+      for (auto& x : live_)
+        if (usable(*x) && x->in_flight.empty()
+            && (idle == nullptr || x->last_idle > (*idle)->last_idle))
+          idle = &x;
+      look_idle = idle != nullptr;
+    }
+    auto& w = idle != nullptr ? *idle : live_[rr_++ % n];
     if (usable(*w) && opts_.max_tasks_per_child != 0 && head->count > 1
         && w->dispatched + head->count > opts_.max_tasks_per_child)
       w->retiring = true; // the chunk does not fit: replace the worker early
@@ -1010,8 +1024,10 @@ void pool_core::on_replies(worker_rec& w, std::vector<reply_entry>& batch) {
       --w.in_flight_tasks;
       finish_task(*t, r.item, std::move(r.reply), std::move(r.err), done,
                   r.type, std::string_view{w.arena}.substr(r.offset, r.size));
-      if (q.empty())
+      if (q.empty()) {
         w.solo = false;
+        w.last_idle = ++idle_events_;
+      }
     }
     if (w.retiring && q.empty())
       sup_cv_.notify_all();

@@ -61,9 +61,14 @@ struct worker_spec {
   std::string entry;
   std::string name;
   std::vector<std::string> extra_types;
+  // The child's end of the channel (worker_options::channel, busy_poll).
+  uint64_t max_frame_size = 0;
+  uint64_t send_high_watermark = 0;
+  int64_t busy_poll_us = 0;
   template <class Archive>
   void serialize(Archive& ar) {
-    ar(entry, name, extra_types);
+    ar(entry, name, extra_types, max_frame_size, send_high_watermark,
+       busy_poll_us);
   }
 };
 
@@ -872,7 +877,12 @@ caf::expected<caf::actor> spawn_worker(caf::actor_system& sys,
                         + "'; registered workers: " + registered_workers());
   if (opts.name.empty())
     opts.name = entry;
-  worker_spec spec{entry, opts.name, opts.extra_child_types};
+  worker_spec spec{entry,
+                   opts.name,
+                   opts.extra_child_types,
+                   opts.channel.max_frame_size,
+                   opts.channel.send_high_watermark,
+                   opts.busy_poll.count()};
   std::string args;
   if (auto err = encode(spec, args))
     return err;
@@ -1355,7 +1365,11 @@ int worker_entry(child_context& ctx) {
     message_registry::instance().add(message_type{
       name, type_id_of(name), std::type_index{typeid(void)}, 0,
       nullptr, nullptr, nullptr, nullptr});
-  frame_channel ch{std::move(ctx.channel)};
+  channel_options copts;
+  copts.max_frame_size = spec->max_frame_size;
+  copts.send_high_watermark = spec->send_high_watermark;
+  copts.busy_poll = std::chrono::microseconds{spec->busy_poll_us};
+  frame_channel ch{std::move(ctx.channel), copts};
   if (send_hello(ch, spec->name))
     return 0; // the parent is gone already
   // Build the actor system while the parent checks our hello.

@@ -9,6 +9,7 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include "multiproc/error.hpp"
@@ -46,6 +47,23 @@ int poll_one(int fd, short events, int timeout_ms) {
     if (rc < 0 && errno == EINTR)
       continue;
     return rc;
+  }
+}
+
+/// The busy poll before a blocking wait (channel_options::busy_poll): polls
+/// without sleeping until something is ready or `spin` has passed since
+/// `last_input`, yielding the CPU between polls. Returns ppoll's result (0:
+/// nothing became ready).
+int spin_poll(pollfd* fds, int nfds,
+              std::chrono::steady_clock::time_point last_input,
+              std::chrono::microseconds spin) {
+  timespec zero{0, 0};
+  auto until = last_input + spin;
+  for (;;) {
+    int rc = ::ppoll(fds, nfds, &zero, nullptr);
+    if (rc != 0 || std::chrono::steady_clock::now() >= until)
+      return rc;
+    ::sched_yield();
   }
 }
 
@@ -471,6 +489,11 @@ void frame_channel::run(frame_handler* handler, int death_fd) {
   caf::error reason;
   // Frames that arrived before start() was called.
   process_frames();
+  bool busy_poll = opts_.busy_poll.count() > 0;
+  // When the last input batch was done, and how long it had been since the
+  // one before.
+  auto last_input = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::duration gap = std::chrono::hours{1};
   while (!rd_error_) {
     bool want_out;
     bool watching;
@@ -488,8 +511,17 @@ void frame_channel::run(frame_handler* handler, int death_fd) {
     // While a sender streams deferred frames, wake up on a short tick to
     // write partial batches instead of being woken for each of them.
     timespec tick{0, deferred_tick_ns};
-    int rc = ::ppoll(fds, death_fd >= 0 ? 3 : 2, watching ? &tick : nullptr,
-                     nullptr);
+    int nfds = death_fd >= 0 ? 3 : 2;
+    int rc = 0;
+    // Busy-poll only while the peer is chatty: its last frame came within a
+    // few polling periods of the one before.
+    if (busy_poll && gap <= opts_.busy_poll * 8) {
+      rc = spin_poll(fds, nfds, last_input, opts_.busy_poll);
+      if (rc < 0 && errno == EINTR)
+        continue;
+    }
+    if (rc == 0)
+      rc = ::ppoll(fds, nfds, watching ? &tick : nullptr, nullptr);
     if (rc < 0) {
       if (errno == EINTR)
         continue;
@@ -531,8 +563,12 @@ void frame_channel::run(frame_handler* handler, int death_fd) {
         flush_locked(lk, false);
     }
     if ((fds[0].revents & (POLLIN | POLLHUP | POLLERR)) != 0) {
+      if (busy_poll)
+        gap = std::chrono::steady_clock::now() - last_input;
       bool ok = read_some();
       process_frames();
+      if (busy_poll)
+        last_input = std::chrono::steady_clock::now();
       if (!ok)
         break;
     }

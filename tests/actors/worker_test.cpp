@@ -3,10 +3,13 @@
 #include "multiproc/worker.hpp"
 
 #include <csignal>
+#include <fstream>
+#include <sstream>
 #include <future>
 #include <thread>
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <caf/all.hpp>
 #include <cereal/types/string.hpp>
@@ -64,6 +67,14 @@ struct make_unencodable {
   }
 };
 
+struct make_text {
+  int64_t size = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(size);
+  }
+};
+
 struct store {
   int32_t value = 0;
   template <class Archive>
@@ -106,6 +117,7 @@ MULTIPROC_MESSAGE(worker_test::throw_now, "worker_test.throw_now")
 MULTIPROC_MESSAGE(worker_test::sleep_ms, "worker_test.sleep_ms")
 MULTIPROC_MESSAGE(worker_test::unencodable, "worker_test.unencodable")
 MULTIPROC_MESSAGE(worker_test::make_unencodable, "worker_test.make_unencodable")
+MULTIPROC_MESSAGE(worker_test::make_text, "worker_test.make_text")
 MULTIPROC_MESSAGE(worker_test::store, "worker_test.store")
 MULTIPROC_MESSAGE(worker_test::fetch, "worker_test.fetch")
 MULTIPROC_MESSAGE(worker_test::sequence_report, "worker_test.sequence_report")
@@ -126,6 +138,9 @@ caf::behavior tester(caf::event_based_actor*) {
       return x.ms;
     },
     [](const make_unencodable&) { return unencodable{}; },
+    [](const make_text& x) {
+      return std::string(static_cast<size_t>(x.size), 't');
+    },
   };
 }
 
@@ -354,6 +369,71 @@ TEST_P(WorkerTest, FailsOnlyTheRequestWhoseResultCannotBeEncoded) {
   auto y = request<int32_t>(worker, 5s, square{5});
   ASSERT_TRUE(y) << describe(y.error());
   EXPECT_EQ(*y, 25);
+}
+
+TEST_P(WorkerTest, AReplyAboveTheParentsFrameLimitFailsOnlyThatRequest) {
+  // The child's end of the channel takes the parent's limit: it refuses to
+  // send the reply (instead of the parent dropping the whole channel).
+  worker_options opts;
+  opts.channel.max_frame_size = size_t{1} << 20;
+  auto worker = spawn("worker_test.tester", opts);
+  ASSERT_TRUE(worker);
+  auto small = request<std::string>(worker, 5s, worker_test::make_text{1000});
+  ASSERT_TRUE(small) << describe(small.error());
+  EXPECT_EQ(small->size(), 1000u);
+  auto big = request<std::string>(worker, 5s,
+                                  worker_test::make_text{int64_t{2} << 20});
+  ASSERT_FALSE(big);
+  EXPECT_EQ(big.error(), errc::frame_too_large) << describe(big.error());
+  auto y = request<int32_t>(worker, 5s, square{6});
+  ASSERT_TRUE(y) << describe(y.error());
+  EXPECT_EQ(*y, 36);
+}
+
+/// CPU time (user + system) the process `pid` has used, in clock ticks.
+static long cpu_ticks(pid_t pid) {
+  std::ifstream in{"/proc/" + std::to_string(pid) + "/stat"};
+  std::string line;
+  std::getline(in, line);
+  // Fields after the ")" that ends the command name: state is field 3,
+  // utime 14 and stime 15.
+  std::istringstream rest{line.substr(line.rfind(')') + 2)};
+  std::string field;
+  long utime = 0;
+  long stime = 0;
+  for (int i = 3; i <= 15 && rest >> field; ++i) {
+    if (i == 14)
+      utime = std::stol(field);
+    if (i == 15)
+      stime = std::stol(field);
+  }
+  return utime + stime;
+}
+
+TEST_P(WorkerTest, StopsBusyPollingWhenRequestsStop) {
+  // busy_poll keeps the child's I/O thread polling between back-to-back
+  // requests; once they stop, it must sleep and cost no CPU.
+  worker_options opts;
+  opts.busy_poll = std::chrono::microseconds{2000};
+  auto worker = spawn("worker_test.tester", opts);
+  ASSERT_TRUE(worker);
+  for (int32_t i = 0; i < 2000; ++i) {
+    auto y = request<int32_t>(worker, 5s, square{i});
+    ASSERT_TRUE(y) << describe(y.error());
+    ASSERT_EQ(*y, i * i);
+  }
+  auto pid = info_of(worker)->pid;
+  std::this_thread::sleep_for(100ms);
+  auto before = cpu_ticks(pid);
+  std::this_thread::sleep_for(1000ms);
+  auto used = cpu_ticks(pid) - before;
+  // Polling through that second would take about 100 ticks.
+  long tick_hz = ::sysconf(_SC_CLK_TCK);
+  EXPECT_LE(used, tick_hz / 20) << "the idle child used " << used
+                                << " ticks of CPU in 1 s";
+  auto y = request<int32_t>(worker, 5s, square{7});
+  ASSERT_TRUE(y) << describe(y.error());
+  EXPECT_EQ(*y, 49);
 }
 
 TEST_P(WorkerTest, RejectsAMismatchedTypeFingerprint) {

@@ -226,6 +226,29 @@ TEST(FrameChannel, IoThreadDeliversDeferredFramesInOrderThenClose) {
     ASSERT_EQ(handler.frames[i], std::to_string(i));
 }
 
+TEST(FrameChannel, BusyPollingDeliversEveryFrameThroughBurstsAndPauses) {
+  // The receiving I/O thread busy-polls between frames that come close
+  // together and sleeps in the pauses; either way each frame arrives once,
+  // in order, and a close ends it.
+  channel_options opts;
+  opts.busy_poll = std::chrono::microseconds{500};
+  auto [a, b] = make_pair_of_channels(opts);
+  collecting_handler handler;
+  b->start(&handler);
+  int sent = 0;
+  for (int burst = 0; burst < 20; ++burst) {
+    for (int i = 0; i < 50; ++i)
+      ASSERT_FALSE(a->send(std::to_string(sent++), send_mode::immediate));
+    std::this_thread::sleep_for(std::chrono::milliseconds{burst % 3 * 2});
+  }
+  a->stop(1000ms);
+  ASSERT_TRUE(handler.wait_closed(10s));
+  EXPECT_EQ(handler.closed, errc::peer_closed);
+  ASSERT_EQ(handler.frames.size(), static_cast<size_t>(sent));
+  for (int i = 0; i < sent; ++i)
+    ASSERT_EQ(handler.frames[i], std::to_string(i));
+}
+
 TEST(FrameChannel, IoThreadReportsABadFrame) {
   unique_fd x;
   unique_fd y;

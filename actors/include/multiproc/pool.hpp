@@ -138,6 +138,9 @@ struct pool_options {
   size_t stderr_tail = 5;
   /// How long starting one worker may take.
   std::chrono::milliseconds start_timeout{10000};
+  /// How long a worker keeps polling for its next task after answering,
+  /// while tasks come back to back (worker_options::busy_poll); 0: off.
+  std::chrono::microseconds busy_poll{50};
   /// Called on the pool's supervisor thread with the counters, at most once
   /// per progress_interval and only when they changed, and once more when
   /// the pool stops. It must not call the pool's blocking functions.

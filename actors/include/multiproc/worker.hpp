@@ -64,8 +64,15 @@ struct worker_options {
   std::chrono::milliseconds start_timeout{10000};
   /// How long a graceful stop may take before the child is killed.
   std::chrono::milliseconds shutdown_timeout{2000};
-  /// Frame size limit and backpressure of the parent<->child channel.
+  /// Frame size limit and backpressure of the parent<->child channel (both
+  /// ends use its max_frame_size and send_high_watermark); its busy_poll is
+  /// the parent end's.
   channel_options channel;
+  /// How long the child's I/O thread keeps polling for the next request
+  /// after answering, while requests come back to back, before it sleeps
+  /// (channel_options::busy_poll): a request then finds the child awake.
+  /// 0 turns it off.
+  std::chrono::microseconds busy_poll{50};
   /// Test hook: message type names the child registers in addition to this
   /// program's, to provoke a fingerprint mismatch.
   std::vector<std::string> extra_child_types;

@@ -57,6 +57,13 @@ struct channel_options {
   size_t send_high_watermark = size_t{64} << 20;
   /// SO_SNDBUF/SO_RCVBUF to request for the socket (0: the kernel's default).
   size_t socket_buffer_size = size_t{4} << 20;
+  /// After reading, the I/O thread keeps polling the socket (without
+  /// sleeping, yielding the CPU between polls) for this long before it
+  /// blocks, while frames keep coming within a few such periods of each
+  /// other. The next frame of a request/response exchange is then read
+  /// without a wake-up, which costs more than the kernel's whole round trip
+  /// on a VM. Costs at most this much CPU per burst; 0 turns it off.
+  std::chrono::microseconds busy_poll{0};
 };
 
 /// How send() treats a frame.
