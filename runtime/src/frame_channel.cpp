@@ -482,9 +482,13 @@ void frame_channel::run(frame_handler* handler, int death_fd) {
   io_thread_id_ = std::this_thread::get_id();
   auto process_frames = [&] {
     std::string_view frame;
-    while (!rd_error_ && next_frame(frame))
+    size_t n = 0;
+    while (!rd_error_ && next_frame(frame)) {
       handler->on_frame(frame);
+      ++n;
+    }
     handler->on_batch_end();
+    return n;
   };
   caf::error reason;
   // Frames that arrived before start() was called.
@@ -494,6 +498,7 @@ void frame_channel::run(frame_handler* handler, int death_fd) {
   // one before.
   auto last_input = std::chrono::steady_clock::now();
   std::chrono::steady_clock::duration gap = std::chrono::hours{1};
+  size_t last_batch = 0;
   while (!rd_error_) {
     bool want_out;
     bool watching;
@@ -515,7 +520,7 @@ void frame_channel::run(frame_handler* handler, int death_fd) {
     int rc = 0;
     // Busy-poll only while the peer is chatty: its last frame came within a
     // few polling periods of the one before.
-    if (busy_poll && gap <= opts_.busy_poll * 8) {
+    if (busy_poll && gap <= opts_.busy_poll * 8 && last_batch <= 2) {
       rc = spin_poll(fds, nfds, last_input, opts_.busy_poll);
       if (rc < 0 && errno == EINTR)
         continue;
@@ -566,7 +571,7 @@ void frame_channel::run(frame_handler* handler, int death_fd) {
       if (busy_poll)
         gap = std::chrono::steady_clock::now() - last_input;
       bool ok = read_some();
-      process_frames();
+      last_batch = process_frames();
       if (busy_poll)
         last_input = std::chrono::steady_clock::now();
       if (!ok)

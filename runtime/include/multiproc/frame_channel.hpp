@@ -59,10 +59,11 @@ struct channel_options {
   size_t socket_buffer_size = size_t{4} << 20;
   /// After reading, the I/O thread keeps polling the socket (without
   /// sleeping, yielding the CPU between polls) for this long before it
-  /// blocks, while frames keep coming within a few such periods of each
-  /// other. The next frame of a request/response exchange is then read
-  /// without a wake-up, which costs more than the kernel's whole round trip
-  /// on a VM. Costs at most this much CPU per burst; 0 turns it off.
+  /// blocks, while the peer is in a request/response exchange: its frames
+  /// come one or two at a time, within a few such periods of each other
+  /// (streams of batched frames need no polling). The next frame is then
+  /// read without a wake-up, which costs more than the kernel's whole round
+  /// trip on a VM. Costs at most this much CPU per burst; 0 turns it off.
   std::chrono::microseconds busy_poll{0};
 };
 
