@@ -299,6 +299,18 @@ struct completion {
 
 class worker_rec;
 
+/// The adaptive window (pool_options::window = 0): each worker's starts
+/// small (slow tasks spread over the workers from the start), then holds
+/// about window_target of work at the worker's measured pace, between
+/// min_window and max_window tasks.
+constexpr size_t initial_window = 4;
+constexpr size_t min_window = 2;
+constexpr size_t max_window = 1024;
+constexpr auto window_target = std::chrono::milliseconds{2};
+/// A pace is measured over at least this many tasks and this much busy time.
+constexpr size_t pace_sample_tasks = 32;
+constexpr auto pace_sample_time = std::chrono::microseconds{200};
+
 /// The largest chunk size map() chooses by itself.
 constexpr size_t max_auto_chunk = 1024;
 /// A chunk ends once its items take this many bytes; a task of
@@ -323,8 +335,9 @@ public:
   size_t size() const noexcept {
     return opts_.workers;
   }
+  /// The window imap's default is based on: the set one, or 64 tasks.
   size_t window() const noexcept {
-    return window_;
+    return opts_.window != 0 ? opts_.window : 64;
   }
   caf::actor_system& system() {
     return sys_;
@@ -332,6 +345,8 @@ public:
 
   // Called by worker_rec (I/O threads).
   void on_replies(worker_rec& w, std::vector<reply_entry>& batch);
+  /// Sets an adaptive window from the worker's pace (pool_options::window).
+  void adapt_window(worker_rec& w, clock_type::time_point now);
   void on_exit(worker_rec& w, const caf::expected<exit_status>& st);
 
 private:
@@ -470,6 +485,12 @@ public:
   size_t in_flight_tasks = 0;     // their unfinished items
   clock_type::time_point front_since{};
   size_t dispatched = 0;
+  size_t window = 0; // tasks it may hold (adaptive unless set)
+  // Its pace, for the adaptive window: tasks finished and time spent with
+  // tasks in flight since the sample began.
+  size_t pace_tasks = 0;
+  clock_type::duration pace_busy{};
+  clock_type::time_point busy_since{};
   uint64_t last_idle = 0; // when its last task finished (pool's counter)
   bool retiring = false;  // max_tasks_per_child reached: no more tasks
   bool stopping = false;  // the pool stops it (retire, deadline, close)
@@ -491,7 +512,7 @@ pool_core::pool_core(caf::actor_system& sys, std::string entry,
     opts_.workers = std::max(1u, std::thread::hardware_concurrency());
   if (opts_.name.empty())
     opts_.name = entry_;
-  window_ = opts_.window != 0 ? opts_.window : 64;
+  window_ = opts_.window != 0 ? opts_.window : initial_window;
 }
 
 pool_core::~pool_core() {
@@ -506,6 +527,7 @@ pool_core::start_worker(size_t slot) {
     id = next_worker_++;
   }
   auto w = std::make_shared<worker_rec>(this, id, slot);
+  w->window = window_;
   w->tail->keep = opts_.stderr_tail;
   worker_options wopts;
   wopts.method = opts_.method;
@@ -757,7 +779,7 @@ void pool_core::dispatch(std::vector<send_op>& out) {
     auto& t = *tasks_.find(id);
     t.worker = w->id;
     if (w->in_flight.empty())
-      w->front_since = clock_type::now();
+      w->front_since = w->busy_since = clock_type::now();
     w->in_flight.push_back(id);
     w->in_flight_tasks += t.left;
     w->dispatched += t.count;
@@ -815,9 +837,6 @@ void pool_core::dispatch(std::vector<send_op>& out) {
       queue_.pop_front();
       continue;
     }
-    size_t per_worker = head->count > 1
-                          ? std::max<size_t>(window_, 2 * head->count)
-                          : window_;
     // An idle worker first, the one whose last task finished last: it is
     // still polling for work (busy_poll) and its caches are warm. Then each
     // in turn.
@@ -833,6 +852,9 @@ void pool_core::dispatch(std::vector<send_op>& out) {
     if (usable(*w) && opts_.max_tasks_per_child != 0 && head->count > 1
         && w->dispatched + head->count > opts_.max_tasks_per_child)
       w->retiring = true; // the chunk does not fit: replace the worker early
+    size_t per_worker = head->count > 1
+                          ? std::max<size_t>(w->window, 2 * head->count)
+                          : w->window;
     if (!usable(*w) || w->in_flight_tasks >= per_worker) {
       ++idle_rounds;
       continue;
@@ -999,10 +1021,36 @@ void pool_core::submit_chunks(size_t n,
   }
 }
 
+void pool_core::adapt_window(worker_rec& w, clock_type::time_point now) {
+  auto busy = w.pace_busy;
+  if (!w.in_flight.empty())
+    busy += now - w.busy_since;
+  if (w.pace_tasks < std::min(pace_sample_tasks, w.window)
+      || busy < pace_sample_time)
+    return;
+  // Enough tasks for window_target at this pace. While the window is too
+  // small to cover the round trip the pace looks slow, but the window still
+  // grows: target / (round trip + window * task) > 1 per task.
+  auto per_task = busy / w.pace_tasks;
+  auto want = per_task.count() > 0
+                ? static_cast<size_t>(
+                  std::chrono::duration_cast<clock_type::duration>(
+                    window_target)
+                  / per_task)
+                : max_window;
+  // Shrinking is damped (halving at most): a long round trip makes tasks
+  // look slow too.
+  w.window = std::clamp(std::max(want, w.window / 2), min_window, max_window);
+  w.pace_tasks = 0;
+  w.pace_busy = clock_type::duration::zero();
+  w.busy_since = now;
+}
+
 void pool_core::on_replies(worker_rec& w, std::vector<reply_entry>& batch) {
   std::vector<completion> done;
   std::vector<send_op> ops;
   done.reserve(batch.size());
+  auto now = clock_type::now();
   {
     std::lock_guard<std::mutex> guard{mu_};
     auto& q = w.in_flight;
@@ -1014,7 +1062,7 @@ void pool_core::on_replies(worker_rec& w, std::vector<reply_entry>& batch) {
         continue;
       bool front = !q.empty() && q.front() == r.tag;
       if (front)
-        w.front_since = clock_type::now(); // a chunk's deadline is per item
+        w.front_since = now; // a chunk's deadline is per item
       if (t->left == 1) {
         if (front)
           q.pop_front();
@@ -1024,11 +1072,15 @@ void pool_core::on_replies(worker_rec& w, std::vector<reply_entry>& batch) {
       --w.in_flight_tasks;
       finish_task(*t, r.item, std::move(r.reply), std::move(r.err), done,
                   r.type, std::string_view{w.arena}.substr(r.offset, r.size));
+      ++w.pace_tasks;
       if (q.empty()) {
         w.solo = false;
         w.last_idle = ++idle_events_;
+        w.pace_busy += now - w.busy_since;
       }
     }
+    if (opts_.window == 0)
+      adapt_window(w, now);
     if (w.retiring && q.empty())
       sup_cv_.notify_all();
     if (!w.dead)

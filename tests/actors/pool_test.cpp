@@ -999,7 +999,9 @@ TEST_F(PoolFailures, ATaskAboveTheFrameLimitFailsAloneAmongOthers) {
 // -- the ledger: killed workers, deadlines, recycling -------------------------
 
 TEST_F(PoolLedger, RedispatchesTheTasksOfAKilledWorker) {
-  auto p = start(options(1));
+  auto opts = options(1);
+  opts.window = 16; // all six tasks in flight on the worker
+  auto p = start(opts);
   ASSERT_TRUE(p) << describe(p.error());
   auto log = path("runs");
   auto slow = p->submit<tagged>(nap{1000, 1, log, 0});
@@ -1111,6 +1113,7 @@ TEST_F(PoolLedger, FindsACulpritAmongManyInFlightAndTheOthersSucceed) {
 TEST_F(PoolLedger, FailsTheTasksOfAKilledWorkerAloneInAtMostOnceMode) {
   auto opts = options(1);
   opts.guarantee = delivery::at_most_once;
+  opts.window = 16; // all six tasks in flight on the worker
   auto p = start(opts);
   ASSERT_TRUE(p) << describe(p.error());
   auto log = path("runs");
@@ -1490,6 +1493,31 @@ TEST_F(PoolBasics, KeepsExactlyTheRequestedNumberOfWorkers) {
     EXPECT_EQ(names.size(), ws.size()) << describe_workers(ws);
     EXPECT_EQ(p->stats().workers_started, n) << describe_stats(p->stats());
   }
+}
+
+TEST_F(PoolBasics, SlowTasksSpreadOverTheWorkers) {
+  // Every other task is slow. Dealt out in turn up to a large window, all
+  // slow ones would queue on one worker while the other idles; the adaptive
+  // window keeps few slow tasks per worker, so both run a share of them.
+  auto p = start(options(2));
+  ASSERT_TRUE(p) << describe(p.error());
+  std::vector<nap> tasks;
+  for (int32_t i = 0; i < 40; ++i)
+    tasks.push_back(nap{i % 2 == 0 ? 25 : 0, i, "", 0});
+  auto rs = p->map<tagged>(tasks, 1);
+  ASSERT_EQ(rs.size(), tasks.size());
+  std::map<int32_t, int> slow_per_pid;
+  for (size_t i = 0; i < rs.size(); ++i) {
+    ASSERT_TRUE(rs[i]) << describe(rs[i].error());
+    EXPECT_EQ(rs[i]->value, static_cast<int32_t>(i));
+    if (i % 2 == 0)
+      ++slow_per_pid[rs[i]->pid];
+  }
+  ASSERT_EQ(slow_per_pid.size(), 2u) << "one worker ran every slow task";
+  for (auto& [pid, n] : slow_per_pid)
+    EXPECT_GE(n, 5) << "worker " << pid << " ran only " << n
+                    << " of the 20 slow tasks";
+  remember(*p);
 }
 
 TEST_F(PoolBasics, DeliversEachResultWhenItsTaskFinishes) {

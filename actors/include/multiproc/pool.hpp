@@ -112,7 +112,9 @@ struct pool_options {
   /// What submit() does at the bound.
   when_full on_full = when_full::block;
   /// Tasks in flight per worker; more hides the round trip, fewer limits
-  /// what a dying worker takes with it. 0: 64.
+  /// what a dying worker takes with it and spreads slow tasks better. 0:
+  /// adaptive, about 2 ms of work at each worker's measured pace (from 4
+  /// at start, between 2 and 1024 tasks).
   size_t window = 0;
   /// Deadline of each task, counted from when it becomes the oldest task in
   /// flight on its worker; 0: none. A worker past a deadline is stopped
