@@ -23,6 +23,17 @@
 //
 // Elements are reused per type: a decoded message allocates nothing.
 //
+// run_inline() goes one step further for the items of a chunk: it invokes
+// the worker's current behavior itself, as CAF's scheduled_actor::consume()
+// does for an ordinary message, and hands the handler's result to a sink
+// instead of a response message (no activation, no response promise, no
+// mailbox element for the reply). It runs only when nothing of what
+// consume() and activate() would do differently applies: the actor is
+// claimed, initialized, has a behavior without a receive timeout and awaits
+// no response. Otherwise, and when the behavior skips the message or has no
+// handler for it, nothing is consumed and the caller delivers the message
+// the usual way.
+//
 // Not thread-safe: used only by the channel's I/O thread.
 
 #include <string_view>
@@ -31,13 +42,26 @@
 
 #include <caf/actor.hpp>
 #include <caf/actor_cast.hpp>
+#include <caf/detail/invoke_result_visitor.hpp>
 #include <caf/mailbox_element.hpp>
+#include <caf/none.hpp>
 #include <caf/scheduled_actor.hpp>
+#include <caf/sec.hpp>
 
 #include "inline_unit.hpp"
 #include "multiproc/envelope.hpp"
 
 namespace multiproc::detail {
+
+/// Receives the outcomes of messages run by direct_delivery::run_inline().
+class inline_sink {
+public:
+  virtual ~inline_sink() = default;
+  /// The handler's result (empty for a handler that returns nothing).
+  virtual void reply(caf::message& result) = 0;
+  /// The handler's error (returned, or its exception).
+  virtual void fail(caf::error& err) = 0;
+};
 
 class direct_delivery {
 public:
@@ -102,12 +126,78 @@ public:
     return caf::none;
   }
 
+  /// Runs a decoded request with the actor's behavior on this thread and
+  /// gives its outcome to `sink`, or, if the response is left to a promise
+  /// (delegate, make_response_promise), to the sender. Returns false when
+  /// it did not consume the message (see above): deliver() it then. A
+  /// decode error is returned in `err` (true: nothing more to do).
+  bool run_inline(type_id type, std::string_view payload, caf::message_id mid,
+                  inline_sink& sink, caf::error& err) {
+    if (queue_rest_ || self_ == nullptr || (!claimed_ && !claim()))
+      return false;
+    if (!ready_) {
+      // Once per claim: initializes the actor if need be and sets its
+      // execution context, as an activation does.
+      if (!self_->activate(&unit_))
+        return false;
+      ready_ = true;
+    }
+    auto& stack = self_->bhvr_stack();
+    if (stack.empty())
+      return false;
+    auto& bhvr = stack.back();
+    if (&self_->current_behavior() != &bhvr || bhvr.timeout() != caf::infinite)
+      return false; // awaiting a response, or a receive timeout to reset
+    caf::mailbox_element_ptr element = take_spare(type);
+    if (element) {
+      if (auto e = redecode_mailbox_element(type, payload, *element)) {
+        put_spare(type, std::move(element));
+        err = std::move(e);
+        return true;
+      }
+      if (element->sender != sender_)
+        element->sender = sender_;
+      element->stages.clear();
+    } else {
+      auto fresh = decode_mailbox_element(type, payload, sender_, mid);
+      if (!fresh) {
+        err = std::move(fresh.error());
+        return true;
+      }
+      element = std::move(*fresh);
+    }
+    element->mid = mid;
+    result_visitor visitor{*element, sink};
+    auto& current = current_element_of(self_);
+    current = element.get();
+    auto res = bhvr(visitor, element->content());
+    current = nullptr;
+    if (res != caf::match_case::match) {
+      // Skipped or unhandled: deliver() runs it the way CAF would.
+      put_spare(type, std::move(element));
+      return false;
+    }
+    put_spare(type, std::move(element));
+    stack.cleanup();
+    if (self_->finalize()) { // the handler ended the actor
+      self_ = nullptr;
+      return true;
+    }
+    // As after a successful activation (the handler may have become a
+    // behavior with a receive timeout).
+    if (self_->has_behavior() && self_->bhvr_stack().back().timeout()
+                                   != caf::infinite)
+      self_->set_receive_timeout();
+    return true;
+  }
+
   /// Ends the current batch: gives the actor back to CAF.
   void release() {
     queue_rest_ = false;
     if (!claimed_)
       return;
     claimed_ = false;
+    ready_ = false;
     if (self_ != nullptr && self_->mailbox().try_block())
       return;
     // Messages arrived while we held the actor (or it terminated and its
@@ -120,6 +210,54 @@ public:
   }
 
 private:
+  /// CAF's default_invoke_result_visitor, answering through a sink: a result
+  /// goes out unless the handler took a response promise (which marks the
+  /// request answered; the promise answers then).
+  class result_visitor : public caf::detail::invoke_result_visitor {
+  public:
+    result_visitor(caf::mailbox_element& element, inline_sink& sink)
+      : element_(element), sink_(sink) {
+    }
+    void operator()() override {
+      // A promise or a delegation answers.
+    }
+    void operator()(caf::error& x) override {
+      if (take())
+        sink_.fail(x);
+    }
+    void operator()(caf::message& x) override {
+      if (take())
+        sink_.reply(x);
+    }
+    void operator()(const caf::none_t&) override {
+      if (take()) {
+        caf::error err = caf::sec::unexpected_response;
+        sink_.fail(err);
+      }
+    }
+
+  private:
+    bool take() {
+      if (element_.mid.is_answered())
+        return false;
+      element_.mid.mark_as_answered();
+      return true;
+    }
+    caf::mailbox_element& element_;
+    inline_sink& sink_;
+  };
+
+  /// local_actor::current_element_ (protected), which response promises
+  /// and current_sender() read while a handler runs.
+  struct element_access : caf::scheduled_actor {
+    static caf::mailbox_element*& of(caf::scheduled_actor* self) {
+      return self->*(&element_access::current_element_);
+    }
+  };
+  static caf::mailbox_element*& current_element_of(caf::scheduled_actor* self) {
+    return element_access::of(self);
+  }
+
   bool claim() {
     if (self_ == nullptr || !self_->mailbox().try_unblock())
       return false;
@@ -151,6 +289,7 @@ private:
   caf::strong_actor_ptr sender_;
   inline_unit& unit_;
   bool claimed_ = false;
+  bool ready_ = false; // activated once during this claim
   bool queue_rest_ = false;
   std::vector<std::pair<type_id, caf::mailbox_element_ptr>> spares_;
 };

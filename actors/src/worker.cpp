@@ -1092,6 +1092,15 @@ public:
   // chunk_response of its own.
 
   void add(uint64_t item_rid, const caf::message& content) override {
+    if (content.match_elements<caf::error>())
+      add_outcome(item_rid, nullptr, &content.get_as<caf::error>(0));
+    else
+      add_outcome(item_rid, &content, nullptr);
+  }
+
+  /// Adds an item's reply or error to its chunk's response.
+  void add_outcome(uint64_t item_rid, const caf::message* reply,
+                   const caf::error* error) {
     auto slot = (item_rid >> chunk_index_bits) & chunk_slot_mask;
     auto index = static_cast<uint32_t>(item_rid & (chunk_capacity - 1));
     thread_local std::string item;
@@ -1104,9 +1113,9 @@ public:
       item.resize(wire::chunk_response_item_head);
       item += encode_error(err);
     };
-    if (content.match_elements<caf::error>()) {
-      fail_with(content.get_as<caf::error>(0));
-    } else if (auto err = encode_message(content, type, item)) {
+    if (error != nullptr) {
+      fail_with(*error);
+    } else if (auto err = encode_message(*reply, type, item)) {
       // A result that cannot be encoded fails that item only.
       fail_with(err);
     }
@@ -1173,13 +1182,33 @@ public:
       c.left = static_cast<uint32_t>(items_.size());
     }
     looping_slot_ = slot;
+    // Items run inline (direct_delivery::run_inline) while they can; their
+    // outcomes come back through this sink.
+    struct item_sink : detail::inline_sink {
+      child_bridge* self;
+      uint64_t rid = 0;
+      void reply(caf::message& result) override {
+        self->add_outcome(rid, &result, nullptr);
+      }
+      void fail(caf::error& err) override {
+        self->add_outcome(rid, nullptr, &err);
+      }
+    } sink;
+    sink.self = this;
     for (auto& it : items_) {
       if (ticks() - last_flush_ > flush_after_cycles)
         flush_chunk(slot);
       auto item_rid = chunk_item_flag | slot << chunk_index_bits | it.index;
-      if (auto err = delivery_->deliver(it.type, it.payload,
-                                        caf::make_message_id(item_rid)))
-        add(item_rid, caf::make_message(std::move(err)));
+      auto mid = caf::make_message_id(item_rid);
+      sink.rid = item_rid;
+      caf::error err;
+      if (delivery_->run_inline(it.type, it.payload, mid, sink, err)) {
+        if (err)
+          add_outcome(item_rid, nullptr, &err);
+        continue;
+      }
+      if (auto err = delivery_->deliver(it.type, it.payload, mid))
+        add_outcome(item_rid, nullptr, &err);
     }
     looping_slot_ = no_slot;
     flush_chunk(slot);
