@@ -361,9 +361,23 @@ caf::behavior initialized(caf::stateful_actor<init_state>* self) {
   };
 }
 
+/// Squares until it has seen 5, then answers with negated squares (a
+/// behavior change in the middle of a chunk).
+caf::behavior shifter(caf::event_based_actor* self) {
+  return {
+    [self](const square& x) {
+      if (x.value == 5)
+        self->become(caf::keep_behavior,
+                     [](const square& y) { return -y.value * y.value; });
+      return x.value * x.value;
+    },
+  };
+}
+
 } // namespace pool_test
 
 MULTIPROC_WORKER("pool_test.tester", pool_test::tester)
+MULTIPROC_WORKER("pool_test.shifter", pool_test::shifter)
 MULTIPROC_WORKER("pool_test.initialized", pool_test::initialized)
 
 using pool_test::add;
@@ -2044,6 +2058,40 @@ TEST_F(PoolChunks, ItemsAnsweredLaterThroughAPromiseReachTheirTasks) {
   auto err = expect_squares_but(rs, tasks.size(), tasks.size());
   EXPECT_FALSE(err);
   EXPECT_EQ(p->stats().succeeded, 200u);
+  remember(*p);
+}
+
+TEST_F(PoolChunks, ABehaviorChangeInsideAChunkTakesEffectAtTheNextItem) {
+  auto p = start(options(1), "pool_test.shifter");
+  ASSERT_TRUE(p) << describe(p.error());
+  std::vector<square> tasks;
+  for (int32_t i = 0; i < 20; ++i)
+    tasks.push_back(square{i});
+  auto rs = p->map<int32_t>(tasks, 20);
+  ASSERT_EQ(rs.size(), tasks.size());
+  for (int32_t i = 0; i < 20; ++i) {
+    ASSERT_TRUE(rs[i]) << "item " << i << ": " << describe(rs[i].error());
+    EXPECT_EQ(*rs[i], i <= 5 ? i * i : -i * i) << "item " << i;
+  }
+  remember(*p);
+}
+
+TEST_F(PoolChunks, ItemsTheWorkerHasNoHandlerForFailAndTheWorkerLives) {
+  auto p = start(options(1));
+  ASSERT_TRUE(p) << describe(p.error());
+  std::vector<probe> tasks(10);
+  auto rs = p->map<probe_reply>(tasks, 10);
+  ASSERT_EQ(rs.size(), tasks.size());
+  for (auto& r : rs) {
+    ASSERT_FALSE(r);
+    EXPECT_TRUE(contains(describe(r.error()), "unexpected"))
+      << describe(r.error());
+  }
+  auto after = p->map<int32_t>(std::vector<square>{{3}, {4}}, 2);
+  ASSERT_TRUE(after[0] && after[1]);
+  EXPECT_EQ(*after[0], 9);
+  EXPECT_EQ(*after[1], 16);
+  EXPECT_EQ(p->stats().workers_died, 0u);
   remember(*p);
 }
 
