@@ -1419,15 +1419,29 @@ int worker_entry(child_context& ctx) {
   {
     auto worker = i->second(sys);
     child_bridge bridge{sys, ch, worker};
-    caf::actor_cast<caf::abstract_actor*>(worker)->attach_functor([&bridge](const caf::error& reason) {
-      bridge.finish(reason && reason != caf::exit_reason::normal ? 1 : 0, {});
-    });
+    // The worker's end tells the bridge, unless the bridge is gone: CAF may
+    // run this on a scheduler thread after await_all_actors_done() returned.
+    struct bridge_link {
+      std::mutex mu;
+      child_bridge* bridge = nullptr;
+    };
+    auto link = std::make_shared<bridge_link>();
+    link->bridge = &bridge;
+    caf::actor_cast<caf::abstract_actor*>(worker)->attach_functor(
+      [link](const caf::error& reason) {
+        std::lock_guard<std::mutex> guard{link->mu};
+        if (link->bridge != nullptr)
+          link->bridge->finish(
+            reason && reason != caf::exit_reason::normal ? 1 : 0, {});
+      });
     ch.start(&bridge);
     code = bridge.wait();
     ch.stop(std::chrono::milliseconds{1000});
     caf::anon_send_exit(worker, caf::exit_reason::user_shutdown);
     worker = nullptr;
     sys.await_all_actors_done();
+    std::lock_guard<std::mutex> guard{link->mu};
+    link->bridge = nullptr;
   }
   return code;
 }
