@@ -89,23 +89,9 @@ public:
   /// Returns the decode error, if any (nothing is delivered then).
   caf::error deliver(type_id type, std::string_view payload,
                      caf::message_id mid) {
-    caf::mailbox_element_ptr element = take_spare(type);
-    if (element) {
-      if (auto err = redecode_mailbox_element(type, payload, *element)) {
-        put_spare(type, std::move(element));
-        return err;
-      }
-      // A response promise takes the sender and stages away.
-      if (element->sender != sender_)
-        element->sender = sender_;
-      element->mid = mid;
-      element->stages.clear();
-    } else {
-      auto fresh = decode_mailbox_element(type, payload, sender_, mid);
-      if (!fresh)
-        return std::move(fresh.error());
-      element = std::move(*fresh);
-    }
+    caf::mailbox_element_ptr element;
+    if (auto err = load(type, payload, mid, element))
+      return err;
     if (!queue_rest_ && (claimed_ || claim())) {
       switch (self_->activate(&unit_, *element)) {
         case caf::scheduled_actor::activation_result::skipped:
@@ -148,27 +134,13 @@ public:
     auto& bhvr = stack.back();
     if (&self_->current_behavior() != &bhvr || bhvr.timeout() != caf::infinite)
       return false; // awaiting a response, or a receive timeout to reset
-    caf::mailbox_element_ptr element = take_spare(type);
-    if (element) {
-      if (auto e = redecode_mailbox_element(type, payload, *element)) {
-        put_spare(type, std::move(element));
-        err = std::move(e);
-        return true;
-      }
-      if (element->sender != sender_)
-        element->sender = sender_;
-      element->stages.clear();
-    } else {
-      auto fresh = decode_mailbox_element(type, payload, sender_, mid);
-      if (!fresh) {
-        err = std::move(fresh.error());
-        return true;
-      }
-      element = std::move(*fresh);
+    caf::mailbox_element_ptr element;
+    if (auto e = load(type, payload, mid, element)) {
+      err = std::move(e);
+      return true;
     }
-    element->mid = mid;
     result_visitor visitor{*element, sink};
-    auto& current = current_element_of(self_);
+    auto& current = element_access::of(self_);
     current = element.get();
     auto res = bhvr(visitor, element->content());
     current = nullptr;
@@ -254,8 +226,29 @@ private:
       return self->*(&element_access::current_element_);
     }
   };
-  static caf::mailbox_element*& current_element_of(caf::scheduled_actor* self) {
-    return element_access::of(self);
+  /// Decodes a message into `out`: a spare element of its type if there is
+  /// one, else a new one. On error, `out` stays empty.
+  caf::error load(type_id type, std::string_view payload, caf::message_id mid,
+                  caf::mailbox_element_ptr& out) {
+    caf::mailbox_element_ptr element = take_spare(type);
+    if (!element) {
+      auto fresh = decode_mailbox_element(type, payload, sender_, mid);
+      if (!fresh)
+        return std::move(fresh.error());
+      out = std::move(*fresh);
+      return caf::none;
+    }
+    if (auto err = redecode_mailbox_element(type, payload, *element)) {
+      put_spare(type, std::move(element));
+      return err;
+    }
+    // A response promise takes the sender and stages away.
+    if (element->sender != sender_)
+      element->sender = sender_;
+    element->mid = mid;
+    element->stages.clear();
+    out = std::move(element);
+    return caf::none;
   }
 
   bool claim() {

@@ -307,6 +307,8 @@ constexpr size_t initial_window = 4;
 constexpr size_t min_window = 2;
 constexpr size_t max_window = 1024;
 constexpr auto window_target = std::chrono::milliseconds{2};
+/// imap's default window is twice this per worker unless a window is set.
+constexpr size_t imap_base_window = 64;
 /// A pace is measured over at least this many tasks and this much busy time.
 constexpr size_t pace_sample_tasks = 32;
 constexpr auto pace_sample_time = std::chrono::microseconds{200};
@@ -335,9 +337,9 @@ public:
   size_t size() const noexcept {
     return opts_.workers;
   }
-  /// The window imap's default is based on: the set one, or 64 tasks.
+  /// The window imap's default is based on.
   size_t window() const noexcept {
-    return opts_.window != 0 ? opts_.window : 64;
+    return opts_.window != 0 ? opts_.window : imap_base_window;
   }
   caf::actor_system& system() {
     return sys_;

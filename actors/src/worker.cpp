@@ -1195,20 +1195,22 @@ public:
       }
     } sink;
     sink.self = this;
+    caf::error err; // an item that cannot be decoded
     for (auto& it : items_) {
       if (ticks() - last_flush_ > flush_after_cycles)
         flush_chunk(slot);
       auto item_rid = chunk_item_flag | slot << chunk_index_bits | it.index;
       auto mid = caf::make_message_id(item_rid);
       sink.rid = item_rid;
-      caf::error err;
       if (delivery_->run_inline(it.type, it.payload, mid, sink, err)) {
-        if (err)
+        if (err) {
           add_outcome(item_rid, nullptr, &err);
+          err = caf::none;
+        }
         continue;
       }
-      if (auto err = delivery_->deliver(it.type, it.payload, mid))
-        add_outcome(item_rid, nullptr, &err);
+      if (auto failed = delivery_->deliver(it.type, it.payload, mid))
+        add_outcome(item_rid, nullptr, &failed);
     }
     looping_slot_ = no_slot;
     flush_chunk(slot);
