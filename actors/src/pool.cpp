@@ -347,6 +347,8 @@ public:
 
   // Called by worker_rec (I/O threads).
   void on_replies(worker_rec& w, std::vector<reply_entry>& batch);
+  bool on_chunk_reply(worker_rec& w, uint64_t tag,
+                      const chunk_reply_item* items, size_t n);
   /// Sets an adaptive window from the worker's pace (pool_options::window).
   void adapt_window(worker_rec& w, clock_type::time_point now);
   void on_exit(worker_rec& w, const caf::expected<exit_status>& st);
@@ -380,6 +382,8 @@ private:
   static void deliver(std::vector<completion>& done);
   /// Fails every unfinished item of task `id`.
   void fail_task(uint64_t id, caf::error err, std::vector<completion>& done);
+  /// Wakes who waits for room or for the end, after tasks finished (locked).
+  void after_finish();
   /// Finishes item `item` of `t` (0 for a single task); erases `t` after
   /// its last item.
   void finish_task(task_rec& t, uint32_t item, caf::message reply,
@@ -460,6 +464,11 @@ public:
     replies.push_back({tag, item, {}, {}, type, arena.size(), bytes.size()});
     arena.append(bytes.data(), bytes.size());
     return true;
+  }
+
+  bool on_chunk_reply(uint64_t tag, const chunk_reply_item* items,
+                      size_t n) override {
+    return core_->on_chunk_reply(*this, tag, items, n);
   }
 
   void on_batch_end() override {
@@ -660,7 +669,15 @@ void pool_core::finish_task(task_rec& t, uint32_t item, caf::message reply,
                    bytes}});
   if (last)
     tasks_.erase(t.id);
-  if (room_waiters_ != 0)
+  after_finish();
+}
+
+void pool_core::after_finish() {
+  // A waiting submitter wakes once there is room for a good batch, not for
+  // each finished task.
+  if (room_waiters_ != 0
+      && pending_ + std::min<size_t>(opts_.max_pending / 8, 1024)
+           < opts_.max_pending)
     room_cv_.notify_one();
   if (tasks_.empty())
     idle_cv_.notify_all();
@@ -1091,6 +1108,70 @@ void pool_core::on_replies(worker_rec& w, std::vector<reply_entry>& batch) {
   batch.clear();
   perform(ops);
   deliver(done);
+}
+
+bool pool_core::on_chunk_reply(worker_rec& w, uint64_t tag,
+                               const chunk_reply_item* items, size_t n) {
+  // Results of one chunk: one ledger lookup, and the group decodes them
+  // straight from the frame.
+  thread_local std::vector<task_result> results;
+  results.clear();
+  std::shared_ptr<task_group> group;
+  std::vector<send_op> ops;
+  auto now = clock_type::now();
+  {
+    std::lock_guard<std::mutex> guard{mu_};
+    auto* t = tasks_.find(tag);
+    if (t == nullptr || t->worker != w.id)
+      return true; // stale outcomes: the task was dealt with at the death
+    if (t->count == 1)
+      return false; // not a chunk (cannot happen): one by one
+    for (size_t k = 0; k < n; ++k) {
+      auto item = items[k].item;
+      if (item >= t->count || t->got[item])
+        continue;
+      t->got[item] = 1;
+      results.push_back({t->index + item, {}, {}, items[k].type,
+                         items[k].bytes});
+    }
+    auto m = results.size();
+    if (m == 0)
+      return true;
+    stats_.succeeded += m;
+    pending_ -= m;
+    t->left -= static_cast<uint32_t>(m);
+    w.in_flight_tasks -= m;
+    w.pace_tasks += m;
+    auto& q = w.in_flight;
+    bool front = !q.empty() && q.front() == tag;
+    if (front)
+      w.front_since = now; // a chunk's deadline is per item
+    if (t->left == 0) {
+      group = std::move(t->group);
+      if (front)
+        q.pop_front();
+      else
+        q.erase(std::remove(q.begin(), q.end(), tag), q.end());
+      tasks_.erase(tag);
+    } else {
+      group = t->group;
+    }
+    if (q.empty()) {
+      w.solo = false;
+      w.last_idle = ++idle_events_;
+      w.pace_busy += now - w.busy_since;
+    }
+    after_finish();
+    if (opts_.window == 0)
+      adapt_window(w, now);
+    if (w.retiring && q.empty())
+      sup_cv_.notify_all();
+    if (!w.dead)
+      dispatch(ops);
+  }
+  perform(ops);
+  group->complete_many(results.data(), results.size());
+  return true;
 }
 
 void pool_core::on_exit(worker_rec& w, const caf::expected<exit_status>& st) {

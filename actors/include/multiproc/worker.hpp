@@ -133,6 +133,14 @@ caf::error async_send(const caf::actor& worker, type_id type, encode_fn encode,
 
 type_id registered_id(const std::type_info& type);
 
+/// An item of a chunk that succeeded, its reply still encoded (a value of
+/// `type`); see reply_sink::on_chunk_reply().
+struct chunk_reply_item {
+  uint32_t item = 0; // the position in its chunk
+  type_id type = 0;
+  std::string_view bytes;
+};
+
 /// Receives the outcome of requests sent with send_encoded_request(): the
 /// reply, or the error (the handler's, or worker_died when the child ended
 /// first). Called on the worker's I/O thread, exactly once per request, or
@@ -148,6 +156,14 @@ public:
   virtual bool on_reply_bytes(uint64_t tag, uint32_t item, type_id type,
                               std::string_view bytes) {
     (void) tag, (void) item, (void) type, (void) bytes;
+    return false;
+  }
+  /// Items of the chunk `tag` that succeeded, answered together (the bytes
+  /// live until the call returns). A sink that returns true takes them all;
+  /// false: each goes to on_reply_bytes(), or to on_reply() decoded.
+  virtual bool on_chunk_reply(uint64_t tag, const chunk_reply_item* items,
+                              size_t n) {
+    (void) tag, (void) items, (void) n;
     return false;
   }
   /// Called after a batch of frames that brought this sink replies (and
