@@ -327,8 +327,7 @@ public:
   caf::error start_all();
   void submit(encoded_task task, std::shared_ptr<task_group> group,
               size_t index, const task_options& topts);
-  void submit_many(size_t n,
-                   const std::function<encoded_task(size_t)>& encode,
+  void submit_many(size_t n, const task_encoder& encode,
                    std::shared_ptr<task_group> group, size_t chunksize);
   caf::error close(std::chrono::milliseconds timeout);
   void terminate();
@@ -392,8 +391,7 @@ private:
   /// Replaces chunk `t`, in flight on `w`, by single tasks for its
   /// unfinished items (appended to `held` in order).
   void split_chunk(task_rec& t, worker_rec& w, std::vector<uint64_t>& held);
-  void submit_chunks(size_t n,
-                     const std::function<encoded_task(size_t)>& encode,
+  void submit_chunks(size_t n, const task_encoder& encode,
                      const std::shared_ptr<task_group>& group,
                      size_t chunksize);
   void break_pool(caf::error why, std::vector<completion>& done);
@@ -938,8 +936,7 @@ void pool_core::submit(encoded_task task, std::shared_ptr<task_group> group,
   deliver(done);
 }
 
-void pool_core::submit_many(size_t n,
-                            const std::function<encoded_task(size_t)>& encode,
+void pool_core::submit_many(size_t n, const task_encoder& encode,
                             std::shared_ptr<task_group> group,
                             size_t chunksize) {
   if (chunksize == 0) {
@@ -972,7 +969,7 @@ void pool_core::submit_many(size_t n,
       for (; i < end; ++i) {
         if (admitted && pending_ >= opts_.max_pending)
           break;
-        admit(lk, encode(i), group, i, {}, opts_.on_full, done);
+        admit(lk, encode.one(i), group, i, {}, opts_.on_full, done);
         admitted = true;
       }
       dispatch(ops);
@@ -982,51 +979,76 @@ void pool_core::submit_many(size_t n,
   }
 }
 
-void pool_core::submit_chunks(size_t n,
-                              const std::function<encoded_task(size_t)>& encode,
+void pool_core::submit_chunks(size_t n, const task_encoder& encode,
                               const std::shared_ptr<task_group>& group,
                               size_t chunksize) {
-  // Each chunk is encoded without the lock, then admitted and dispatched.
-  // A task that fails to encode fails alone and ends its chunk; a big one
-  // (or a lone one) goes as a single task.
+  // Each chunk is encoded without the lock, its items in place, then
+  // admitted and dispatched. A task that fails to encode fails alone and
+  // ends its chunk (a chunk's items are consecutive); a big one (or a lone
+  // one) goes as a single task.
+  constexpr size_t head = wire::chunk_request_item_head;
   size_t i = 0;
   std::vector<completion> done;
   std::vector<send_op> ops;
   encoded_task unit;
+  encoded_task big; // item i, too big for a chunk, encoded already
+  bool have_big = false;
   while (i < n) {
     size_t first = i;
     uint32_t count = 0;
-    encoded_task single; // the first item, in case it stays alone
-    unit.type = 0;
+    encoded_task single; // a big task, which goes alone
+    bool alone = false;
     unit.payload.assign(wire::chunk_count_size, '\0');
-    unit.error = caf::none;
-    while (i < n && count < chunksize
+    if (have_big) {
+      single = std::move(big);
+      have_big = false;
+      alone = true;
+      count = 1;
+      ++i;
+    }
+    while (!alone && i < n && count < chunksize
            && unit.payload.size() < max_chunk_bytes) {
-      auto t = encode(i);
-      if (t.error) {
+      size_t mark = unit.payload.size();
+      unit.payload.append(head, '\0');
+      auto err = encode.error ? encode.error : encode.append(i, unit.payload);
+      if (err) {
+        unit.payload.resize(mark);
+        done.push_back({group, {i, {}, std::move(err), 0, {}}});
+        ++i;
         if (count != 0)
-          break; // it goes next, alone
-        done.push_back({group, {i, {}, std::move(t.error), 0, {}}});
-        first = ++i;
+          break;
+        first = i;
         continue;
       }
-      if (t.payload.size() >= max_batched_payload) {
-        if (count == 0) {
-          single = std::move(t);
-          count = 1;
-          ++i;
+      size_t size = unit.payload.size() - mark - head;
+      if (size >= max_batched_payload) {
+        big.type = encode.type;
+        big.payload.assign(unit.payload, mark + head, size);
+        unit.payload.resize(mark);
+        if (count != 0) {
+          have_big = true; // it goes alone, next
+          break;
         }
+        single = std::move(big);
+        alone = true;
+        count = 1;
+        ++i;
         break;
       }
-      wire::append_chunk_request_item(unit.payload, t.type, t.payload);
-      if (count == 0)
-        single = std::move(t);
+      wire::write_chunk_request_item_head(unit.payload.data() + mark,
+                                          encode.type,
+                                          static_cast<uint32_t>(size));
       ++count;
       ++i;
     }
     if (count != 0) {
       lock_type lk{mu_};
       if (count == 1) {
+        if (!alone) { // the one item of the chunk goes as a task
+          single.type = encode.type;
+          single.payload.assign(unit.payload,
+                                wire::chunk_count_size + head);
+        }
         admit(lk, std::move(single), group, first, {}, opts_.on_full, done);
       } else {
         wire::write_chunk_count(unit.payload.data(), count);
@@ -1634,8 +1656,7 @@ void pool::submit_encoded(detail::encoded_task task,
   core_->submit(std::move(task), std::move(group), index, opts);
 }
 
-void pool::submit_many(size_t n,
-                       const std::function<detail::encoded_task(size_t)>& encode,
+void pool::submit_many(size_t n, const detail::task_encoder& encode,
                        std::shared_ptr<detail::task_group> group,
                        size_t chunksize) {
   if (!core_) {

@@ -99,10 +99,16 @@ T get_le(const char* in) noexcept {
 void append_chunk_request_item(std::string& out, type_id type,
                                std::string_view payload) {
   char head[chunk_request_item_head];
-  put_le<uint64_t>(head, type);
-  put_le<uint32_t>(head + 8, static_cast<uint32_t>(payload.size()));
+  write_chunk_request_item_head(head, type,
+                                static_cast<uint32_t>(payload.size()));
   out.append(head, sizeof(head));
   out.append(payload.data(), payload.size());
+}
+
+void write_chunk_request_item_head(char* out, type_id type,
+                                   uint32_t size) noexcept {
+  put_le<uint64_t>(out, type);
+  put_le<uint32_t>(out + 8, size);
 }
 
 void write_chunk_response_item_head(char* out, uint32_t index, bool failed,

@@ -96,9 +96,17 @@ const message_type* message_registry::find(const caf::message& msg,
                                            size_t pos) const noexcept {
   auto rtti = msg.type(pos);
   if (rtti.first != 0) {
+    thread_local uint16_t last_nr = 0;
+    thread_local const message_type* last = nullptr;
+    if (rtti.first == last_nr)
+      return last;
     auto& d = data();
     auto i = d.by_caf_nr.find(rtti.first);
-    return i == d.by_caf_nr.end() ? nullptr : find(i->second);
+    if (i == d.by_caf_nr.end())
+      return nullptr;
+    last = find(i->second);
+    last_nr = rtti.first;
+    return last;
   }
   return rtti.second != nullptr ? find(*rtti.second) : nullptr;
 }

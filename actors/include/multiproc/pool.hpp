@@ -226,7 +226,7 @@ template <class R>
 class typed_collect_group : public task_group {
 public:
   explicit typed_collect_group(size_t n)
-    : results_(n, caf::expected<R>{caf::no_error}), left_(n) {
+    : results_(n, placeholder()), left_(n) {
   }
 
   void complete(size_t index, caf::message reply, caf::error err) override {
@@ -259,6 +259,15 @@ public:
   }
 
 private:
+  // What a slot holds until its result comes (a value is cheaper to copy
+  // than an error).
+  static caf::expected<R> placeholder() {
+    if constexpr (std::is_default_constructible<R>::value)
+      return caf::expected<R>{R{}};
+    else
+      return caf::expected<R>{caf::no_error};
+  }
+
   static caf::expected<R> convert(task_result& r) {
     if constexpr (!std::is_same<R, caf::message>::value) {
       static const auto id = registered_id(typeid(R));
@@ -324,6 +333,37 @@ encoded_task encode_task(const T& msg) {
   else
     t.error = encode(msg, t.payload);
   return t;
+}
+
+/// Encodes the tasks of a map: each appends its bytes to a string.
+struct task_encoder {
+  type_id type = 0;
+  caf::error error; // the type cannot be sent: every task fails with this
+  /// Appends the encoding of task `i` (what it appended is garbage if it
+  /// fails).
+  std::function<caf::error(size_t i, std::string& out)> append;
+
+  encoded_task one(size_t i) const {
+    encoded_task t;
+    t.type = type;
+    t.error = error ? error : append(i, t.payload);
+    return t;
+  }
+};
+
+template <class T>
+task_encoder encoder_of(const std::vector<T>& tasks) {
+  static const auto id = registered_id(typeid(T));
+  task_encoder e;
+  e.type = id;
+  if (id == 0)
+    e.error = make_error(errc::unknown_type,
+                         "task type " + type_name_of<T>()
+                           + " is not registered; add MULTIPROC_MESSAGE");
+  e.append = [&tasks](size_t i, std::string& out) {
+    return multiproc::encode(tasks[i], out);
+  };
+  return e;
 }
 
 } // namespace detail
@@ -459,9 +499,7 @@ public:
     auto group = std::make_shared<detail::typed_collect_group<R>>(
       tasks.size());
     // Encoded as they are admitted: no second copy of the whole input.
-    submit_many(
-      tasks.size(), [&](size_t i) { return detail::encode_task(tasks[i]); },
-      group, chunksize);
+    submit_many(tasks.size(), detail::encoder_of(tasks), group, chunksize);
     return group->take_all();
   }
 
@@ -533,8 +571,7 @@ private:
   void submit_encoded(detail::encoded_task task,
                       std::shared_ptr<detail::task_group> group, size_t index,
                       const task_options& opts);
-  void submit_many(size_t n,
-                   const std::function<detail::encoded_task(size_t)>& encode,
+  void submit_many(size_t n, const detail::task_encoder& encode,
                    std::shared_ptr<detail::task_group> group,
                    size_t chunksize);
   size_t default_window() const noexcept;

@@ -105,6 +105,11 @@ constexpr size_t chunk_count_size = 4;
 void append_chunk_request_item(std::string& out, type_id type,
                                std::string_view payload);
 
+/// Writes the head of a request item whose payload is `size` bytes (for a
+/// payload encoded in place after chunk_request_item_head bytes).
+void write_chunk_request_item_head(char* out, type_id type,
+                                   uint32_t size) noexcept;
+
 /// Writes the head of a response item whose payload is `size` bytes.
 void write_chunk_response_item_head(char* out, uint32_t index, bool failed,
                                     type_id type, uint32_t size) noexcept;
