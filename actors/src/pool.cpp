@@ -1136,9 +1136,10 @@ bool pool_core::on_chunk_reply(worker_rec& w, uint64_t tag,
                                const chunk_reply_item* items, size_t n) {
   // Results of one chunk: one ledger lookup, and the group decodes them
   // straight from the frame.
-  thread_local std::vector<task_result> results;
+  thread_local std::vector<chunk_reply_item> results;
   results.clear();
   std::shared_ptr<task_group> group;
+  size_t base = 0;
   std::vector<send_op> ops;
   auto now = clock_type::now();
   {
@@ -1153,8 +1154,7 @@ bool pool_core::on_chunk_reply(worker_rec& w, uint64_t tag,
       if (item >= t->count || t->got[item])
         continue;
       t->got[item] = 1;
-      results.push_back({t->index + item, {}, {}, items[k].type,
-                         items[k].bytes});
+      results.push_back(items[k]);
     }
     auto m = results.size();
     if (m == 0)
@@ -1168,6 +1168,7 @@ bool pool_core::on_chunk_reply(worker_rec& w, uint64_t tag,
     bool front = !q.empty() && q.front() == tag;
     if (front)
       w.front_since = now; // a chunk's deadline is per item
+    base = t->index;
     if (t->left == 0) {
       group = std::move(t->group);
       if (front)
@@ -1192,7 +1193,7 @@ bool pool_core::on_chunk_reply(worker_rec& w, uint64_t tag,
       dispatch(ops);
   }
   perform(ops);
-  group->complete_many(results.data(), results.size());
+  group->complete_encoded(base, results.data(), results.size());
   return true;
 }
 

@@ -202,6 +202,18 @@ public:
                std::move(results[i].err));
     }
   }
+  /// Completes tasks `base + items[k].item`, whose replies are still
+  /// encoded (the bytes live until it returns).
+  virtual void complete_encoded(size_t base, const chunk_reply_item* items,
+                                size_t n) {
+    std::vector<task_result> results(n);
+    for (size_t k = 0; k < n; ++k) {
+      results[k].index = base + items[k].item;
+      results[k].type = items[k].type;
+      results[k].bytes = items[k].bytes;
+    }
+    complete_many(results.data(), n);
+  }
 };
 
 /// Converts a reply to R, or explains why it is not one.
@@ -241,6 +253,30 @@ public:
     // Each result has its own slot: no lock until the count.
     for (size_t i = 0; i < n; ++i)
       results_[results[i].index] = convert(results[i]);
+    count(n);
+  }
+
+  void complete_encoded(size_t base, const chunk_reply_item* items,
+                        size_t n) override {
+    for (size_t k = 0; k < n; ++k) {
+      auto& slot = results_[base + items[k].item];
+      if constexpr (!std::is_same<R, caf::message>::value) {
+        static const auto id = registered_id(typeid(R));
+        if (items[k].type == id) {
+          slot = decode<R>(items[k].bytes);
+          continue;
+        }
+      }
+      task_result r;
+      r.type = items[k].type;
+      r.bytes = items[k].bytes;
+      slot = convert(r);
+    }
+    count(n);
+  }
+
+  /// Counts `n` results in; the last one wakes take_all().
+  void count(size_t n) {
     bool all;
     {
       std::lock_guard<std::mutex> guard{mu_};
