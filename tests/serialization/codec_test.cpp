@@ -119,6 +119,45 @@ TEST(Codec, RejectsTrailingBytes) {
   EXPECT_EQ(x.error(), errc::decode_failed);
 }
 
+TEST(Codec, ArithmeticValuesEncodeAsTheArchiveWouldWithoutOne) {
+  // encode()/decode() skip the archive for arithmetic types; the bytes must
+  // be the archive's, both ways.
+  auto same = [](auto x) {
+    std::string fast;
+    std::string archived;
+    EXPECT_FALSE(encode(x, fast));
+    {
+      detail::wire_output_archive ar{archived};
+      ar(x);
+    }
+    EXPECT_EQ(fast, archived);
+    decltype(x) back{};
+    detail::wire_input_archive ar{fast};
+    ar(back);
+    EXPECT_EQ(back, x);
+    auto decoded = decode<decltype(x)>(archived);
+    ASSERT_TRUE(decoded) << describe(decoded.error());
+    EXPECT_EQ(*decoded, x);
+  };
+  same(int64_t{-1234567890123});
+  same(uint8_t{200});
+  same(true);
+  same(3.25);
+  same(-0.5f);
+}
+
+TEST(Codec, RejectsATruncatedArithmeticValue) {
+  std::string bytes;
+  ASSERT_FALSE(encode(int64_t{7}, bytes));
+  bytes.resize(5);
+  auto x = decode<int64_t>(bytes);
+  ASSERT_FALSE(x);
+  EXPECT_EQ(x.error(), errc::decode_failed);
+  EXPECT_NE(text_of(x.error()).find("needs 8 bytes, only 5"),
+            std::string::npos)
+    << describe(x.error());
+}
+
 TEST(Codec, EncodeFailureIsReportedAtTheCallSite) {
   std::string bytes;
   auto err = encode(codec_test::throws_on_encode{}, bytes);

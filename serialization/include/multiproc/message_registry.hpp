@@ -15,9 +15,11 @@
 /// are safe from any thread afterwards.
 
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <string_view>
 #include <typeindex>
+#include <type_traits>
 #include <typeinfo>
 #include <vector>
 
@@ -94,10 +96,17 @@ private:
 
 namespace detail {
 
+// An arithmetic value's encoding is its bytes (what the archive's save
+// function for it writes); without an archive it costs a fraction.
+
 template <class T>
 void encode_value(const void* value, std::string& out) {
-  wire_output_archive ar{out};
-  ar(*static_cast<const T*>(value));
+  if constexpr (std::is_arithmetic<T>::value) {
+    out.append(static_cast<const char*>(value), sizeof(T));
+  } else {
+    wire_output_archive ar{out};
+    ar(*static_cast<const T*>(value));
+  }
 }
 
 /// Like encode_value, but large byte ranges are referenced in `gather`.
@@ -111,11 +120,22 @@ void encode_value_gather(const void* value, std::string& out,
 template <class T>
 T decode_value(std::string_view bytes) {
   T value{};
-  wire_input_archive ar{bytes};
-  ar(value);
-  if (ar.remaining() != 0)
-    throw wire_decode_error(std::to_string(ar.remaining())
-                            + " trailing bytes after the value");
+  if constexpr (std::is_arithmetic<T>::value) {
+    if (bytes.size() != sizeof(T))
+      throw wire_decode_error(
+        bytes.size() < sizeof(T)
+          ? "needs " + std::to_string(sizeof(T)) + " bytes, only "
+              + std::to_string(bytes.size()) + " left"
+          : std::to_string(bytes.size() - sizeof(T))
+              + " trailing bytes after the value");
+    std::memcpy(&value, bytes.data(), sizeof(T));
+  } else {
+    wire_input_archive ar{bytes};
+    ar(value);
+    if (ar.remaining() != 0)
+      throw wire_decode_error(std::to_string(ar.remaining())
+                              + " trailing bytes after the value");
+  }
   return value;
 }
 
