@@ -314,7 +314,7 @@ constexpr size_t pace_sample_tasks = 32;
 constexpr auto pace_sample_time = std::chrono::microseconds{200};
 
 /// The largest chunk size map() chooses by itself.
-constexpr size_t max_auto_chunk = 1024;
+constexpr size_t max_auto_chunk = 4096;
 /// A chunk ends once its items take this many bytes; a task of
 /// max_batched_payload bytes or more travels alone.
 constexpr size_t max_chunk_bytes = size_t{1} << 20;
