@@ -498,6 +498,8 @@ void frame_channel::run(frame_handler* handler, int death_fd) {
   // one before.
   auto last_input = std::chrono::steady_clock::now();
   std::chrono::steady_clock::duration gap = std::chrono::hours{1};
+  // How long handling the last input batch took.
+  std::chrono::steady_clock::duration work{};
   size_t last_batch = 0;
   while (!rd_error_) {
     bool want_out;
@@ -519,8 +521,12 @@ void frame_channel::run(frame_handler* handler, int death_fd) {
     int nfds = death_fd >= 0 ? 3 : 2;
     int rc = 0;
     // Busy-poll only while the peer is chatty: its last frame came within a
-    // few polling periods of the one before.
-    if (busy_poll && gap <= opts_.busy_poll * 8 && last_batch <= 2) {
+    // few polling periods of the one before, and handling it took less than
+    // a polling period. After long work (a chunk of tasks, say) the next
+    // frame is usually there already, and spinning for one that is not
+    // takes the CPU from the threads that make it.
+    if (busy_poll && gap <= opts_.busy_poll * 8 && last_batch <= 2
+        && work <= opts_.busy_poll) {
       rc = spin_poll(fds, nfds, last_input, opts_.busy_poll);
       if (rc < 0 && errno == EINTR)
         continue;
@@ -568,12 +574,17 @@ void frame_channel::run(frame_handler* handler, int death_fd) {
         flush_locked(lk, false);
     }
     if ((fds[0].revents & (POLLIN | POLLHUP | POLLERR)) != 0) {
-      if (busy_poll)
-        gap = std::chrono::steady_clock::now() - last_input;
+      std::chrono::steady_clock::time_point began;
+      if (busy_poll) {
+        began = std::chrono::steady_clock::now();
+        gap = began - last_input;
+      }
       bool ok = read_some();
       last_batch = process_frames();
-      if (busy_poll)
+      if (busy_poll) {
         last_input = std::chrono::steady_clock::now();
+        work = last_input - began;
+      }
       if (!ok)
         break;
     }
