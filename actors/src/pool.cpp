@@ -671,11 +671,10 @@ void pool_core::finish_task(task_rec& t, uint32_t item, caf::message reply,
 }
 
 void pool_core::after_finish() {
-  // A waiting submitter wakes once there is room for a good batch, not for
-  // each finished task.
+  // A waiting submitter wakes once an eighth of max_pending is free (room
+  // for a few chunks), not for each finished task.
   if (room_waiters_ != 0
-      && pending_ + std::min<size_t>(opts_.max_pending / 8, 1024)
-           < opts_.max_pending)
+      && pending_ + opts_.max_pending / 8 < opts_.max_pending)
     room_cv_.notify_one();
   if (tasks_.empty())
     idle_cv_.notify_all();

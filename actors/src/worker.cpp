@@ -1123,7 +1123,7 @@ public:
   // (direct delivery, same order), each with a request id naming its chunk
   // and index. Their outcomes gather in one chunk_response frame, written
   // when the chunk's items have all been handed over, when it reaches
-  // chunk_flush_bytes, or ~100 µs after the last write (so a slow chunk's
+  // chunk_flush_bytes, or ~1 ms after the last write (so a slow chunk's
   // finished results are not held back). An outcome that comes later (a
   // response promise, a message the behavior skipped) goes out at once in a
   // chunk_response of its own.
@@ -1265,7 +1265,7 @@ public:
     sink.self = this;
     caf::error err; // an item that cannot be decoded
     for (auto& it : items_) {
-      if (ticks() - last_flush_ > flush_after_cycles)
+      if (ticks() - last_flush_ > chunk_flush_after_cycles)
         flush_chunk(slot);
       auto item_rid = chunk_item_flag | slot << chunk_index_bits | it.index;
       auto mid = caf::make_message_id(item_rid);
@@ -1439,6 +1439,9 @@ private:
   uint32_t local_answered_ = 0;
   /// When replies were last written (TSC cycles); ~100 µs at 2 GHz.
   static constexpr uint64_t flush_after_cycles = 200000;
+  /// The same for a chunk's gathered outcomes; ~1 ms. Each write wakes the
+  /// parent, and a map waits for the whole chunk anyway.
+  static constexpr uint64_t chunk_flush_after_cycles = 2000000;
   uint64_t last_flush_ = 0;
   std::mutex mu_;
   std::condition_variable cv_;
