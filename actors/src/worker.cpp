@@ -1140,21 +1140,31 @@ public:
                    const caf::error* error) {
     auto slot = (item_rid >> chunk_index_bits) & chunk_slot_mask;
     auto index = static_cast<uint32_t>(item_rid & (chunk_capacity - 1));
-    auto& item = encode_outcome(index, reply, error);
     bool io = ch_.on_io_thread();
     if (io && looping_slot_ == slot) {
-      // run_chunk()'s own items: gathered without the lock (I/O thread).
-      if (local_.count != 0 && local_.out.size() + item.size() > frame_limit())
-        send_local();
+      // run_chunk()'s own items: gathered without the lock (I/O thread),
+      // encoded in place.
       if (local_.count == 0)
         begin_frame(local_);
-      local_.out += item;
+      size_t mark = local_.out.size();
+      append_outcome(local_.out, index, reply, error);
+      if (local_.count != 0 && local_.out.size() > frame_limit()) {
+        // It goes into the next frame.
+        std::string item = local_.out.substr(mark);
+        local_.out.resize(mark);
+        send_local();
+        begin_frame(local_);
+        local_.out += item;
+      }
       ++local_.count;
       ++local_answered_;
       if (local_.out.size() >= chunk_flush_bytes)
         send_local();
       return;
     }
+    thread_local std::string item;
+    item.clear();
+    append_outcome(item, index, reply, error);
     std::string full; // a frame to write now, if any
     std::string last;
     {
@@ -1187,35 +1197,35 @@ public:
            - wire::chunk_count_size;
   }
 
-  /// An item of a chunk_response: its head, then the encoded reply or error.
-  /// Valid until the thread's next call.
-  std::string& encode_outcome(uint32_t index, const caf::message* reply,
-                              const caf::error* error) {
-    thread_local std::string item;
-    item.assign(wire::chunk_response_item_head, '\0');
+  /// Appends an item of a chunk_response to `out`: its head, then the
+  /// encoded reply or error.
+  void append_outcome(std::string& out, uint32_t index,
+                      const caf::message* reply, const caf::error* error) {
+    size_t mark = out.size();
+    out.resize(mark + wire::chunk_response_item_head);
     type_id type = 0;
     bool failed = false;
     auto fail_with = [&](const caf::error& err) {
       failed = true;
       type = 0;
-      item.resize(wire::chunk_response_item_head);
-      item += encode_error(err);
+      out.resize(mark + wire::chunk_response_item_head);
+      out += encode_error(err);
     };
     if (error != nullptr) {
       fail_with(*error);
-    } else if (auto err = encode_message(*reply, type, item)) {
+    } else if (auto err = encode_message(*reply, type, out)) {
       // A result that cannot be encoded fails that item only.
       fail_with(err);
     }
-    if (item.size() > frame_limit())
+    if (out.size() - mark > frame_limit())
       fail_with(make_error(errc::frame_too_large,
                            "the result of chunk item " + std::to_string(index)
-                             + " (" + std::to_string(item.size())
+                             + " (" + std::to_string(out.size() - mark)
                              + " bytes) exceeds the frame limit"));
     wire::write_chunk_response_item_head(
-      item.data(), index, failed, type,
-      static_cast<uint32_t>(item.size() - wire::chunk_response_item_head));
-    return item;
+      out.data() + mark, index, failed, type,
+      static_cast<uint32_t>(out.size() - mark
+                            - wire::chunk_response_item_head));
   }
 
   /// Writes the outcomes run_chunk() gathered so far (I/O thread).
