@@ -13,9 +13,10 @@
 //                                         (automatic: n / (4 x workers))
 //   cpp_pool_submit_latency_p50  us       one submit -> future.get at a time
 //                                         from plain code
-//   cpp_pool_chaos_tput          tasks/s  map over 200,000 tasks while a thread
-//                                         SIGKILLs a random live worker every
-//                                         50 ms (at_least_once, defaults)
+//   cpp_pool_chaos_tput          tasks/s  map over 2,000,000 tasks while a
+//                                         thread SIGKILLs a random live worker
+//                                         every 50 ms (at_least_once,
+//                                         defaults; several kills per rep)
 //   cpp_pool_chaos_lost          count    tasks without an ok result
 //   cpp_pool_chaos_duplicated    count    results whose echoed index is not
 //                                         their slot or appears more than once
@@ -719,7 +720,7 @@ void bench_pool(reporter& out, const std::string& part) {
   }
   if (want("chaos")) {
     watchdog dog{"cpp_pool_chaos", limit};
-    pool_chaos(out, sys, 200000);
+    pool_chaos(out, sys, 2000000);
   }
 }
 
