@@ -997,7 +997,9 @@ void pool_core::submit_chunks(size_t n, const task_encoder& encode,
     uint32_t count = 0;
     encoded_task single; // a big task, which goes alone
     bool alone = false;
+    unit.type = 0; // a chunk's items carry their types
     unit.payload.assign(wire::chunk_count_size, '\0');
+    unit.error = caf::none;
     if (have_big) {
       single = std::move(big);
       have_big = false;

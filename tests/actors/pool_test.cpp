@@ -235,6 +235,24 @@ struct unencodable_task {
 };
 
 /// Not registered with MULTIPROC_MESSAGE.
+/// A task of any encoded size that may refuse to be encoded (chunk
+/// building: big and unencodable items among small ones).
+struct sized_task {
+  int32_t value = 0;
+  std::string pad;
+  bool refuse = false;
+  template <class Archive>
+  void save(Archive& ar) const {
+    if (refuse)
+      throw std::runtime_error("pool_test: this sized task refuses");
+    ar(value, pad);
+  }
+  template <class Archive>
+  void load(Archive& ar) {
+    ar(value, pad);
+  }
+};
+
 struct unregistered_task {
   int32_t value = 0;
   template <class Archive>
@@ -293,6 +311,7 @@ MULTIPROC_MESSAGE(pool_test::decode_fault, "pool_test.decode_fault")
 MULTIPROC_MESSAGE(pool_test::fragile, "pool_test.fragile")
 MULTIPROC_MESSAGE(pool_test::make_fragile, "pool_test.make_fragile")
 MULTIPROC_MESSAGE(pool_test::unencodable_task, "pool_test.unencodable_task")
+MULTIPROC_MESSAGE(pool_test::sized_task, "pool_test.sized_task")
 MULTIPROC_MESSAGE(pool_test::init_msg, "pool_test.init_msg")
 MULTIPROC_MESSAGE(pool_test::probe, "pool_test.probe")
 MULTIPROC_MESSAGE(pool_test::probe_reply, "pool_test.probe_reply")
@@ -325,6 +344,9 @@ caf::behavior tester(caf::event_based_actor* self) {
       return self->delegate(helper, x.value);
     },
     [](const add& x) { return x.a + x.b; },
+    [](const sized_task& x) {
+      return x.value * x.value + static_cast<int32_t>(x.pad.size());
+    },
     [](const whoami& x) {
       return tagged{x.value * x.value, static_cast<int32_t>(::getpid())};
     },
@@ -1575,6 +1597,39 @@ TEST_F(PoolBasics, MapReturnsResultsInInputOrderForAnyChunksize) {
       EXPECT_EQ(results[i]->value, static_cast<int32_t>(i * i));
     }
   }
+}
+
+TEST_F(PoolBasics, MapChunksAroundBigAndUnencodableTasks) {
+  // Chunks are built in place: a task that fails to encode ends its chunk
+  // and fails alone; a big one (16 KiB and more) goes alone, also right
+  // after a chunk was started. Everything else keeps its place.
+  auto p = start(options(2));
+  ASSERT_TRUE(p) << describe(p.error());
+  std::vector<pool_test::sized_task> tasks(300);
+  for (int32_t i = 0; i < 300; ++i)
+    tasks[i].value = i;
+  for (int i : {0, 60, 61, 62, 149})
+    tasks[i].refuse = true;
+  for (int i : {10, 11, 50, 150, 299})
+    tasks[i].pad.assign(20000, 'p');
+  for (size_t chunk : {size_t{0}, size_t{50}, size_t{7}}) {
+    SCOPED_TRACE("chunksize " + std::to_string(chunk));
+    auto results = p->map<int32_t>(tasks, chunk);
+    ASSERT_EQ(results.size(), tasks.size());
+    for (size_t i = 0; i < results.size(); ++i) {
+      SCOPED_TRACE("task " + std::to_string(i));
+      if (tasks[i].refuse) {
+        ASSERT_FALSE(results[i]);
+        EXPECT_EQ(results[i].error(), errc::encode_failed)
+          << describe(results[i].error());
+        continue;
+      }
+      ASSERT_TRUE(results[i]) << describe(results[i].error());
+      auto want = static_cast<int32_t>(i * i + tasks[i].pad.size());
+      EXPECT_EQ(*results[i], want);
+    }
+  }
+  EXPECT_EQ(p->stats().workers_died, 0u);
 }
 
 TEST_F(PoolBasics, StarmapBuildsEachTaskFromATuple) {
