@@ -383,6 +383,14 @@ private:
   void fail_task(uint64_t id, caf::error err, std::vector<completion>& done);
   /// Wakes who waits for room or for the end, after tasks finished (locked).
   void after_finish();
+  /// Books `items` answered items of task `tag` against `w`, which no
+  /// longer holds the task if `last` (locked).
+  void answered(worker_rec& w, uint64_t tag, size_t items, bool last,
+                clock_type::time_point now);
+  /// After a worker's answers: its window, its retirement, more work
+  /// (locked).
+  void after_answers(worker_rec& w, clock_type::time_point now,
+                     std::vector<send_op>& ops);
   /// Finishes item `item` of `t` (0 for a single task); erases `t` after
   /// its last item.
   void finish_task(task_rec& t, uint32_t item, caf::message reply,
@@ -1095,42 +1103,52 @@ void pool_core::on_replies(worker_rec& w, std::vector<reply_entry>& batch) {
   auto now = clock_type::now();
   {
     std::lock_guard<std::mutex> guard{mu_};
-    auto& q = w.in_flight;
     for (auto& r : batch) {
       auto* t = tasks_.find(r.tag);
       if (t == nullptr || t->worker != w.id)
         continue; // a stale outcome: the task was dealt with at the death
       if (t->count > 1 && (r.item >= t->count || t->got[r.item]))
         continue;
-      bool front = !q.empty() && q.front() == r.tag;
-      if (front)
-        w.front_since = now; // a chunk's deadline is per item
-      if (t->left == 1) {
-        if (front)
-          q.pop_front();
-        else
-          q.erase(std::remove(q.begin(), q.end(), r.tag), q.end());
-      }
-      --w.in_flight_tasks;
+      answered(w, r.tag, 1, t->left == 1, now);
       finish_task(*t, r.item, std::move(r.reply), std::move(r.err), done,
                   r.type, std::string_view{w.arena}.substr(r.offset, r.size));
-      ++w.pace_tasks;
-      if (q.empty()) {
-        w.solo = false;
-        w.last_idle = ++idle_events_;
-        w.pace_busy += now - w.busy_since;
-      }
     }
-    if (opts_.window == 0)
-      adapt_window(w, now);
-    if (w.retiring && q.empty())
-      sup_cv_.notify_all();
-    if (!w.dead)
-      dispatch(ops);
+    after_answers(w, now, ops);
   }
   batch.clear();
   perform(ops);
   deliver(done);
+}
+
+void pool_core::answered(worker_rec& w, uint64_t tag, size_t items,
+                         bool last, clock_type::time_point now) {
+  auto& q = w.in_flight;
+  bool front = !q.empty() && q.front() == tag;
+  if (front)
+    w.front_since = now; // a chunk's deadline is per item
+  if (last) {
+    if (front)
+      q.pop_front();
+    else
+      q.erase(std::remove(q.begin(), q.end(), tag), q.end());
+  }
+  w.in_flight_tasks -= items;
+  w.pace_tasks += items;
+  if (q.empty()) {
+    w.solo = false;
+    w.last_idle = ++idle_events_;
+    w.pace_busy += now - w.busy_since;
+  }
+}
+
+void pool_core::after_answers(worker_rec& w, clock_type::time_point now,
+                              std::vector<send_op>& ops) {
+  if (opts_.window == 0)
+    adapt_window(w, now);
+  if (w.retiring && w.in_flight.empty())
+    sup_cv_.notify_all();
+  if (!w.dead)
+    dispatch(ops);
 }
 
 bool pool_core::on_chunk_reply(worker_rec& w, uint64_t tag,
@@ -1163,35 +1181,16 @@ bool pool_core::on_chunk_reply(worker_rec& w, uint64_t tag,
     stats_.succeeded += m;
     pending_ -= m;
     t->left -= static_cast<uint32_t>(m);
-    w.in_flight_tasks -= m;
-    w.pace_tasks += m;
-    auto& q = w.in_flight;
-    bool front = !q.empty() && q.front() == tag;
-    if (front)
-      w.front_since = now; // a chunk's deadline is per item
+    answered(w, tag, m, t->left == 0, now);
     base = t->index;
     if (t->left == 0) {
       group = std::move(t->group);
-      if (front)
-        q.pop_front();
-      else
-        q.erase(std::remove(q.begin(), q.end(), tag), q.end());
       tasks_.erase(tag);
     } else {
       group = t->group;
     }
-    if (q.empty()) {
-      w.solo = false;
-      w.last_idle = ++idle_events_;
-      w.pace_busy += now - w.busy_since;
-    }
     after_finish();
-    if (opts_.window == 0)
-      adapt_window(w, now);
-    if (w.retiring && q.empty())
-      sup_cv_.notify_all();
-    if (!w.dead)
-      dispatch(ops);
+    after_answers(w, now, ops);
   }
   perform(ops);
   group->complete_encoded(base, results.data(), results.size());

@@ -260,12 +260,9 @@ public:
                         size_t n) override {
     for (size_t k = 0; k < n; ++k) {
       auto& slot = results_[base + items[k].item];
-      if constexpr (!std::is_same<R, caf::message>::value) {
-        static const auto id = registered_id(typeid(R));
-        if (items[k].type == id) {
-          slot = decode<R>(items[k].bytes);
-          continue;
-        }
+      if (holds_r(items[k].type)) {
+        slot = decode<R>(items[k].bytes);
+        continue;
       }
       task_result r;
       r.type = items[k].type;
@@ -304,12 +301,19 @@ private:
       return caf::expected<R>{caf::no_error};
   }
 
-  static caf::expected<R> convert(task_result& r) {
-    if constexpr (!std::is_same<R, caf::message>::value) {
+  // Whether an encoded result of `type` decodes straight into an R.
+  static bool holds_r(type_id type) {
+    if constexpr (std::is_same<R, caf::message>::value) {
+      return false;
+    } else {
       static const auto id = registered_id(typeid(R));
-      if (!r.err && r.type != 0 && r.type == id)
-        return decode<R>(r.bytes);
+      return type != 0 && type == id;
     }
+  }
+
+  static caf::expected<R> convert(task_result& r) {
+    if (!r.err && holds_r(r.type))
+      return decode<R>(r.bytes);
     materialize(r);
     return reply_as<R>(std::move(r.reply), std::move(r.err));
   }
@@ -357,17 +361,27 @@ struct encoded_task {
   caf::error error; // set if encoding failed: the task fails at once
 };
 
+/// The type id of task type T, or why T cannot be sent.
+template <class T>
+caf::expected<type_id> task_type() {
+  static const auto id = registered_id(typeid(T));
+  if (id == 0)
+    return make_error(errc::unknown_type,
+                      "task type " + type_name_of<T>()
+                        + " is not registered; add MULTIPROC_MESSAGE");
+  return id;
+}
+
 template <class T>
 encoded_task encode_task(const T& msg) {
-  static const auto id = registered_id(typeid(T));
   encoded_task t;
-  t.type = id;
-  if (id == 0)
-    t.error = make_error(errc::unknown_type,
-                         "task type " + type_name_of<T>()
-                           + " is not registered; add MULTIPROC_MESSAGE");
-  else
-    t.error = encode(msg, t.payload);
+  auto id = task_type<T>();
+  if (!id) {
+    t.error = std::move(id.error());
+    return t;
+  }
+  t.type = *id;
+  t.error = encode(msg, t.payload);
   return t;
 }
 
@@ -389,13 +403,11 @@ struct task_encoder {
 
 template <class T>
 task_encoder encoder_of(const std::vector<T>& tasks) {
-  static const auto id = registered_id(typeid(T));
   task_encoder e;
-  e.type = id;
-  if (id == 0)
-    e.error = make_error(errc::unknown_type,
-                         "task type " + type_name_of<T>()
-                           + " is not registered; add MULTIPROC_MESSAGE");
+  if (auto id = task_type<T>())
+    e.type = *id;
+  else
+    e.error = std::move(id.error());
   e.append = [&tasks](size_t i, std::string& out) {
     return multiproc::encode(tasks[i], out);
   };
