@@ -383,6 +383,34 @@ caf::expected<pid_t> spawn_child(const std::string& executable,
   return pid;
 }
 
+/// Close-on-exec duplicates of the descriptors in process_options::fds.
+/// Fails with invalid_argument on too many or on one that is not open.
+caf::expected<std::vector<unique_fd>>
+duplicate_fds(const std::vector<int>& fds) {
+  if (fds.size() > detail::max_passed_fds)
+    return make_error(errc::invalid_argument,
+                      "process_options::fds holds "
+                        + std::to_string(fds.size())
+                        + " descriptors; at most "
+                        + std::to_string(detail::max_passed_fds)
+                        + " can be passed to a child");
+  std::vector<unique_fd> result;
+  result.reserve(fds.size());
+  for (size_t i = 0; i < fds.size(); ++i) {
+    if (::fcntl(fds[i], F_GETFD) < 0)
+      return make_error(errc::invalid_argument,
+                        "process_options::fds[" + std::to_string(i) + "] = "
+                          + std::to_string(fds[i])
+                          + " is not an open descriptor");
+    result.emplace_back(::fcntl(fds[i], F_DUPFD_CLOEXEC, 0));
+    if (!result.back())
+      return make_system_error("cannot duplicate descriptor "
+                                 + std::to_string(fds[i]),
+                               errno);
+  }
+  return result;
+}
+
 caf::error check_fork_safe() {
   bool running = false;
   bool joined = detail::output_forwarder::instance().stop_if_idle(running);
@@ -424,6 +452,9 @@ caf::expected<process> start_process(const std::string& entry,
                       "no entry is registered as '" + entry
                         + "' (register it at namespace scope with "
                           "MULTIPROC_REGISTER_ENTRY)");
+  auto passed = duplicate_fds(opts.fds);
+  if (!passed)
+    return std::move(passed.error());
   auto method = opts.method ? *opts.method : default_start_method();
   if (method == start_method::forkserver && !detail::forkserver_running())
     return make_error(errc::spawn_failed,
@@ -447,7 +478,8 @@ caf::expected<process> start_process(const std::string& entry,
   auto st = std::make_shared<detail::process_state>();
   st->name = opts.name.empty() ? entry : std::move(opts.name);
   st->method = method;
-  detail::boot_record rec{entry, st->name, std::move(args)};
+  detail::boot_record rec{entry, st->name, std::move(args),
+                          std::move(*passed)};
   switch (method) {
     case start_method::spawn: {
       auto pid = spawn_child(opts.executable, fds, *lifeline);
@@ -479,7 +511,8 @@ caf::expected<process> start_process(const std::string& entry,
         return make_system_error("fork", errno);
       if (pid == 0) {
         if (!detail::setup_child_fds(fds.out_write.get(), fds.err_write.get(),
-                                     fds.channel_child.get(), *lifeline))
+                                     fds.channel_child.get(), *lifeline,
+                                     &rec.fds))
           ::_exit(detail::boot_failed_exit_code);
         detail::forget_parent_state_in_child();
         detail::run_child(std::move(rec), start_method::fork, false);

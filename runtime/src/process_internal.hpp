@@ -12,6 +12,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <vector>
 
 #include <sys/types.h>
 
@@ -33,6 +34,13 @@ constexpr int child_channel_fd = 3;
 
 /// The read end of the parent's lifeline, in every child.
 constexpr int child_lifeline_fd = 4;
+
+/// Where a fork child finds the descriptors of process_options::fds: here
+/// and above, in their order.
+constexpr int child_passed_fd = 5;
+
+/// Most descriptors process_options::fds may pass to a child.
+constexpr size_t max_passed_fds = 64;
 
 /// The environment variable that puts a spawned process in worker mode.
 constexpr const char* child_env_var = "MULTIPROC_CHILD";
@@ -92,24 +100,33 @@ exit_status from_wait_status(int status) noexcept;
 // -- child side -----------------------------------------------------------------
 
 /// Lays out a forked child's descriptors: 0 = /dev/null, 1 = `out`,
-/// 2 = `err` (-1: /dev/null), 3 = `channel`, 4 = `lifeline`, closes every
-/// other descriptor and marks 3 and 4 close-on-exec. Safe in a child forked
-/// from a single-threaded process. Returns false on failure.
-bool setup_child_fds(int out, int err, int channel, int lifeline) noexcept;
+/// 2 = `err` (-1: /dev/null), 3 = `channel`, 4 = `lifeline`, then the
+/// `passed` ones (at most max_passed_fds) at child_passed_fd, +1, ..., and
+/// updates `passed` to own these. Closes every other descriptor and marks
+/// 3 and up close-on-exec. Safe in a child forked from a single-threaded
+/// process. Returns false on failure.
+bool setup_child_fds(int out, int err, int channel, int lifeline,
+                     std::vector<unique_fd>* passed = nullptr) noexcept;
 
 /// What the parent tells a child before its entry runs.
 struct boot_record {
   std::string entry;
   std::string name;
   std::string args;
+  /// Becomes child_context::fds. In the parent: close-on-exec duplicates of
+  /// process_options::fds; in the child: the received descriptors.
+  std::vector<unique_fd> fds;
 };
 
-/// Writes `rec` to `fd` (blocking socket) within `timeout`. A peer that
-/// already closed is not an error (the child died: join() reports it).
+/// Writes `rec` to `fd` (blocking socket) within `timeout`, its descriptors
+/// attached (SCM_RIGHTS) to the first bytes. A peer that already closed is
+/// not an error (the child died: join() reports it).
 caf::error write_boot_record(int fd, const boot_record& rec,
                              std::chrono::milliseconds timeout);
 
-/// Reads a boot record from `fd`, consuming exactly its bytes.
+/// Reads a boot record from `fd`, consuming exactly its bytes, and receives
+/// its descriptors (close-on-exec). Fails with protocol_error if their
+/// number differs from the one in the header (closing those that arrived).
 caf::expected<boot_record> read_boot_record(int fd,
                                             std::chrono::milliseconds timeout);
 

@@ -17,6 +17,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -150,6 +151,37 @@ int start_grandchild(child_context& ctx) {
   return 0;
 }
 
+/// Expects two descriptors: copies the content of the first (a memfd) into
+/// the second (a pipe's write end), then reports on the channel how many
+/// descriptors arrived and whether each is close-on-exec.
+int use_passed_fds(child_context& ctx) {
+  std::string report = std::to_string(ctx.fds.size());
+  for (auto& fd : ctx.fds) {
+    int flags = ::fcntl(fd.get(), F_GETFD);
+    if (flags < 0)
+      report += " closed";
+    else
+      report += (flags & FD_CLOEXEC) != 0 ? " cloexec" : " inheritable";
+  }
+  if (!write_all(ctx.channel.get(), report))
+    return 1;
+  if (ctx.fds.size() != 2)
+    return 2;
+  char buf[256];
+  auto n = ::pread(ctx.fds[0].get(), buf, sizeof(buf), 0);
+  if (n < 0)
+    return 3;
+  std::string text = "child read: " + std::string{buf, static_cast<size_t>(n)};
+  if (::write(ctx.fds[1].get(), text.data(), text.size())
+      != static_cast<ssize_t>(text.size()))
+    return 4;
+  return 0;
+}
+
+int count_fds(child_context& ctx) {
+  return write_all(ctx.channel.get(), std::to_string(ctx.fds.size())) ? 0 : 1;
+}
+
 } // namespace
 
 MULTIPROC_REGISTER_ENTRY("test.exit_with_code", exit_with_code);
@@ -161,6 +193,8 @@ MULTIPROC_REGISTER_ENTRY("test.list_fds", list_fds);
 MULTIPROC_REGISTER_ENTRY("test.print_then_crash", print_then_crash);
 MULTIPROC_REGISTER_ENTRY("test.print_partial_line", print_partial_line);
 MULTIPROC_REGISTER_ENTRY("test.start_grandchild", start_grandchild);
+MULTIPROC_REGISTER_ENTRY("test.use_passed_fds", use_passed_fds);
+MULTIPROC_REGISTER_ENTRY("test.count_fds", count_fds);
 
 namespace {
 
@@ -195,6 +229,16 @@ bool dead_or_zombie(pid_t pid) {
   auto pos = stat.rfind(')');
   return pos == std::string::npos || pos + 2 >= stat.size()
          || stat[pos + 2] == 'Z' || stat[pos + 2] == 'X';
+}
+
+/// A memfd holding `content`, or an empty unique_fd.
+unique_fd make_memfd(const std::string& content) {
+  unique_fd fd{::memfd_create("process_test", MFD_CLOEXEC)};
+  if (fd
+      && ::write(fd.get(), content.data(), content.size())
+           != static_cast<ssize_t>(content.size()))
+    fd.reset();
+  return fd;
 }
 
 bool wait_dead_or_zombie(pid_t pid, std::chrono::milliseconds timeout) {
@@ -455,6 +499,89 @@ TEST_P(ProcessStart, ChildHoldsOnlyItsOwnDescriptors) {
   auto st = proc->join(10s);
   ASSERT_TRUE(st) << describe(st.error());
   EXPECT_TRUE(st->success());
+}
+
+TEST_P(ProcessStart, PassesDescriptorsInOrderAndTheCallerKeepsItsOwn) {
+  std::string content = "shared memory says hi";
+  auto mem = make_memfd(content);
+  ASSERT_TRUE(mem);
+  int p[2];
+  ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
+  unique_fd pipe_read{p[0]};
+  unique_fd pipe_write{p[1]};
+  process_options opts;
+  opts.fds = {mem.get(), pipe_write.get()};
+  auto proc = start("test.use_passed_fds", "", opts);
+  ASSERT_TRUE(proc) << describe(proc.error());
+  EXPECT_GE(::fcntl(mem.get(), F_GETFD), 0);
+  EXPECT_GE(::fcntl(pipe_write.get(), F_GETFD), 0);
+  pipe_write.reset(); // the pipe hits EOF once the child's copy is closed
+  auto channel = proc->take_channel();
+  EXPECT_EQ(read_until_eof(channel.get(), 10s), "2 cloexec cloexec");
+  EXPECT_EQ(read_until_eof(pipe_read.get(), 10s), "child read: " + content);
+  auto st = proc->join(10s);
+  ASSERT_TRUE(st) << describe(st.error());
+  EXPECT_TRUE(st->success()) << st->to_string();
+}
+
+TEST_P(ProcessStart, ChildHoldsOnlyItsOwnAndThePassedDescriptors) {
+  int leaky = ::open("/dev/null", O_RDONLY);
+  ASSERT_GE(leaky, 0);
+  auto mem = make_memfd("x");
+  ASSERT_TRUE(mem);
+  process_options opts;
+  opts.fds = {mem.get(), mem.get()}; // two descriptors in the child
+  auto proc = start("test.list_fds", "", opts);
+  ::close(leaky);
+  ASSERT_TRUE(proc) << describe(proc.error());
+  auto channel = proc->take_channel();
+  EXPECT_EQ(read_until_eof(channel.get(), 10s), "0,1,2,3,4,5,6");
+  auto st = proc->join(10s);
+  ASSERT_TRUE(st) << describe(st.error());
+  EXPECT_TRUE(st->success()) << st->to_string();
+}
+
+TEST_P(ProcessStart, ChildStartedWithoutDescriptorsGetsNone) {
+  auto proc = start("test.count_fds");
+  ASSERT_TRUE(proc) << describe(proc.error());
+  auto channel = proc->take_channel();
+  EXPECT_EQ(read_until_eof(channel.get(), 10s), "0");
+  auto st = proc->join(10s);
+  ASSERT_TRUE(st) << describe(st.error());
+  EXPECT_TRUE(st->success()) << st->to_string();
+}
+
+TEST_P(ProcessStart, PassesUpTo64Descriptors) {
+  auto mem = make_memfd("x");
+  ASSERT_TRUE(mem);
+  process_options opts;
+  opts.fds.assign(64, mem.get());
+  auto proc = start("test.count_fds", "", opts);
+  ASSERT_TRUE(proc) << describe(proc.error());
+  auto channel = proc->take_channel();
+  EXPECT_EQ(read_until_eof(channel.get(), 10s), "64");
+  auto st = proc->join(10s);
+  ASSERT_TRUE(st) << describe(st.error());
+  EXPECT_TRUE(st->success()) << st->to_string();
+  opts.fds.push_back(mem.get());
+  auto refused = start("test.count_fds", "", opts);
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error(), errc::invalid_argument);
+  auto text = text_of(refused.error());
+  EXPECT_NE(text.find("65"), std::string::npos) << text;
+}
+
+TEST_P(ProcessStart, RejectsADescriptorThatIsNotOpenNamingIt) {
+  auto mem = make_memfd("x");
+  ASSERT_TRUE(mem);
+  process_options opts;
+  opts.fds = {mem.get(), 987654};
+  auto proc = start("test.count_fds", "", opts);
+  ASSERT_FALSE(proc);
+  EXPECT_EQ(proc.error(), errc::invalid_argument);
+  auto text = text_of(proc.error());
+  EXPECT_NE(text.find("fds[1] = 987654"), std::string::npos) << text;
+  EXPECT_GE(::fcntl(mem.get(), F_GETFD), 0);
 }
 
 TEST_P(ProcessStart, ForwardsLinesPrintedBeforeACrash) {

@@ -12,6 +12,7 @@
 /// See docs/processes.md.
 
 #include <string>
+#include <vector>
 
 #include "multiproc/fd.hpp"
 #include "multiproc/start_method.hpp"
@@ -51,6 +52,9 @@ struct child_context {
   /// The child's end of the parent<->child socketpair (AF_UNIX, SOCK_STREAM,
   /// blocking, close-on-exec), always descriptor 3. The entry owns it.
   unique_fd channel;
+  /// The descriptors the parent passed in process_options::fds, in that
+  /// order (close-on-exec). The entry owns them.
+  std::vector<unique_fd> fds;
   /// How this child was started.
   start_method method = start_method::spawn;
 };

@@ -12,6 +12,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <sys/types.h>
 
@@ -63,6 +64,9 @@ struct process_options {
   /// The program to execute (spawn only); empty: /proc/self/exe. It must be
   /// a multiproc program that calls bootstrap() first in main().
   std::string executable;
+  /// Descriptors the child receives, in this order, in child_context::fds;
+  /// the caller keeps its own (they are duplicated); at most 64.
+  std::vector<int> fds;
 };
 
 /// Handle to a child process started by start_process(). Move-only.
@@ -145,9 +149,10 @@ private:
 /// have reached the entry yet.
 ///
 /// Errors: not_bootstrapped (bootstrap() was not called), unknown_entry (no
-/// such entry), fork_unsafe (fork with more than one thread), spawn_failed
-/// (the executable could not be executed, the fork server is gone, ...),
-/// system_error (descriptors or processes exhausted).
+/// such entry), invalid_argument (more than 64 opts.fds, or one that is not
+/// an open descriptor), fork_unsafe (fork with more than one thread),
+/// spawn_failed (the executable could not be executed, the fork server is
+/// gone, ...), system_error (descriptors or processes exhausted).
 caf::expected<process> start_process(const std::string& entry,
                                      std::string args,
                                      process_options opts = {});
