@@ -33,6 +33,8 @@ const char* to_string(errc x) noexcept {
     case errc::full: return "full";
     case errc::task_quarantined: return "task_quarantined";
     case errc::pool_broken: return "pool_broken";
+    case errc::empty: return "empty";
+    case errc::end_of_stream: return "end_of_stream";
   }
   return "unknown_errc";
 }

@@ -40,6 +40,8 @@ enum class errc : uint8_t {
   full,                 ///< a bounded queue is full and the caller chose not to wait
   task_quarantined,     ///< a task killed its worker on every attempt
   pool_broken,          ///< a pool cannot start workers (e.g. its initializer fails)
+  empty,                ///< a queue is empty and the caller chose not to wait
+  end_of_stream,        ///< a closed queue is drained: no message will ever come
 };
 
 } // namespace multiproc

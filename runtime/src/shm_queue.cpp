@@ -1,0 +1,789 @@
+// The shared-memory queue: layout, slot state machine, waiting and recovery.
+// docs/queue.md explains the algorithm and what each party's death leaves.
+
+#include "multiproc/shm_queue.hpp"
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <climits>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <utility>
+
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "multiproc/error.hpp"
+
+namespace multiproc {
+
+namespace detail {
+
+// -- layout -------------------------------------------------------------------
+
+constexpr uint64_t queue_magic = 0x3145555150434d4dull; // "MMCPQUE1"
+constexpr uint32_t queue_version = 1;
+constexpr size_t header_bytes = 4096;
+constexpr size_t slot_header_bytes = 16;
+constexpr uint32_t flag_joinable = 1;
+
+/// The first page of the memory. Words written by different parties sit on
+/// different cache lines.
+struct shm_queue_header {
+  // Written once by the creator.
+  uint64_t magic;
+  uint32_t version;
+  uint32_t capacity;
+  uint32_t stride;
+  uint32_t max_message;
+  uint32_t flags;
+  uint32_t reserved;
+  uint64_t tag;
+  uint64_t total_size;
+  /// The next ticket a producer claims.
+  alignas(64) std::atomic<uint64_t> enqueue_pos;
+  /// The next ticket a consumer takes.
+  alignas(64) std::atomic<uint64_t> dequeue_pos;
+  /// Consumers sleep on this futex word (bumped by producers).
+  alignas(64) std::atomic<uint32_t> not_empty;
+  std::atomic<uint32_t> consumers_waiting;
+  /// Producers sleep on this futex word (bumped by acknowledgements).
+  alignas(64) std::atomic<uint32_t> not_full;
+  std::atomic<uint32_t> producers_waiting;
+  /// Read-mostly words.
+  alignas(64) std::atomic<uint32_t> closed;
+  /// Slots in state `redeliver` (a hint: consumers scan when non-zero).
+  std::atomic<uint32_t> redeliver;
+  /// Joinable queues: messages put and not yet done; joiners sleep on
+  /// `done_events`.
+  alignas(64) std::atomic<uint64_t> unfinished;
+  std::atomic<uint32_t> done_events;
+  std::atomic<uint32_t> joiners_waiting;
+};
+
+static_assert(sizeof(shm_queue_header) <= header_bytes);
+static_assert(std::atomic<uint64_t>::is_always_lock_free);
+static_assert(std::atomic<uint32_t>::is_always_lock_free);
+
+/// One slot: its state word, then the message.
+struct shm_slot {
+  std::atomic<uint64_t> state;
+  uint32_t size;
+  std::atomic<uint32_t> deliveries;
+  char* payload() noexcept {
+    return reinterpret_cast<char*>(this) + slot_header_bytes;
+  }
+};
+
+static_assert(sizeof(shm_slot) == slot_header_bytes);
+
+// -- the state word: lap (32 bits) | owner pid (24 bits) | status (8 bits) ---
+
+enum status : uint64_t {
+  st_free = 0,       ///< empty, open for the producer of ticket lap*C+i
+  st_writing = 1,    ///< a producer (owner) is writing the message
+  st_ready = 2,      ///< a message waits for a consumer
+  st_leased = 3,     ///< a consumer (owner) took it, not yet acknowledged
+  st_redeliver = 4,  ///< its consumer died: waits for another consumer
+};
+
+constexpr uint64_t make_state(uint32_t lap, uint32_t pid, uint64_t st) {
+  return uint64_t{lap} << 32 | uint64_t{pid & 0xffffffu} << 8 | st;
+}
+constexpr uint32_t lap_of(uint64_t s) {
+  return static_cast<uint32_t>(s >> 32);
+}
+constexpr uint32_t pid_of(uint64_t s) {
+  return static_cast<uint32_t>(s >> 8) & 0xffffffu;
+}
+constexpr uint64_t status_of(uint64_t s) {
+  return s & 0xffu;
+}
+/// Laps wrap at 2^32: compare them as a signed distance.
+constexpr int32_t lap_distance(uint32_t a, uint32_t b) {
+  return static_cast<int32_t>(a - b);
+}
+
+// -- this process -------------------------------------------------------------
+
+std::atomic<uint32_t> cached_pid{0};
+
+void refresh_pid() noexcept {
+  cached_pid.store(static_cast<uint32_t>(::getpid()), std::memory_order_relaxed);
+}
+
+/// getpid() is a system call; the queue needs it on every put and get.
+uint32_t self_pid() noexcept {
+  static const bool registered = [] {
+    refresh_pid();
+    ::pthread_atfork(nullptr, nullptr, refresh_pid);
+    return true;
+  }();
+  (void) registered;
+  return cached_pid.load(std::memory_order_relaxed);
+}
+
+/// True if `pid` has exited (gone, or a zombie waiting to be reaped).
+bool process_gone(uint32_t pid) noexcept {
+  if (::kill(static_cast<pid_t>(pid), 0) != 0)
+    return errno == ESRCH;
+  char path[32];
+  std::snprintf(path, sizeof(path), "/proc/%u/stat", pid);
+  auto* f = std::fopen(path, "re");
+  if (f == nullptr)
+    return errno == ENOENT;
+  char buf[512];
+  auto n = std::fread(buf, 1, sizeof(buf) - 1, f);
+  std::fclose(f);
+  buf[n] = '\0';
+  // "pid (comm) S ...": the state follows the last ')'.
+  auto* close_paren = std::strrchr(buf, ')');
+  return close_paren != nullptr && close_paren[1] == ' '
+         && (close_paren[2] == 'Z' || close_paren[2] == 'X');
+}
+
+// -- futex ----------------------------------------------------------------------
+
+uint32_t* futex_word(std::atomic<uint32_t>& word) noexcept {
+  return reinterpret_cast<uint32_t*>(&word);
+}
+
+void futex_wait(std::atomic<uint32_t>& word, uint32_t seen,
+                std::chrono::nanoseconds rel) noexcept {
+  timespec ts;
+  ts.tv_sec = static_cast<time_t>(rel.count() / 1000000000);
+  ts.tv_nsec = static_cast<long>(rel.count() % 1000000000);
+  ::syscall(SYS_futex, futex_word(word), FUTEX_WAIT, seen, &ts, nullptr, 0);
+}
+
+void futex_wake(std::atomic<uint32_t>& word, int count) noexcept {
+  ::syscall(SYS_futex, futex_word(word), FUTEX_WAKE, count, nullptr, nullptr,
+            0);
+}
+
+/// Wakes sleepers of `word` if any are registered in `waiters`. The caller's
+/// preceding seq_cst operation orders its update before this load.
+void notify(std::atomic<uint32_t>& word, std::atomic<uint32_t>& waiters,
+            bool all) noexcept {
+  if (waiters.load(std::memory_order_seq_cst) == 0)
+    return;
+  word.fetch_add(1, std::memory_order_seq_cst);
+  futex_wake(word, all ? INT_MAX : 1);
+}
+
+/// Moves a position from `from` to `from + 1` unless someone did already.
+/// (A copy: compare_exchange overwrites its first argument on failure.)
+void advance(std::atomic<uint64_t>& position, uint64_t from) noexcept {
+  position.compare_exchange_strong(from, from + 1, std::memory_order_acq_rel);
+}
+
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+/// How often a waiter looks for dead parties.
+constexpr auto recovery_period = std::chrono::milliseconds{10};
+constexpr int64_t min_spin_ns = 1000;
+constexpr int64_t max_spin_ns = 50000;
+
+using clock = std::chrono::steady_clock;
+
+/// Waits until `try_op` returns something else than `none`: first spinning
+/// for up to `spin_ns` (adapted to how often spinning pays off), then
+/// sleeping on `word`, running `idle` every recovery_period. Returns `none`
+/// only when `timeout` expired.
+template <class Attempt, class Try, class Idle>
+Attempt wait_for(std::atomic<uint32_t>& word, std::atomic<uint32_t>& waiters,
+                 std::optional<std::chrono::milliseconds> timeout,
+                 int64_t& spin_ns, Try&& try_op, Idle&& idle) {
+  auto r = try_op();
+  if (r != Attempt::none || (timeout && timeout->count() <= 0))
+    return r;
+  auto start = clock::now();
+  auto deadline = timeout ? start + *timeout : clock::time_point::max();
+  auto spin_until = std::min(deadline, start + std::chrono::nanoseconds{spin_ns});
+  for (unsigned i = 1;; ++i) {
+    for (int k = 0; k < 16; ++k)
+      cpu_relax();
+    if ((r = try_op()) != Attempt::none) {
+      spin_ns = std::min(max_spin_ns, spin_ns * 2);
+      return r;
+    }
+    if (i % 8 == 0) {
+      if (clock::now() >= spin_until)
+        break;
+      if (i % 64 == 0)
+        ::sched_yield(); // let a peer on the same core make progress
+    }
+  }
+  spin_ns = std::max(min_spin_ns, spin_ns / 2);
+  waiters.fetch_add(1, std::memory_order_seq_cst);
+  auto last_idle = clock::now();
+  for (;;) {
+    auto seen = word.load(std::memory_order_seq_cst);
+    if ((r = try_op()) != Attempt::none)
+      break;
+    auto now = clock::now();
+    if (now >= deadline)
+      break;
+    if (now - last_idle >= recovery_period) {
+      idle();
+      last_idle = now;
+      continue;
+    }
+    auto sleep = std::min<clock::duration>(deadline - now, recovery_period);
+    futex_wait(word, seen, sleep);
+  }
+  waiters.fetch_sub(1, std::memory_order_seq_cst);
+  return r;
+}
+
+std::string describe_fd(int fd) {
+  return "descriptor " + std::to_string(fd);
+}
+
+} // namespace detail
+
+using namespace detail;
+
+// -- life cycle -------------------------------------------------------------------
+
+shm_queue::shm_queue(shm_queue&& other) noexcept {
+  *this = std::move(other);
+}
+
+shm_queue& shm_queue::operator=(shm_queue&& other) noexcept {
+  if (this != &other) {
+    release();
+    fd_ = std::move(other.fd_);
+    base_ = std::exchange(other.base_, nullptr);
+    size_ = std::exchange(other.size_, 0);
+    header_ = std::exchange(other.header_, nullptr);
+    slots_ = std::exchange(other.slots_, nullptr);
+    mask_ = other.mask_;
+    shift_ = other.shift_;
+    stride_ = other.stride_;
+    leases_ = std::move(other.leases_);
+    other.leases_.clear();
+    spin_ns_ = other.spin_ns_;
+  }
+  return *this;
+}
+
+shm_queue::~shm_queue() {
+  release();
+}
+
+void shm_queue::release() noexcept {
+  if (header_ == nullptr)
+    return;
+  ack();
+  ::munmap(base_, size_);
+  base_ = nullptr;
+  header_ = nullptr;
+  slots_ = nullptr;
+  fd_.reset();
+}
+
+namespace {
+
+/// Maps `fd` and fills in a handle's pointers; validates the header when
+/// `check` is set.
+caf::error map_queue(unique_fd& fd, bool check, void*& base, size_t& size,
+                     shm_queue_header*& header) {
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0)
+    return make_system_error("fstat of queue " + describe_fd(fd.get()), errno);
+  if (static_cast<size_t>(st.st_size) < header_bytes)
+    return make_error(errc::invalid_argument,
+                      describe_fd(fd.get()) + " is not a multiproc queue ("
+                        + std::to_string(st.st_size) + " bytes)");
+  size = static_cast<size_t>(st.st_size);
+  base = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+  if (base == MAP_FAILED) {
+    base = nullptr;
+    return make_system_error("mmap of queue " + describe_fd(fd.get()), errno);
+  }
+  header = static_cast<shm_queue_header*>(base);
+  if (!check)
+    return caf::none;
+  std::string problem;
+  auto cap = header->capacity;
+  if (header->magic != queue_magic)
+    problem = "is not a multiproc queue (wrong magic)";
+  else if (header->version != queue_version)
+    problem = "holds a queue of layout version "
+              + std::to_string(header->version) + ", this program reads "
+              + std::to_string(queue_version);
+  else if (cap < 2 || (cap & (cap - 1)) != 0 || header->stride % 64 != 0
+           || header->max_message + slot_header_bytes > header->stride
+           || header->total_size != size
+           || header_bytes + uint64_t{cap} * header->stride != size)
+    problem = "holds a queue with an inconsistent header";
+  if (problem.empty())
+    return caf::none;
+  ::munmap(base, size);
+  base = nullptr;
+  header = nullptr;
+  return make_error(errc::invalid_argument,
+                    describe_fd(fd.get()) + " " + problem);
+}
+
+} // namespace
+
+caf::expected<shm_queue> shm_queue::create(const shm_queue_options& opts) {
+  if (opts.capacity < 2 || opts.capacity > (1u << 20))
+    return make_error(errc::invalid_argument,
+                      "queue capacity " + std::to_string(opts.capacity)
+                        + " is out of range (2 to 1048576)");
+  if (opts.max_message_size < 1 || opts.max_message_size > (16u << 20))
+    return make_error(errc::invalid_argument,
+                      "queue max_message_size "
+                        + std::to_string(opts.max_message_size)
+                        + " is out of range (1 to 16 MiB)");
+  uint32_t cap = 2;
+  while (cap < opts.capacity)
+    cap <<= 1;
+  uint32_t stride = (opts.max_message_size + slot_header_bytes + 63) / 64 * 64;
+  uint64_t total = header_bytes + uint64_t{cap} * stride;
+  unique_fd fd{static_cast<int>(
+    ::syscall(SYS_memfd_create, "multiproc-queue",
+              MFD_CLOEXEC | MFD_ALLOW_SEALING))};
+  if (!fd)
+    return make_system_error("memfd_create for a queue", errno);
+  if (::ftruncate(fd.get(), static_cast<off_t>(total)) != 0)
+    return make_system_error("ftruncate of a queue to "
+                               + std::to_string(total) + " bytes",
+                             errno);
+  // Nobody may resize it under a mapping (that would raise SIGBUS).
+  ::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+  shm_queue q;
+  if (auto err = map_queue(fd, false, q.base_, q.size_, q.header_))
+    return err;
+  auto* h = new (q.base_) shm_queue_header{};
+  h->magic = queue_magic;
+  h->version = queue_version;
+  h->capacity = cap;
+  h->stride = stride;
+  h->max_message = opts.max_message_size;
+  h->flags = opts.joinable ? flag_joinable : 0;
+  h->tag = opts.tag;
+  h->total_size = total;
+  q.fd_ = std::move(fd);
+  q.slots_ = static_cast<char*>(q.base_) + header_bytes;
+  q.stride_ = stride;
+  q.mask_ = cap - 1;
+  while ((uint32_t{1} << q.shift_) < cap)
+    ++q.shift_;
+  for (uint32_t i = 0; i < cap; ++i) {
+    auto* slot = new (q.slots_ + uint64_t{i} * stride) shm_slot{};
+    slot->state.store(make_state(0, 0, st_free), std::memory_order_relaxed);
+  }
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  return q;
+}
+
+caf::expected<shm_queue> shm_queue::attach(unique_fd fd) {
+  if (!fd)
+    return make_error(errc::invalid_argument,
+                      "attach needs a queue descriptor, got none");
+  shm_queue q;
+  if (auto err = map_queue(fd, true, q.base_, q.size_, q.header_))
+    return err;
+  q.fd_ = std::move(fd);
+  q.slots_ = static_cast<char*>(q.base_) + header_bytes;
+  q.stride_ = q.header_->stride;
+  q.mask_ = q.header_->capacity - 1;
+  while ((uint32_t{1} << q.shift_) < q.header_->capacity)
+    ++q.shift_;
+  return q;
+}
+
+caf::expected<shm_queue> shm_queue::clone() const {
+  if (!valid())
+    return make_error(errc::invalid_argument, "clone of an empty queue handle");
+  unique_fd dup{::fcntl(fd_.get(), F_DUPFD_CLOEXEC, 0)};
+  if (!dup)
+    return make_system_error("dup of queue " + describe_fd(fd_.get()), errno);
+  return attach(std::move(dup));
+}
+
+shm_slot& shm_queue::slot_at(uint64_t index) const noexcept {
+  return *reinterpret_cast<shm_slot*>(slots_ + (index & mask_) * stride_);
+}
+
+// -- producers ----------------------------------------------------------------------
+
+shm_queue::attempt shm_queue::try_put(std::string_view bytes) noexcept {
+  auto& h = *header_;
+  auto me = self_pid();
+  for (;;) {
+    if (h.closed.load(std::memory_order_acquire) != 0)
+      return attempt::closed;
+    auto pos = h.enqueue_pos.load(std::memory_order_acquire);
+    auto& slot = slot_at(pos);
+    auto lap = static_cast<uint32_t>(pos >> shift_);
+    auto s = slot.state.load(std::memory_order_acquire);
+    auto d = lap_distance(lap_of(s), lap);
+    if (d == 0 && status_of(s) == st_free) {
+      if (!slot.state.compare_exchange_strong(s, make_state(lap, me, st_writing),
+                                              std::memory_order_seq_cst))
+        continue;
+      advance(h.enqueue_pos, pos);
+      // close() may have run between the check above and the claim: then
+      // a consumer may already have seen the stream end. Drop the slot.
+      if (h.closed.load(std::memory_order_seq_cst) != 0) {
+        slot.state.store(make_state(lap + 1, 0, st_free),
+                         std::memory_order_seq_cst);
+        notify(h.not_full, h.producers_waiting, false);
+        return attempt::closed;
+      }
+      slot.size = static_cast<uint32_t>(bytes.size());
+      slot.deliveries.store(1, std::memory_order_relaxed);
+      std::memcpy(slot.payload(), bytes.data(), bytes.size());
+      if (h.flags & flag_joinable)
+        h.unfinished.fetch_add(1, std::memory_order_relaxed);
+      slot.state.store(make_state(lap, 0, st_ready), std::memory_order_seq_cst);
+      notify(h.not_empty, h.consumers_waiting, false);
+      return attempt::done;
+    }
+    if (d >= 0) {
+      // Another producer claimed this ticket (or it is long done): help
+      // move the position on, then try the next ticket.
+      advance(h.enqueue_pos, pos);
+      continue;
+    }
+    // The slot still holds the message of the previous lap.
+    if (h.enqueue_pos.load(std::memory_order_acquire) != pos)
+      continue;
+    return attempt::none;
+  }
+}
+
+caf::error shm_queue::put(std::string_view bytes, timeout_type timeout) {
+  if (!valid())
+    return make_error(errc::invalid_argument, "put on an empty queue handle");
+  if (bytes.size() > header_->max_message)
+    return make_error(errc::frame_too_large,
+                      "a message of " + std::to_string(bytes.size())
+                        + " bytes exceeds the queue's max_message_size of "
+                        + std::to_string(header_->max_message) + " bytes");
+  auto r = wait_for<attempt>(
+    header_->not_full, header_->producers_waiting, timeout, spin_ns_,
+    [&] { return try_put(bytes); }, [&] { recover(); });
+  switch (r) {
+    case attempt::done:
+      return caf::none;
+    case attempt::closed:
+      return make_error(errc::closed, "put on a closed queue");
+    case attempt::none:
+      break;
+  }
+  if (timeout && timeout->count() <= 0)
+    return make_error(errc::full, "the queue is full ("
+                                    + std::to_string(header_->capacity)
+                                    + " messages)");
+  return make_error(errc::timeout, "the queue stayed full for "
+                                     + std::to_string(timeout->count())
+                                     + " ms");
+}
+
+void shm_queue::close() noexcept {
+  if (!valid())
+    return;
+  header_->closed.store(1, std::memory_order_seq_cst);
+  wake_consumers(true);
+  wake_producers(true);
+}
+
+void shm_queue::wake_producers(bool all) noexcept {
+  notify(header_->not_full, header_->producers_waiting, all);
+}
+
+void shm_queue::wake_consumers(bool all) noexcept {
+  notify(header_->not_empty, header_->consumers_waiting, all);
+}
+
+// -- consumers ----------------------------------------------------------------------
+
+shm_queue::message shm_queue::view(shm_slot& slot, uint64_t lease) noexcept {
+  leases_.push_back(lease);
+  auto size = std::min(slot.size, header_->max_message);
+  return message{std::string_view{slot.payload(), size},
+                 slot.deliveries.load(std::memory_order_relaxed)};
+}
+
+shm_queue::attempt shm_queue::try_get(message& out) noexcept {
+  auto& h = *header_;
+  auto me = self_pid();
+  if (h.redeliver.load(std::memory_order_acquire) != 0 && take_redelivered(out))
+    return attempt::done;
+  for (;;) {
+    auto pos = h.dequeue_pos.load(std::memory_order_acquire);
+    auto& slot = slot_at(pos);
+    auto lap = static_cast<uint32_t>(pos >> shift_);
+    auto s = slot.state.load(std::memory_order_acquire);
+    auto d = lap_distance(lap_of(s), lap);
+    if (d == 0 && status_of(s) == st_ready) {
+      if (!slot.state.compare_exchange_strong(s, make_state(lap, me, st_leased),
+                                              std::memory_order_acq_rel))
+        continue;
+      advance(h.dequeue_pos, pos);
+      out = view(slot, (pos & mask_) | uint64_t{lap} << 32);
+      return attempt::done;
+    }
+    if (d > 0
+        || (d == 0
+            && (status_of(s) == st_leased || status_of(s) == st_redeliver))) {
+      // Taken already: help move the position on.
+      advance(h.dequeue_pos, pos);
+      continue;
+    }
+    // Not written yet (free or being written at this lap, or the slot still
+    // holds the previous lap's leased message).
+    if (h.dequeue_pos.load(std::memory_order_acquire) != pos)
+      continue;
+    if (h.closed.load(std::memory_order_seq_cst) != 0) {
+      bool pending = false;
+      scan(std::nullopt, &pending);
+      if (pending)
+        return h.redeliver.load(std::memory_order_acquire) != 0
+                   && take_redelivered(out)
+                 ? attempt::done
+                 : attempt::none;
+      return attempt::closed;
+    }
+    return attempt::none;
+  }
+}
+
+bool shm_queue::take_redelivered(message& out) noexcept {
+  auto me = self_pid();
+  for (uint64_t i = 0; i <= mask_; ++i) {
+    auto& slot = slot_at(i);
+    auto s = slot.state.load(std::memory_order_acquire);
+    if (status_of(s) != st_redeliver)
+      continue;
+    if (!slot.state.compare_exchange_strong(
+          s, make_state(lap_of(s), me, st_leased), std::memory_order_acq_rel))
+      continue;
+    header_->redeliver.fetch_sub(1, std::memory_order_acq_rel);
+    out = view(slot, i | uint64_t{lap_of(s)} << 32);
+    return true;
+  }
+  return false;
+}
+
+caf::expected<shm_queue::message> shm_queue::get(timeout_type timeout) {
+  if (!valid())
+    return make_error(errc::invalid_argument, "get on an empty queue handle");
+  if (!joinable())
+    ack();
+  message out;
+  auto r = wait_for<attempt>(
+    header_->not_empty, header_->consumers_waiting, timeout, spin_ns_,
+    [&] { return try_get(out); }, [&] { recover(); });
+  switch (r) {
+    case attempt::done:
+      return out;
+    case attempt::closed:
+      return make_error(errc::end_of_stream,
+                        "the queue is closed and drained");
+    case attempt::none:
+      break;
+  }
+  if (timeout && timeout->count() <= 0)
+    return make_error(errc::empty, "the queue is empty");
+  return make_error(errc::timeout, "the queue stayed empty for "
+                                     + std::to_string(timeout->count())
+                                     + " ms");
+}
+
+bool shm_queue::end_lease(uint64_t lease) noexcept {
+  auto& slot = slot_at(lease & 0xffffffffu);
+  auto lap = static_cast<uint32_t>(lease >> 32);
+  auto expected = make_state(lap, self_pid(), st_leased);
+  return slot.state.compare_exchange_strong(
+    expected, make_state(lap + 1, 0, st_free), std::memory_order_seq_cst);
+}
+
+void shm_queue::ack() noexcept {
+  if (leases_.empty() || !valid())
+    return;
+  for (auto lease : leases_)
+    end_lease(lease);
+  leases_.clear();
+  wake_producers(false);
+  if (closed())
+    wake_consumers(true);
+}
+
+caf::error shm_queue::task_done() {
+  if (!valid() || !joinable())
+    return make_error(errc::invalid_argument,
+                      "task_done on a queue that is not joinable");
+  if (leases_.empty())
+    return make_error(errc::invalid_argument,
+                      "task_done called more times than get on this handle");
+  end_lease(leases_.front());
+  leases_.pop_front();
+  wake_producers(false);
+  if (closed())
+    wake_consumers(true);
+  if (header_->unfinished.fetch_sub(1, std::memory_order_seq_cst) == 1)
+    notify(header_->done_events, header_->joiners_waiting, true);
+  return caf::none;
+}
+
+caf::error shm_queue::join(timeout_type timeout) {
+  if (!valid() || !joinable())
+    return make_error(errc::invalid_argument,
+                      "join on a queue that is not joinable");
+  auto r = wait_for<attempt>(
+    header_->done_events, header_->joiners_waiting, timeout, spin_ns_,
+    [&] {
+      return header_->unfinished.load(std::memory_order_seq_cst) == 0
+               ? attempt::done
+               : attempt::none;
+    },
+    [&] { recover(); });
+  if (r == attempt::done)
+    return caf::none;
+  return make_error(errc::timeout,
+                    std::to_string(unfinished()) + " messages still not done");
+}
+
+// -- observers ---------------------------------------------------------------------
+
+size_t shm_queue::size() const noexcept {
+  if (!valid())
+    return 0;
+  auto deq = header_->dequeue_pos.load(std::memory_order_acquire);
+  auto enq = header_->enqueue_pos.load(std::memory_order_acquire);
+  auto n = enq > deq ? enq - deq : 0;
+  return static_cast<size_t>(n) + header_->redeliver.load(std::memory_order_relaxed);
+}
+
+bool shm_queue::full() const noexcept {
+  if (!valid())
+    return false;
+  auto pos = header_->enqueue_pos.load(std::memory_order_acquire);
+  auto s = slot_at(pos).state.load(std::memory_order_acquire);
+  return lap_distance(lap_of(s), static_cast<uint32_t>(pos >> shift_)) < 0;
+}
+
+bool shm_queue::closed() const noexcept {
+  return valid() && header_->closed.load(std::memory_order_acquire) != 0;
+}
+
+uint32_t shm_queue::capacity() const noexcept {
+  return valid() ? header_->capacity : 0;
+}
+
+uint32_t shm_queue::max_message_size() const noexcept {
+  return valid() ? header_->max_message : 0;
+}
+
+bool shm_queue::joinable() const noexcept {
+  return valid() && (header_->flags & flag_joinable) != 0;
+}
+
+uint64_t shm_queue::tag() const noexcept {
+  return valid() ? header_->tag : 0;
+}
+
+uint64_t shm_queue::unfinished() const noexcept {
+  return valid() ? header_->unfinished.load(std::memory_order_acquire) : 0;
+}
+
+// -- recovery ----------------------------------------------------------------------
+
+size_t shm_queue::recover(std::optional<int> pid) noexcept {
+  if (!valid())
+    return 0;
+  return scan(pid, nullptr);
+}
+
+size_t shm_queue::scan(std::optional<int> dead, bool* pending) noexcept {
+  auto me = self_pid();
+  // Liveness answers of this scan (a system call each).
+  std::array<std::pair<uint32_t, bool>, 16> known{};
+  size_t known_n = 0;
+  auto is_dead = [&](uint32_t owner) {
+    if (dead)
+      return owner == static_cast<uint32_t>(*dead);
+    for (size_t i = 0; i < known_n; ++i)
+      if (known[i].first == owner)
+        return known[i].second;
+    bool gone = process_gone(owner);
+    if (known_n < known.size())
+      known[known_n++] = {owner, gone};
+    return gone;
+  };
+  size_t repaired = 0;
+  bool any_pending = false;
+  bool dropped = false;
+  bool redelivered = false;
+  for (uint64_t i = 0; i <= mask_; ++i) {
+    auto& slot = slot_at(i);
+    auto s = slot.state.load(std::memory_order_acquire);
+    auto st = status_of(s);
+    if (st == st_free)
+      continue;
+    if (st == st_ready || st == st_redeliver) {
+      any_pending = true;
+      continue;
+    }
+    auto owner = pid_of(s);
+    if (owner == me || !is_dead(owner)) {
+      // A live producer's message will come; a live consumer's lease may
+      // come back. Our own leases end before we look for the next message.
+      if (owner != me || st == st_writing)
+        any_pending = true;
+      continue;
+    }
+    auto lap = lap_of(s);
+    if (st == st_writing) {
+      // The producer died before publishing: the message never existed.
+      if (slot.state.compare_exchange_strong(
+            s, make_state(lap + 1, 0, st_free), std::memory_order_seq_cst)) {
+        ++repaired;
+        dropped = true;
+      }
+      continue;
+    }
+    // st_leased by a dead consumer: take the lease over, count the
+    // delivery, then offer the message again.
+    if (!slot.state.compare_exchange_strong(
+          s, make_state(lap, me, st_leased), std::memory_order_seq_cst))
+      continue;
+    slot.deliveries.fetch_add(1, std::memory_order_relaxed);
+    slot.state.store(make_state(lap, 0, st_redeliver), std::memory_order_seq_cst);
+    header_->redeliver.fetch_add(1, std::memory_order_seq_cst);
+    ++repaired;
+    redelivered = true;
+    any_pending = true;
+  }
+  if (dropped)
+    wake_producers(true);
+  if (dropped || redelivered)
+    wake_consumers(true);
+  if (pending != nullptr)
+    *pending = any_pending;
+  return repaired;
+}
+
+} // namespace multiproc

@@ -1,0 +1,179 @@
+#pragma once
+
+/// queue<T>: a bounded many-to-many queue of typed messages between
+/// processes, the counterpart of Python's multiprocessing.Queue and
+/// JoinableQueue, without their pitfalls: no feeder thread (a put is in
+/// shared memory when it returns), no lock a dead process can hold, no
+/// sentinel (close() ends the stream), and a message whose consumer dies
+/// before finishing it is delivered again (at-least-once).
+///
+///     auto q = multiproc::queue<int>::create();            // parent
+///     multiproc::process_options opts;
+///     opts.fds = {q->fd()};                                // pass it on
+///     auto child = multiproc::start_process("consumer", {}, opts);
+///     auto q = multiproc::queue<int>::attach(std::move(ctx.fds[0]));  // child
+///
+/// T is any type registered with MULTIPROC_MESSAGE; values are Cereal-encoded
+/// into shared memory (shm_queue.hpp, docs/queue.md).
+///
+/// Thread safety: as shm_queue: put() from any thread; get(), ack() and
+/// task_done() from one thread at a time per handle (clone() gives a thread
+/// its own handle).
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include <caf/error.hpp>
+#include <caf/expected.hpp>
+
+#include "multiproc/message_registry.hpp"
+#include "multiproc/shm_queue.hpp"
+
+namespace multiproc {
+
+/// Options of queue<T>::create().
+struct queue_options {
+  /// How many messages the queue holds, counting taken but unacknowledged
+  /// ones (rounded up to a power of two).
+  uint32_t capacity = 1024;
+  /// The largest encoded message in bytes; a larger put fails with
+  /// frame_too_large.
+  uint32_t max_message_size = 1000;
+  /// Python's JoinableQueue: consumers call task_done(), join() waits.
+  bool joinable = false;
+};
+
+template <class T>
+class queue {
+public:
+  using timeout_type = shm_queue::timeout_type;
+
+  queue() noexcept = default;
+
+  /// Creates a queue of T in new shared memory. Errors: unknown_type (T is
+  /// not registered), invalid_argument, system_error.
+  static caf::expected<queue> create(const queue_options& opts = {}) {
+    auto id = type_tag();
+    if (!id)
+      return std::move(id.error());
+    shm_queue_options raw;
+    raw.capacity = opts.capacity;
+    raw.max_message_size = opts.max_message_size;
+    raw.joinable = opts.joinable;
+    raw.tag = *id;
+    auto q = shm_queue::create(raw);
+    if (!q)
+      return std::move(q.error());
+    return queue{std::move(*q)};
+  }
+
+  /// Maps the queue behind `fd` (another handle's fd(), e.g. received in
+  /// child_context::fds). Errors: type_mismatch (a queue of another type),
+  /// and those of shm_queue::attach.
+  static caf::expected<queue> attach(unique_fd fd) {
+    auto id = type_tag();
+    if (!id)
+      return std::move(id.error());
+    auto q = shm_queue::attach(std::move(fd));
+    if (!q)
+      return std::move(q.error());
+    if (q->tag() != *id)
+      return make_error(errc::type_mismatch,
+                        "descriptor " + std::to_string(q->fd())
+                          + " holds a queue of another type than '"
+                          + type_name_of<T>() + "'");
+    return queue{std::move(*q)};
+  }
+
+  /// A new handle on the same queue, e.g. for another consumer thread.
+  caf::expected<queue> clone() const {
+    auto q = q_.clone();
+    if (!q)
+      return std::move(q.error());
+    return queue{std::move(*q)};
+  }
+
+  /// The shared-memory descriptor, for process_options::fds.
+  int fd() const noexcept { return q_.fd(); }
+
+  /// Puts `value`, waiting for room up to `timeout` (forever by default).
+  /// Errors: encode_failed (nothing is put), frame_too_large, full (timeout
+  /// zero), timeout, closed.
+  caf::error put(const T& value, timeout_type timeout = std::nullopt) {
+    thread_local std::string buf;
+    buf.clear();
+    if (auto err = encode(value, buf))
+      return err;
+    return q_.put(buf, timeout);
+  }
+
+  /// put() without waiting: fails with `full` at once.
+  caf::error try_put(const T& value) {
+    return put(value, std::chrono::milliseconds{0});
+  }
+
+  /// Takes the next value, waiting up to `timeout` (forever by default).
+  /// Errors: empty (timeout zero), timeout, end_of_stream (closed and
+  /// drained), decode_failed (the message is consumed).
+  caf::expected<T> get(timeout_type timeout = std::nullopt) {
+    auto msg = q_.get(timeout);
+    if (!msg)
+      return std::move(msg.error());
+    last_deliveries_ = msg->deliveries;
+    return decode<T>(msg->bytes);
+  }
+
+  /// get() without waiting: fails with `empty` at once.
+  caf::expected<T> try_get() {
+    return get(std::chrono::milliseconds{0});
+  }
+
+  /// How often the value of the last get() was delivered: 1, or more when
+  /// a consumer died holding it.
+  uint32_t last_deliveries() const noexcept { return last_deliveries_; }
+
+  /// Ends the stream; see shm_queue::close().
+  void close() noexcept { q_.close(); }
+  /// Acknowledges the values taken so far; see shm_queue::ack().
+  void ack() noexcept { q_.ack(); }
+  /// Joinable queues; see shm_queue::task_done().
+  caf::error task_done() { return q_.task_done(); }
+  /// Joinable queues; see shm_queue::join().
+  caf::error join(timeout_type timeout = std::nullopt) {
+    return q_.join(timeout);
+  }
+
+  size_t size() const noexcept { return q_.size(); }
+  bool empty() const noexcept { return q_.empty(); }
+  bool full() const noexcept { return q_.full(); }
+  bool closed() const noexcept { return q_.closed(); }
+  bool valid() const noexcept { return q_.valid(); }
+
+  /// Repairs what dead processes left; see shm_queue::recover().
+  size_t recover(std::optional<int> pid = std::nullopt) noexcept {
+    return q_.recover(pid);
+  }
+
+  /// The untyped queue underneath.
+  shm_queue& raw() noexcept { return q_; }
+
+private:
+  explicit queue(shm_queue q) noexcept : q_(std::move(q)) {}
+
+  static caf::expected<type_id> type_tag() {
+    auto* entry = message_registry::instance().find(typeid(T));
+    if (entry == nullptr)
+      return make_error(errc::unknown_type,
+                        "type " + type_name_of<T>()
+                          + " is not registered; add MULTIPROC_MESSAGE(T, "
+                            "\"name\")");
+    return entry->id;
+  }
+
+  shm_queue q_;
+  uint32_t last_deliveries_ = 0;
+};
+
+} // namespace multiproc
