@@ -22,6 +22,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "multiproc/detail/queue_seam.hpp"
 #include "multiproc/error.hpp"
 
 namespace multiproc {
@@ -111,6 +112,19 @@ constexpr uint64_t status_of(uint64_t s) {
 /// Laps wrap at 2^32: compare them as a signed distance.
 constexpr int32_t lap_distance(uint32_t a, uint32_t b) {
   return static_cast<int32_t>(a - b);
+}
+
+// -- test seam -----------------------------------------------------------------
+
+queue_hook current_hook = nullptr;
+
+void set_queue_hook(queue_hook hook) noexcept {
+  current_hook = hook;
+}
+
+inline void at_step(queue_step step) noexcept {
+  if (current_hook != nullptr)
+    current_hook(step);
 }
 
 // -- this process -------------------------------------------------------------
@@ -451,6 +465,7 @@ shm_queue::attempt shm_queue::try_put(std::string_view bytes) noexcept {
         notify(h.not_full, h.producers_waiting, false);
         return attempt::closed;
       }
+      at_step(queue_step::put_claimed);
       slot.size = static_cast<uint32_t>(bytes.size());
       slot.deliveries.store(1, std::memory_order_relaxed);
       std::memcpy(slot.payload(), bytes.data(), bytes.size());
@@ -543,6 +558,7 @@ shm_queue::attempt shm_queue::try_get(message& out) noexcept {
         continue;
       advance(h.dequeue_pos, pos);
       out = view(slot, (pos & mask_) | uint64_t{lap} << 32);
+      at_step(queue_step::get_leased);
       return attempt::done;
     }
     if (d > 0
