@@ -1,0 +1,1 @@
+// Tests for serialization/queue: typed values over shm_queue between processes.
