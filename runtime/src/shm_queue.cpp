@@ -32,10 +32,13 @@ namespace detail {
 // -- layout -------------------------------------------------------------------
 
 constexpr uint64_t queue_magic = 0x3145555150434d4dull; // "MMCPQUE1"
-constexpr uint32_t queue_version = 1;
+constexpr uint32_t queue_version = 2;
 constexpr size_t header_bytes = 4096;
-constexpr size_t slot_header_bytes = 16;
+constexpr size_t slot_header_bytes = 24;
+/// Each message in a slot is preceded by its length (u32).
+constexpr uint32_t length_bytes = 4;
 constexpr uint32_t flag_joinable = 1;
+constexpr uint32_t flag_batching = 2;
 
 /// The first page of the memory. Words written by different parties sit on
 /// different cache lines.
@@ -75,10 +78,18 @@ static_assert(sizeof(shm_queue_header) <= header_bytes);
 static_assert(std::atomic<uint64_t>::is_always_lock_free);
 static_assert(std::atomic<uint32_t>::is_always_lock_free);
 
-/// One slot: its state word, then the message.
+/// One slot: its state word, then a batch of messages, each a u32 length
+/// and its bytes, in payload()[start, end). Only the slot's owner (the
+/// producer writing it, the consumer leasing it) writes start, end and count.
 struct shm_slot {
   std::atomic<uint64_t> state;
-  uint32_t size;
+  /// Offset of the first message not yet consumed.
+  uint32_t start;
+  /// Offset after the last committed message.
+  uint32_t end;
+  /// Messages in [start, end).
+  uint32_t count;
+  /// How often the batch was handed to a consumer.
   std::atomic<uint32_t> deliveries;
   char* payload() noexcept {
     return reinterpret_cast<char*>(this) + slot_header_bytes;
@@ -182,6 +193,24 @@ void futex_wait(std::atomic<uint32_t>& word, uint32_t seen,
 void futex_wake(std::atomic<uint32_t>& word, int count) noexcept {
   ::syscall(SYS_futex, futex_word(word), FUTEX_WAKE, count, nullptr, nullptr,
             0);
+}
+
+/// Recomputes a slot's message count from its bytes (a dead writer may have
+/// stopped between updating `end` and `count`); returns it.
+uint32_t recount(shm_slot& slot) noexcept {
+  uint32_t n = 0;
+  uint32_t at = slot.start;
+  while (slot.end >= at + length_bytes) {
+    uint32_t size = 0;
+    std::memcpy(&size, slot.payload() + at, length_bytes);
+    if (size > slot.end - at - length_bytes)
+      break;
+    at += length_bytes + size;
+    ++n;
+  }
+  slot.end = at;
+  slot.count = n;
+  return n;
 }
 
 /// Wakes sleepers of `word` if any are registered in `waiters`. The caller's
@@ -290,8 +319,18 @@ shm_queue& shm_queue::operator=(shm_queue&& other) noexcept {
     mask_ = other.mask_;
     shift_ = other.shift_;
     stride_ = other.stride_;
+    room_ = other.room_;
+    last_put_ = std::exchange(other.last_put_, no_slot);
+    append_backoff_ = other.append_backoff_;
+    append_skip_ = other.append_skip_;
     leases_ = std::move(other.leases_);
     other.leases_.clear();
+    batch_ = std::exchange(other.batch_, no_slot);
+    read_ = other.read_;
+    end_ = other.end_;
+    returned_ = std::exchange(other.returned_, 0);
+    undone_ = std::exchange(other.undone_, 0);
+    batch_deliveries_ = other.batch_deliveries_;
     spin_ns_ = other.spin_ns_;
   }
   return *this;
@@ -304,7 +343,19 @@ shm_queue::~shm_queue() {
 void shm_queue::release() noexcept {
   if (header_ == nullptr)
     return;
-  ack();
+  // Messages returned by get() are done (plain queues); the others go back
+  // to the queue for other consumers.
+  if (!joinable())
+    settle();
+  for (auto lease : leases_) {
+    auto& slot = slot_at(lease & 0xffffffffu);
+    if (slot.count == 0)
+      end_lease(lease);
+    else
+      hand_back(lease);
+  }
+  leases_.clear();
+  batch_ = no_slot;
   ::munmap(base_, size_);
   base_ = nullptr;
   header_ = nullptr;
@@ -343,7 +394,8 @@ caf::error map_queue(unique_fd& fd, bool check, void*& base, size_t& size,
               + std::to_string(header->version) + ", this program reads "
               + std::to_string(queue_version);
   else if (cap < 2 || (cap & (cap - 1)) != 0 || header->stride % 64 != 0
-           || header->max_message + slot_header_bytes > header->stride
+           || uint64_t{header->max_message} + length_bytes + slot_header_bytes
+                > header->stride
            || header->total_size != size
            || header_bytes + uint64_t{cap} * header->stride != size)
     problem = "holds a queue with an inconsistent header";
@@ -371,7 +423,8 @@ caf::expected<shm_queue> shm_queue::create(const shm_queue_options& opts) {
   uint32_t cap = 2;
   while (cap < opts.capacity)
     cap <<= 1;
-  uint32_t stride = (opts.max_message_size + slot_header_bytes + 63) / 64 * 64;
+  uint32_t stride
+    = (opts.max_message_size + length_bytes + slot_header_bytes + 63) / 64 * 64;
   uint64_t total = header_bytes + uint64_t{cap} * stride;
   unique_fd fd{static_cast<int>(
     ::syscall(SYS_memfd_create, "multiproc-queue",
@@ -393,12 +446,14 @@ caf::expected<shm_queue> shm_queue::create(const shm_queue_options& opts) {
   h->capacity = cap;
   h->stride = stride;
   h->max_message = opts.max_message_size;
-  h->flags = opts.joinable ? flag_joinable : 0;
+  h->flags = (opts.joinable ? flag_joinable : 0)
+             | (opts.batching ? flag_batching : 0);
   h->tag = opts.tag;
   h->total_size = total;
   q.fd_ = std::move(fd);
   q.slots_ = static_cast<char*>(q.base_) + header_bytes;
   q.stride_ = stride;
+  q.room_ = stride - slot_header_bytes;
   q.mask_ = cap - 1;
   while ((uint32_t{1} << q.shift_) < cap)
     ++q.shift_;
@@ -420,6 +475,7 @@ caf::expected<shm_queue> shm_queue::attach(unique_fd fd) {
   q.fd_ = std::move(fd);
   q.slots_ = static_cast<char*>(q.base_) + header_bytes;
   q.stride_ = q.header_->stride;
+  q.room_ = q.stride_ - slot_header_bytes;
   q.mask_ = q.header_->capacity - 1;
   while ((uint32_t{1} << q.shift_) < q.header_->capacity)
     ++q.shift_;
@@ -441,21 +497,87 @@ shm_slot& shm_queue::slot_at(uint64_t index) const noexcept {
 
 // -- producers ----------------------------------------------------------------------
 
+namespace {
+
+/// Appends one length-prefixed message at the slot's end.
+void append_message(shm_slot& slot, std::string_view bytes) noexcept {
+  auto size = static_cast<uint32_t>(bytes.size());
+  std::memcpy(slot.payload() + slot.end, &size, length_bytes);
+  std::memcpy(slot.payload() + slot.end + length_bytes, bytes.data(),
+              bytes.size());
+  slot.end += length_bytes + size;
+  slot.count += 1;
+}
+
+} // namespace
+
+bool shm_queue::try_append(std::string_view bytes) noexcept {
+  if (last_put_ == no_slot || (header_->flags & flag_batching) == 0)
+    return false;
+  if (append_skip_ > 0) {
+    --append_skip_;
+    return false;
+  }
+  auto& h = *header_;
+  auto& slot = slot_at(last_put_ & 0xffffffffu);
+  auto lap = static_cast<uint32_t>(last_put_ >> 32);
+  // Take the slot back from `ready` unless a consumer took it already.
+  auto s = make_state(lap, 0, st_ready);
+  if (!slot.state.compare_exchange_strong(s, make_state(lap, self_pid(),
+                                                        st_writing),
+                                          std::memory_order_seq_cst)) {
+    last_put_ = no_slot;
+    append_backoff_ = std::min<uint32_t>(64, append_backoff_ * 2 + 1);
+    append_skip_ = append_backoff_;
+    return false;
+  }
+  bool fits = slot.end + length_bytes + bytes.size() <= room_;
+  // A put racing with close() must not land after a consumer saw the end.
+  if (fits && h.closed.load(std::memory_order_seq_cst) == 0) {
+    at_step(queue_step::put_claimed);
+    append_message(slot, bytes);
+    if (h.flags & flag_joinable)
+      h.unfinished.fetch_add(1, std::memory_order_relaxed);
+    append_backoff_ = 0;
+  } else {
+    last_put_ = no_slot;
+  }
+  slot.state.store(make_state(lap, 0, st_ready), std::memory_order_seq_cst);
+  if (fits)
+    notify(h.not_empty, h.consumers_waiting, false);
+  return fits && last_put_ != no_slot;
+}
+
 shm_queue::attempt shm_queue::try_put(std::string_view bytes) noexcept {
   auto& h = *header_;
+  if (h.closed.load(std::memory_order_acquire) != 0)
+    return attempt::closed;
+  if (try_append(bytes))
+    return attempt::done;
   auto me = self_pid();
+  bool optimistic = std::exchange(optimistic_, false);
   for (;;) {
-    if (h.closed.load(std::memory_order_acquire) != 0)
-      return attempt::closed;
     auto pos = h.enqueue_pos.load(std::memory_order_acquire);
     auto& slot = slot_at(pos);
     auto lap = static_cast<uint32_t>(pos >> shift_);
-    auto s = slot.state.load(std::memory_order_acquire);
+    // Compare-and-swap first: one cache-line transfer instead of a read
+    // and then an upgrade when the slot is free, as it is while streaming.
+    auto s = make_state(lap, 0, st_free);
+    bool claimed = false;
+    if (optimistic)
+      claimed = slot.state.compare_exchange_strong(
+        s, make_state(lap, me, st_writing), std::memory_order_seq_cst);
+    else
+      s = slot.state.load(std::memory_order_acquire);
+    optimistic = true;
     auto d = lap_distance(lap_of(s), lap);
-    if (d == 0 && status_of(s) == st_free) {
+    if (!claimed && d == 0 && status_of(s) == st_free) {
       if (!slot.state.compare_exchange_strong(s, make_state(lap, me, st_writing),
                                               std::memory_order_seq_cst))
         continue;
+      claimed = true;
+    }
+    if (claimed) {
       advance(h.enqueue_pos, pos);
       // close() may have run between the check above and the claim: then
       // a consumer may already have seen the stream end. Drop the slot.
@@ -466,13 +588,13 @@ shm_queue::attempt shm_queue::try_put(std::string_view bytes) noexcept {
         return attempt::closed;
       }
       at_step(queue_step::put_claimed);
-      slot.size = static_cast<uint32_t>(bytes.size());
+      append_message(slot, bytes);
       slot.deliveries.store(1, std::memory_order_relaxed);
-      std::memcpy(slot.payload(), bytes.data(), bytes.size());
       if (h.flags & flag_joinable)
         h.unfinished.fetch_add(1, std::memory_order_relaxed);
       slot.state.store(make_state(lap, 0, st_ready), std::memory_order_seq_cst);
       notify(h.not_empty, h.consumers_waiting, false);
+      last_put_ = (pos & mask_) | uint64_t{lap} << 32;
       return attempt::done;
     }
     if (d >= 0) {
@@ -496,6 +618,7 @@ caf::error shm_queue::put(std::string_view bytes, timeout_type timeout) {
                       "a message of " + std::to_string(bytes.size())
                         + " bytes exceeds the queue's max_message_size of "
                         + std::to_string(header_->max_message) + " bytes");
+  optimistic_ = true;
   auto r = wait_for<attempt>(
     header_->not_full, header_->producers_waiting, timeout, spin_ns_,
     [&] { return try_put(bytes); }, [&] { recover(); });
@@ -510,7 +633,7 @@ caf::error shm_queue::put(std::string_view bytes, timeout_type timeout) {
   if (timeout && timeout->count() <= 0)
     return make_error(errc::full, "the queue is full ("
                                     + std::to_string(header_->capacity)
-                                    + " messages)");
+                                    + " slots)");
   return make_error(errc::timeout, "the queue stayed full for "
                                      + std::to_string(timeout->count())
                                      + " ms");
@@ -534,31 +657,101 @@ void shm_queue::wake_consumers(bool all) noexcept {
 
 // -- consumers ----------------------------------------------------------------------
 
-shm_queue::message shm_queue::view(shm_slot& slot, uint64_t lease) noexcept {
+void shm_queue::begin_batch(shm_slot& slot, uint64_t lease) noexcept {
   leases_.push_back(lease);
-  auto size = std::min(slot.size, header_->max_message);
-  return message{std::string_view{slot.payload(), size},
-                 slot.deliveries.load(std::memory_order_relaxed)};
+  batch_ = lease;
+  end_ = std::min(slot.end, room_);
+  read_ = std::min(slot.start, end_);
+  returned_ = 0;
+  batch_deliveries_ = slot.deliveries.load(std::memory_order_relaxed);
 }
 
-shm_queue::attempt shm_queue::try_get(message& out) noexcept {
+caf::expected<shm_queue::message> shm_queue::next_message() {
+  auto& slot = slot_at(batch_ & 0xffffffffu);
+  uint32_t size = 0;
+  if (end_ - read_ >= length_bytes)
+    std::memcpy(&size, slot.payload() + read_, length_bytes);
+  if (end_ - read_ < length_bytes || size > end_ - read_ - length_bytes) {
+    // Only a foreign writer can leave this: drop the rest of the batch.
+    auto at = read_;
+    read_ = end_;
+    slot.count = 0;
+    slot.start = end_;
+    return make_error(errc::protocol_error,
+                      "queue slot " + std::to_string(batch_ & 0xffffffffu)
+                        + " holds a malformed message at offset "
+                        + std::to_string(at) + "; the rest of its batch is "
+                        + "dropped");
+  }
+  message out{std::string_view{slot.payload() + read_ + length_bytes, size},
+              batch_deliveries_};
+  read_ += length_bytes + size;
+  if (joinable())
+    ++undone_;
+  else
+    ++returned_;
+  at_step(queue_step::get_leased);
+  return out;
+}
+
+void shm_queue::settle() noexcept {
+  if (batch_ == no_slot)
+    return;
+  auto& slot = slot_at(batch_ & 0xffffffffu);
+  if (read_ < end_) {
+    // Drop what was returned; the rest stays leased to this handle.
+    if (returned_ > 0) {
+      slot.start = read_;
+      slot.count -= std::min(slot.count, returned_);
+      returned_ = 0;
+    }
+    return;
+  }
+  slot.count = 0;
+  end_lease(batch_);
+  leases_.clear();
+  batch_ = no_slot;
+  returned_ = 0;
+}
+
+shm_queue::attempt shm_queue::try_get() noexcept {
   auto& h = *header_;
   auto me = self_pid();
-  if (h.redeliver.load(std::memory_order_acquire) != 0 && take_redelivered(out))
+  if (h.redeliver.load(std::memory_order_acquire) != 0 && take_redelivered())
     return attempt::done;
+  bool optimistic = std::exchange(optimistic_, false) && !holding_;
   for (;;) {
     auto pos = h.dequeue_pos.load(std::memory_order_acquire);
     auto& slot = slot_at(pos);
     auto lap = static_cast<uint32_t>(pos >> shift_);
-    auto s = slot.state.load(std::memory_order_acquire);
+    auto s = make_state(lap, 0, st_ready);
+    bool taken = false;
+    if (optimistic)
+      taken = slot.state.compare_exchange_strong(
+        s, make_state(lap, me, st_leased), std::memory_order_acq_rel);
+    else
+      s = holding_ ? hold(slot, pos) : slot.state.load(std::memory_order_acquire);
+    optimistic = !holding_;
     auto d = lap_distance(lap_of(s), lap);
-    if (d == 0 && status_of(s) == st_ready) {
+    if (!taken && d == 0 && status_of(s) == st_ready) {
       if (!slot.state.compare_exchange_strong(s, make_state(lap, me, st_leased),
                                               std::memory_order_acq_rel))
         continue;
+      taken = true;
+    }
+    if (taken) {
       advance(h.dequeue_pos, pos);
-      out = view(slot, (pos & mask_) | uint64_t{lap} << 32);
-      at_step(queue_step::get_leased);
+      begin_batch(slot, (pos & mask_) | uint64_t{lap} << 32);
+      // Lockstep: slot after slot taken while barely filled. Batches would
+      // form if we waited a little.
+      if (!holding_ && end_ - read_ <= room_ / 2) {
+        if (hold_cooldown_ > 0)
+          --hold_cooldown_;
+        else if (++lockstep_ >= 8)
+          holding_ = true;
+      } else {
+        lockstep_ = 0;
+      }
       return attempt::done;
     }
     if (d > 0
@@ -569,7 +762,7 @@ shm_queue::attempt shm_queue::try_get(message& out) noexcept {
       continue;
     }
     // Not written yet (free or being written at this lap, or the slot still
-    // holds the previous lap's leased message).
+    // holds the previous lap's leased batch).
     if (h.dequeue_pos.load(std::memory_order_acquire) != pos)
       continue;
     if (h.closed.load(std::memory_order_seq_cst) != 0) {
@@ -577,7 +770,7 @@ shm_queue::attempt shm_queue::try_get(message& out) noexcept {
       scan(std::nullopt, &pending);
       if (pending)
         return h.redeliver.load(std::memory_order_acquire) != 0
-                   && take_redelivered(out)
+                   && take_redelivered()
                  ? attempt::done
                  : attempt::none;
       return attempt::closed;
@@ -586,7 +779,33 @@ shm_queue::attempt shm_queue::try_get(message& out) noexcept {
   }
 }
 
-bool shm_queue::take_redelivered(message& out) noexcept {
+uint64_t shm_queue::hold(shm_slot& slot, uint64_t pos) noexcept {
+  // Wait (at most hold_ns) while the slot is the producer's newest: the
+  // producer is appending to it. Watches only the enqueue position (written
+  // once per slot), not the slot, so as not to pull the slot's line away
+  // from its writer at every append.
+  auto& h = *header_;
+  auto start = clock::now();
+  auto first_end = __atomic_load_n(&slot.end, __ATOMIC_RELAXED);
+  for (unsigned i = 0;; ++i) {
+    if (h.enqueue_pos.load(std::memory_order_acquire) != pos + 1)
+      break;
+    if (i % 4 == 3 && clock::now() - start > std::chrono::nanoseconds{hold_ns}) {
+      if (__atomic_load_n(&slot.end, __ATOMIC_RELAXED) == first_end) {
+        // Nothing came: not a stream. Take messages at once for a while.
+        holding_ = false;
+        lockstep_ = 0;
+        hold_cooldown_ = 1024;
+      }
+      break;
+    }
+    for (int k = 0; k < 8; ++k)
+      cpu_relax();
+  }
+  return slot.state.load(std::memory_order_acquire);
+}
+
+bool shm_queue::take_redelivered() noexcept {
   auto me = self_pid();
   for (uint64_t i = 0; i <= mask_; ++i) {
     auto& slot = slot_at(i);
@@ -597,7 +816,7 @@ bool shm_queue::take_redelivered(message& out) noexcept {
           s, make_state(lap_of(s), me, st_leased), std::memory_order_acq_rel))
       continue;
     header_->redeliver.fetch_sub(1, std::memory_order_acq_rel);
-    out = view(slot, i | uint64_t{lap_of(s)} << 32);
+    begin_batch(slot, i | uint64_t{lap_of(s)} << 32);
     return true;
   }
   return false;
@@ -607,14 +826,23 @@ caf::expected<shm_queue::message> shm_queue::get(timeout_type timeout) {
   if (!valid())
     return make_error(errc::invalid_argument, "get on an empty queue handle");
   if (!joinable())
-    ack();
-  message out;
+    settle();
+  if (batch_ != no_slot && read_ < end_)
+    return next_message();
+  batch_ = no_slot;
+  optimistic_ = true;
   auto r = wait_for<attempt>(
     header_->not_empty, header_->consumers_waiting, timeout, spin_ns_,
-    [&] { return try_get(out); }, [&] { recover(); });
+    [&] { return try_get(); }, [&] { recover(); });
   switch (r) {
     case attempt::done:
-      return out;
+      if (read_ < end_)
+        return next_message();
+      // An empty batch: its consumer died after finishing every message.
+      end_lease(batch_);
+      leases_.pop_back();
+      batch_ = no_slot;
+      return get(timeout);
     case attempt::closed:
       return make_error(errc::end_of_stream,
                         "the queue is closed and drained");
@@ -628,37 +856,62 @@ caf::expected<shm_queue::message> shm_queue::get(timeout_type timeout) {
                                      + " ms");
 }
 
-bool shm_queue::end_lease(uint64_t lease) noexcept {
+void shm_queue::end_lease(uint64_t lease) noexcept {
+  auto& slot = slot_at(lease & 0xffffffffu);
+  auto lap = static_cast<uint32_t>(lease >> 32);
+  slot.start = 0;
+  slot.end = 0;
+  slot.count = 0;
+  auto expected = make_state(lap, self_pid(), st_leased);
+  // Fails only if a recovery wrongly took the lease over; then the slot is
+  // not ours to free.
+  if (slot.state.compare_exchange_strong(expected,
+                                         make_state(lap + 1, 0, st_free),
+                                         std::memory_order_seq_cst)) {
+    wake_producers(false);
+    if (header_->closed.load(std::memory_order_acquire) != 0)
+      wake_consumers(true);
+  }
+}
+
+void shm_queue::hand_back(uint64_t lease) noexcept {
   auto& slot = slot_at(lease & 0xffffffffu);
   auto lap = static_cast<uint32_t>(lease >> 32);
   auto expected = make_state(lap, self_pid(), st_leased);
-  return slot.state.compare_exchange_strong(
-    expected, make_state(lap + 1, 0, st_free), std::memory_order_seq_cst);
+  if (!slot.state.compare_exchange_strong(expected,
+                                          make_state(lap, 0, st_redeliver),
+                                          std::memory_order_seq_cst))
+    return;
+  header_->redeliver.fetch_add(1, std::memory_order_seq_cst);
+  wake_consumers(true);
 }
 
 void shm_queue::ack() noexcept {
-  if (leases_.empty() || !valid())
-    return;
-  for (auto lease : leases_)
-    end_lease(lease);
-  leases_.clear();
-  wake_producers(false);
-  if (closed())
-    wake_consumers(true);
+  if (valid() && !joinable())
+    settle();
 }
 
 caf::error shm_queue::task_done() {
   if (!valid() || !joinable())
     return make_error(errc::invalid_argument,
                       "task_done on a queue that is not joinable");
-  if (leases_.empty())
+  if (undone_ == 0 || leases_.empty())
     return make_error(errc::invalid_argument,
                       "task_done called more times than get on this handle");
-  end_lease(leases_.front());
-  leases_.pop_front();
-  wake_producers(false);
-  if (closed())
-    wake_consumers(true);
+  // Messages are done in the order they were taken: drop the oldest.
+  auto lease = leases_.front();
+  auto& slot = slot_at(lease & 0xffffffffu);
+  uint32_t size = 0;
+  std::memcpy(&size, slot.payload() + slot.start, length_bytes);
+  slot.start = std::min(slot.end, slot.start + length_bytes + size);
+  slot.count -= std::min(slot.count, 1u);
+  --undone_;
+  if (slot.count == 0) {
+    end_lease(lease);
+    leases_.pop_front();
+    if (lease == batch_)
+      batch_ = no_slot;
+  }
   if (header_->unfinished.fetch_sub(1, std::memory_order_seq_cst) == 1)
     notify(header_->done_events, header_->joiners_waiting, true);
   return caf::none;
@@ -687,10 +940,14 @@ caf::error shm_queue::join(timeout_type timeout) {
 size_t shm_queue::size() const noexcept {
   if (!valid())
     return 0;
-  auto deq = header_->dequeue_pos.load(std::memory_order_acquire);
-  auto enq = header_->enqueue_pos.load(std::memory_order_acquire);
-  auto n = enq > deq ? enq - deq : 0;
-  return static_cast<size_t>(n) + header_->redeliver.load(std::memory_order_relaxed);
+  size_t n = 0;
+  for (uint64_t i = 0; i <= mask_; ++i) {
+    auto& slot = slot_at(i);
+    auto st = status_of(slot.state.load(std::memory_order_acquire));
+    if (st == st_ready || st == st_redeliver)
+      n += slot.count;
+  }
+  return n;
 }
 
 bool shm_queue::full() const noexcept {
@@ -773,10 +1030,20 @@ size_t shm_queue::scan(std::optional<int> dead, bool* pending) noexcept {
     }
     auto lap = lap_of(s);
     if (st == st_writing) {
-      // The producer died before publishing: the message never existed.
-      if (slot.state.compare_exchange_strong(
-            s, make_state(lap + 1, 0, st_free), std::memory_order_seq_cst)) {
-        ++repaired;
+      // The producer died before publishing its message: that message never
+      // existed. Messages it had published in the slot before stay.
+      if (!slot.state.compare_exchange_strong(
+            s, make_state(lap, me, st_writing), std::memory_order_seq_cst))
+        continue;
+      ++repaired;
+      if (recount(slot) > 0) {
+        slot.state.store(make_state(lap, 0, st_ready), std::memory_order_seq_cst);
+        redelivered = true;
+        any_pending = true;
+      } else {
+        slot.start = slot.end = slot.count = 0;
+        slot.state.store(make_state(lap + 1, 0, st_free),
+                         std::memory_order_seq_cst);
         dropped = true;
       }
       continue;

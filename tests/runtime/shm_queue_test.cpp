@@ -25,10 +25,13 @@ using namespace multiproc;
 
 namespace {
 
-shm_queue make_queue(uint32_t capacity = 8, bool joinable = false) {
+/// One message per slot unless `batching`.
+shm_queue make_queue(uint32_t capacity = 8, bool joinable = false,
+                     bool batching = false) {
   shm_queue_options opts;
   opts.capacity = capacity;
   opts.max_message_size = 64;
+  opts.batching = batching;
   opts.joinable = joinable;
   auto q = shm_queue::create(opts);
   EXPECT_TRUE(q) << describe(q.error());
@@ -282,11 +285,13 @@ TEST(ShmQueue, LeavesNoMappingBehind) {
   EXPECT_EQ(queue_mappings(), before);
 }
 
-TEST(ShmQueue, ManyThreadsLoseAndDuplicateNothing) {
+class ShmQueueThreads : public testing::TestWithParam<bool> {};
+
+TEST_P(ShmQueueThreads, LoseAndDuplicateNothing) {
   constexpr int producers = 3;
   constexpr int consumers = 3;
   constexpr int per_producer = 20000;
-  auto q = make_queue(64);
+  auto q = make_queue(64, false, GetParam());
   std::vector<std::atomic<int>> seen(producers * per_producer);
   std::vector<std::thread> threads;
   for (int p = 0; p < producers; ++p)
@@ -322,4 +327,41 @@ TEST(ShmQueue, ManyThreadsLoseAndDuplicateNothing) {
   }
   EXPECT_EQ(missing, 0);
   EXPECT_EQ(duplicated, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(BatchingOffAndOn, ShmQueueThreads, testing::Bool());
+
+TEST(ShmQueue, BatchesSmallMessagesWhileNoConsumerTakesThem) {
+  auto q = make_queue(2, false, true); // a slot holds 104 bytes: 2 messages of 40 (+4)
+  for (int i = 0; i < 4; ++i)
+    ASSERT_FALSE(q.put(std::string(40, char('a' + i)), 0ms));
+  EXPECT_TRUE(q.full());
+  EXPECT_EQ(q.put(std::string(40, 'e'), 0ms), errc::full);
+  EXPECT_EQ(q.size(), 4u);
+  for (int i = 0; i < 4; ++i)
+    EXPECT_EQ(get_text(q), std::string(40, char('a' + i)));
+  EXPECT_TRUE(q.empty());
+}
+
+TEST(ShmQueue, ADestroyedConsumerHandsBackTheRestOfItsBatch) {
+  shm_queue_options opts;
+  opts.capacity = 4;
+  opts.max_message_size = 200;
+  auto q = shm_queue::create(opts);
+  ASSERT_TRUE(q);
+  for (int i = 1; i <= 5; ++i)
+    ASSERT_FALSE(q->put("m" + std::to_string(i), 0ms));
+  {
+    auto a = q->clone();
+    EXPECT_EQ(get_text(*a), "m1");
+    EXPECT_EQ(get_text(*a), "m2");
+  } // m1 and m2 were returned: done; m3..m5 go back to the queue
+  EXPECT_EQ(q->size(), 3u);
+  for (int i = 3; i <= 5; ++i) {
+    auto msg = q->get(1s);
+    ASSERT_TRUE(msg) << describe(msg.error());
+    EXPECT_EQ(std::string{msg->bytes}, "m" + std::to_string(i));
+    EXPECT_EQ(msg->deliveries, 1u);
+  }
+  EXPECT_EQ(q->get(0ms).error(), errc::empty);
 }

@@ -12,9 +12,10 @@
 ///   message is dropped (it was never delivered).
 /// - At-least-once delivery: a message taken by get() stays leased to the
 ///   consumer until it is acknowledged (by the consumer's next get(), ack(),
-///   task_done() in a joinable queue, or the handle's destruction). If the
-///   consumer's process dies first, the message is delivered again to
-///   another consumer, with deliveries() > 1.
+///   task_done() in a joinable queue, or the handle's destruction, which
+///   hands messages taken in a batch but not yet returned back to the
+///   queue). If the consumer's process dies first, the message is delivered
+///   again to another consumer, with deliveries > 1.
 /// - Dead parties are found by the waiters themselves (every ~10 ms of
 ///   waiting) or at once through recover(), which a supervisor calls when
 ///   it learns that a process died.
@@ -22,10 +23,9 @@
 ///   descriptor and mapping, even when every process is SIGKILLed.
 /// - Idle waiting costs no CPU (a futex), after a short adaptive spin.
 ///
-/// Thread safety: put() and the observers may be called from any thread.
-/// The consumer calls (get, ack, task_done) keep per-handle lease records:
-/// one thread at a time per handle; give each consumer thread its own handle
-/// (clone()).
+/// Thread safety: a handle keeps per-handle records (its last slot, its
+/// leases): use it from one thread at a time and give each thread its own
+/// handle (clone()). The observers may be called from any thread.
 
 #include <chrono>
 #include <cstddef>
@@ -48,16 +48,26 @@ struct shm_slot;
 
 /// Options of shm_queue::create().
 struct shm_queue_options {
-  /// How many messages the queue holds, counting taken but unacknowledged
-  /// ones; rounded up to a power of two, 2 to 1,048,576.
+  /// How many slots the queue has, counting leased ones (taken by a consumer
+  /// and not yet acknowledged); rounded up to a power of two, 2 to 1,048,576.
+  /// Without batching a slot holds one message: `capacity` is then exactly
+  /// the bound of Python's maxsize.
   uint32_t capacity = 1024;
-  /// The largest message in bytes (a slot's payload), 1 to 16 MiB; a larger
-  /// put fails with frame_too_large. Memory used: 4 KiB + capacity × (this
-  /// + 16 bytes, rounded up to 64).
+  /// The largest message in bytes, 1 to 16 MiB; a larger put fails with
+  /// frame_too_large. A slot holds this many bytes of messages (plus 4 per
+  /// message). Memory used: 4 KiB + capacity × (this + 28 bytes, rounded up
+  /// to 64).
   uint32_t max_message_size = 1000;
+  /// Batching: while no consumer has taken a producer's last slot, the
+  /// producer's next put appends to it (as long as it fits), and a consumer
+  /// takes the whole batch at once. Throughput then grows several-fold when
+  /// consumers lag behind, and nothing changes when they keep up. The queue
+  /// then holds more than `capacity` messages (up to capacity slots of
+  /// max_message_size bytes). False: one message per slot.
+  bool batching = true;
   /// A joinable queue (Python's JoinableQueue): consumers call task_done()
   /// for each message and join() waits until every message put was done.
-  /// A lease then ends at task_done(), not at the next get().
+  /// A message's lease then ends at task_done(), not at the next get().
   bool joinable = false;
   /// An application tag checked by attach() (queue<T> stores T's type id).
   uint64_t tag = 0;
@@ -122,8 +132,8 @@ public:
   /// lease that could come back), invalid_argument.
   caf::expected<message> get(timeout_type timeout = std::nullopt);
 
-  /// Acknowledges every lease of this handle: those messages are done and
-  /// will not be delivered again.
+  /// Plain queues: acknowledges the messages get() returned so far: they are
+  /// done and will not be delivered again. (Joinable queues: task_done.)
   void ack() noexcept;
 
   /// Joinable queues: marks this handle's oldest leased message as done
@@ -150,7 +160,7 @@ public:
   uint64_t tag() const noexcept;
   /// Messages put and not yet done (joinable queues), else 0.
   uint64_t unfinished() const noexcept;
-  /// Messages this handle holds leased.
+  /// Slots this handle holds leased (each holds one or more messages).
   size_t leases() const noexcept { return leases_.size(); }
 
   // -- recovery -------------------------------------------------------------
@@ -165,16 +175,32 @@ public:
 private:
   enum class attempt { done, none, closed };
 
+  /// Marks "no slot" in the lease words below.
+  static constexpr uint64_t no_slot = ~uint64_t{0};
+
   void release() noexcept;
   attempt try_put(std::string_view bytes) noexcept;
-  attempt try_get(message& out) noexcept;
-  bool take_redelivered(message& out) noexcept;
+  bool try_append(std::string_view bytes) noexcept;
+  attempt try_get() noexcept;
+  bool take_redelivered() noexcept;
+  /// Batching consumers: waits briefly while `slot` (at ticket `pos`) is the
+  /// producer's newest and still filling; returns the slot's state.
+  uint64_t hold(detail::shm_slot& slot, uint64_t pos) noexcept;
+  /// Starts reading the batch of a slot just leased.
+  void begin_batch(detail::shm_slot& slot, uint64_t lease) noexcept;
+  /// Returns the next message of the current batch.
+  caf::expected<message> next_message();
+  /// Plain queues: drops the messages returned so far from the leased slot
+  /// (they are acknowledged) and ends the lease once the batch is read.
+  void settle() noexcept;
+  /// Ends a lease: the slot is free for the next lap.
+  void end_lease(uint64_t lease) noexcept;
+  /// Offers a leased slot's remaining messages to other consumers.
+  void hand_back(uint64_t lease) noexcept;
   /// Scans every slot: repairs dead owners' slots (all non-self owners are
   /// checked when `dead` is nullopt) and tells whether anything could still
   /// be delivered to a consumer of a closed queue.
   size_t scan(std::optional<int> dead, bool* pending) noexcept;
-  bool end_lease(uint64_t lease) noexcept;
-  message view(detail::shm_slot& slot, uint64_t lease) noexcept;
   detail::shm_slot& slot_at(uint64_t index) const noexcept;
   void wake_producers(bool all) noexcept;
   void wake_consumers(bool all) noexcept;
@@ -187,9 +213,44 @@ private:
   uint64_t mask_ = 0;
   unsigned shift_ = 0;
   uint32_t stride_ = 0;
-  uint32_t pid_ = 0;
-  /// Leased messages, oldest first: slot index | lap << 32.
+  /// Bytes a slot's batch can hold.
+  uint32_t room_ = 0;
+
+  // Producer side. A put appends to the producer's last slot while no
+  // consumer has taken it (a batch forms only while consumers lag behind).
+  /// The last slot this handle published: index | lap << 32, or no_slot.
+  uint64_t last_put_ = no_slot;
+  /// After a failed append, puts skip that many append attempts (doubling
+  /// up to 64): the slot was taken, consumers keep up, batches do not form.
+  uint32_t append_backoff_ = 0;
+  uint32_t append_skip_ = 0;
+
+  // Consumer side. Leases are slots: index | lap << 32.
+  /// Leased slots, oldest first: a plain queue holds at most the batch being
+  /// read; a joinable one also the read ones with messages not yet done.
   std::deque<uint64_t> leases_;
+  /// The slot being read, or no_slot.
+  uint64_t batch_ = no_slot;
+  /// Offsets in the batch: the next message and the end.
+  uint32_t read_ = 0;
+  uint32_t end_ = 0;
+  /// Plain queues: messages returned from the batch and not yet dropped.
+  uint32_t returned_ = 0;
+  /// Joinable queues: messages returned by get and not yet task_done.
+  uint64_t undone_ = 0;
+  uint32_t batch_deliveries_ = 1;
+  /// The first attempt of a call claims a slot by compare-and-swap at once
+  /// (one cache-line transfer while streaming); retries read first, so that
+  /// a waiter does not pull the line away from the party about to write it.
+  bool optimistic_ = true;
+  /// Consumer in lockstep with a streaming producer (every slot taken holds
+  /// one message): it then lets the newest slot fill for up to hold_ns
+  /// before taking it. A hold that sees nothing arrive ends this mode for
+  /// the next hold_cooldown_ slots.
+  bool holding_ = false;
+  uint32_t lockstep_ = 0;
+  uint32_t hold_cooldown_ = 0;
+  static constexpr int64_t hold_ns = 1000;
   /// Adaptive spin budget of this handle's waits, in nanoseconds.
   int64_t spin_ns_ = 20000;
 };

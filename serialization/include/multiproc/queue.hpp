@@ -16,9 +16,8 @@
 /// T is any type registered with MULTIPROC_MESSAGE; values are Cereal-encoded
 /// into shared memory (shm_queue.hpp, docs/queue.md).
 ///
-/// Thread safety: as shm_queue: put() from any thread; get(), ack() and
-/// task_done() from one thread at a time per handle (clone() gives a thread
-/// its own handle).
+/// Thread safety: as shm_queue: one thread at a time per handle; clone()
+/// gives a thread its own handle.
 
 #include <chrono>
 #include <optional>
@@ -35,12 +34,16 @@ namespace multiproc {
 
 /// Options of queue<T>::create().
 struct queue_options {
-  /// How many messages the queue holds, counting taken but unacknowledged
-  /// ones (rounded up to a power of two).
+  /// How many slots the queue has, counting taken but unacknowledged ones
+  /// (rounded up to a power of two); see shm_queue_options::capacity.
   uint32_t capacity = 1024;
   /// The largest encoded message in bytes; a larger put fails with
   /// frame_too_large.
   uint32_t max_message_size = 1000;
+  /// Small messages share a slot while consumers lag behind (several times
+  /// the throughput); false: one message per slot, so that `capacity` is an
+  /// exact bound like Python's maxsize. See shm_queue_options::batching.
+  bool batching = true;
   /// Python's JoinableQueue: consumers call task_done(), join() waits.
   bool joinable = false;
 };
@@ -61,6 +64,7 @@ public:
     shm_queue_options raw;
     raw.capacity = opts.capacity;
     raw.max_message_size = opts.max_message_size;
+    raw.batching = opts.batching;
     raw.joinable = opts.joinable;
     raw.tag = *id;
     auto q = shm_queue::create(raw);
