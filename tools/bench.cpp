@@ -22,6 +22,8 @@
 //                                         their slot or appears more than once
 // Env: BENCH_REPS (default 5).
 #include "bench.hpp"
+#include "bench_queue.hpp"
+#include "bench_report.hpp"
 
 #include <algorithm>
 #include <array>
@@ -162,103 +164,8 @@ MULTIPROC_FUNCTION("bench.first_reply_probe", bench::first_reply_probe)
 
 namespace {
 
-using clock_type = std::chrono::steady_clock;
 using namespace std::chrono_literals;
-
-int reps() {
-  if (auto* env = std::getenv("BENCH_REPS"))
-    return std::max(1, std::atoi(env));
-  return 5;
-}
-
-double micros(clock_type::duration d) {
-  return std::chrono::duration<double, std::micro>(d).count();
-}
-
-struct result_line {
-  std::string metric;
-  std::string unit;
-  std::vector<double> values;
-};
-
-std::string fmt_count(double v) {
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "%.0f", v);
-  return buf;
-}
-
-std::string fmt(double v) {
-  char buf[32];
-  if (v < 100)
-    std::snprintf(buf, sizeof(buf), "%.3f", v);
-  else if (v < 10000)
-    std::snprintf(buf, sizeof(buf), "%.1f", v);
-  else
-    std::snprintf(buf, sizeof(buf), "%.0f", v);
-  return buf;
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  auto n = v.size();
-  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
-class reporter {
-public:
-  explicit reporter(bool json) : json_(json) {
-  }
-
-  /// `integer`: a count, printed without decimals.
-  void add(std::string metric, std::string unit, std::vector<double> values,
-           bool integer = false) {
-    if (values.empty())
-      return;
-    if (!json_) {
-      auto f = integer ? fmt_count : fmt;
-      auto [lo, hi] = std::minmax_element(values.begin(), values.end());
-      std::printf("%s %s %s min=%s max=%s n=%zu\n", metric.c_str(),
-                  f(median(values)).c_str(), unit.c_str(), f(*lo).c_str(),
-                  f(*hi).c_str(), values.size());
-      std::fflush(stdout);
-    }
-    lines_.push_back({std::move(metric), std::move(unit), std::move(values)});
-  }
-
-  void note(const std::string& text) {
-    if (!json_) {
-      std::printf("# %s\n", text.c_str());
-      std::fflush(stdout);
-    }
-    notes_.push_back(text);
-  }
-
-  void finish() {
-    if (!json_)
-      return;
-    nlohmann::json out;
-    for (auto& l : lines_) {
-      auto [lo, hi] = std::minmax_element(l.values.begin(), l.values.end());
-      out["metrics"][l.metric] = {{"median", median(l.values)},
-                                  {"min", *lo},
-                                  {"max", *hi},
-                                  {"n", l.values.size()},
-                                  {"unit", l.unit}};
-    }
-    out["notes"] = notes_;
-    std::printf("%s\n", out.dump(2).c_str());
-  }
-
-private:
-  bool json_;
-  std::vector<result_line> lines_;
-  std::vector<std::string> notes_;
-};
-
-double p50(std::vector<double>& samples) {
-  std::sort(samples.begin(), samples.end());
-  return samples[samples.size() / 2];
-}
+using namespace bench_report;
 
 // Round trips from a parent event-based actor.
 std::vector<double> actor_rtt(caf::actor_system& sys, const caf::actor& worker,
@@ -655,38 +562,6 @@ void pool_chaos(reporter& out, caf::actor_system& sys, size_t n) {
 
 // Ends the process if a measurement runs past its limit: a hang is reported,
 // never waited out.
-class watchdog {
-public:
-  watchdog(std::string what, std::chrono::seconds limit)
-    : what_(std::move(what)), thread_([this, limit] {
-        std::unique_lock<std::mutex> guard{mu_};
-        if (cv_.wait_for(guard, limit, [this] { return done_; }))
-          return;
-        std::printf("# %s: no result within %lld s; giving up\n", what_.c_str(),
-                    static_cast<long long>(limit.count()));
-        std::fflush(stdout);
-        std::fprintf(stderr, "multiproc bench: %s hung (more than %lld s)\n",
-                     what_.c_str(), static_cast<long long>(limit.count()));
-        std::_Exit(3);
-      }) {
-  }
-
-  ~watchdog() {
-    {
-      std::lock_guard<std::mutex> guard{mu_};
-      done_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-
-private:
-  std::string what_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  std::thread thread_; // last: starts after the members it uses
-};
 
 // `part`: "" for everything, or one of map1, auto, latency, chaos.
 void bench_pool(reporter& out, const std::string& part) {
@@ -738,6 +613,13 @@ int run_bench(const std::vector<std::string>& what, bool json) {
       bench_pipe(out, w.substr(5));
       known = true;
     }
+    if (w == "queue" || w == "all") {
+      bench_queue(out, "");
+      known = true;
+    } else if (w.rfind("queue.", 0) == 0) {
+      bench_queue(out, w.substr(6));
+      known = true;
+    }
     if (w == "pool" || w == "all") {
       bench_pool(out, "");
       known = true;
@@ -749,7 +631,8 @@ int run_bench(const std::vector<std::string>& what, bool json) {
       std::fprintf(stderr,
                    "multiproc bench: unknown benchmark '%s' (known: pipe, "
                    "pipe.rtt, pipe.tput, pipe.bw, pipe.spawn, pool, pool.map1, "
-                   "pool.auto, pool.latency, pool.chaos, all)\n",
+                   "pool.auto, pool.latency, pool.chaos, queue, queue.1p1c, "
+                   "queue.2p2c, queue.rtt, all)\n",
                    w.c_str());
       return 2;
     }

@@ -268,7 +268,7 @@ Attempt wait_for(std::atomic<uint32_t>& word, std::atomic<uint32_t>& waiters,
     if (i % 8 == 0) {
       if (clock::now() >= spin_until)
         break;
-      if (i % 64 == 0)
+      if (i >= 64)
         ::sched_yield(); // let a peer on the same core make progress
     }
   }
@@ -729,6 +729,10 @@ shm_queue::attempt shm_queue::try_get() noexcept {
     if (optimistic)
       taken = slot.state.compare_exchange_strong(
         s, make_state(lap, me, st_leased), std::memory_order_acq_rel);
+    else if (h.enqueue_pos.load(std::memory_order_acquire) <= pos)
+      // No producer claimed this ticket yet: a waiting consumer watches the
+      // enqueue position, not the slot the producer is about to write.
+      s = make_state(lap, 0, st_free);
     else
       s = holding_ ? hold(slot, pos) : slot.state.load(std::memory_order_acquire);
     optimistic = !holding_;
