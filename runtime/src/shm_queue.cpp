@@ -32,9 +32,9 @@ namespace detail {
 // -- layout -------------------------------------------------------------------
 
 constexpr uint64_t queue_magic = 0x3145555150434d4dull; // "MMCPQUE1"
-constexpr uint32_t queue_version = 2;
+constexpr uint32_t queue_version = 3;
 constexpr size_t header_bytes = 4096;
-constexpr size_t slot_header_bytes = 24;
+constexpr size_t slot_header_bytes = 32;
 /// Each message in a slot is preceded by its length (u32).
 constexpr uint32_t length_bytes = 4;
 constexpr uint32_t flag_joinable = 1;
@@ -57,6 +57,9 @@ struct shm_queue_header {
   alignas(64) std::atomic<uint64_t> enqueue_pos;
   /// The next ticket a consumer takes.
   alignas(64) std::atomic<uint64_t> dequeue_pos;
+  /// Messages acknowledged, added once per slot when its lease ends: on the
+  /// line consumers write at every take anyway (producers never touch it).
+  std::atomic<uint64_t> consumed;
   /// Consumers sleep on this futex word (bumped by producers).
   alignas(64) std::atomic<uint32_t> not_empty;
   std::atomic<uint32_t> consumers_waiting;
@@ -67,6 +70,9 @@ struct shm_queue_header {
   alignas(64) std::atomic<uint32_t> closed;
   /// Slots in state `redeliver` (a hint: consumers scan when non-zero).
   std::atomic<uint32_t> redeliver;
+  /// Messages handed out again after their consumer died (added by the
+  /// repair, next to `redeliver`, which it writes as well).
+  std::atomic<uint64_t> redelivered;
   /// Joinable queues: messages put and not yet done; joiners sleep on
   /// `done_events`.
   alignas(64) std::atomic<uint64_t> unfinished;
@@ -91,6 +97,13 @@ struct shm_slot {
   uint32_t count;
   /// How often the batch was handed to a consumer.
   std::atomic<uint32_t> deliveries;
+  /// `count` when the current lease began; 0 while ready or redeliver
+  /// (set by the producer that claims the slot and by whoever offers it
+  /// again). A consumer adds the messages it acknowledged to the header's
+  /// `consumed` only when its lease ends; if it dies first, the repair adds
+  /// taken - count for it.
+  uint32_t taken;
+  uint32_t reserved;
   char* payload() noexcept {
     return reinterpret_cast<char*>(this) + slot_header_bytes;
   }
@@ -330,6 +343,7 @@ shm_queue& shm_queue::operator=(shm_queue&& other) noexcept {
     end_ = other.end_;
     returned_ = std::exchange(other.returned_, 0);
     undone_ = std::exchange(other.undone_, 0);
+    acked_ = std::exchange(other.acked_, 0);
     batch_deliveries_ = other.batch_deliveries_;
     spin_ns_ = other.spin_ns_;
   }
@@ -590,6 +604,7 @@ shm_queue::attempt shm_queue::try_put(std::string_view bytes) noexcept {
       at_step(queue_step::put_claimed);
       append_message(slot, bytes);
       slot.deliveries.store(1, std::memory_order_relaxed);
+      slot.taken = 0;
       if (h.flags & flag_joinable)
         h.unfinished.fetch_add(1, std::memory_order_relaxed);
       slot.state.store(make_state(lap, 0, st_ready), std::memory_order_seq_cst);
@@ -664,6 +679,7 @@ void shm_queue::begin_batch(shm_slot& slot, uint64_t lease) noexcept {
   read_ = std::min(slot.start, end_);
   returned_ = 0;
   batch_deliveries_ = slot.deliveries.load(std::memory_order_relaxed);
+  slot.taken = slot.count;
 }
 
 caf::expected<shm_queue::message> shm_queue::next_message() {
@@ -703,10 +719,12 @@ void shm_queue::settle() noexcept {
     if (returned_ > 0) {
       slot.start = read_;
       slot.count -= std::min(slot.count, returned_);
+      acked_ += returned_;
       returned_ = 0;
     }
     return;
   }
+  acked_ += returned_;
   slot.count = 0;
   end_lease(batch_);
   leases_.clear();
@@ -872,20 +890,36 @@ void shm_queue::end_lease(uint64_t lease) noexcept {
   if (slot.state.compare_exchange_strong(expected,
                                          make_state(lap + 1, 0, st_free),
                                          std::memory_order_seq_cst)) {
+    count_consumed();
     wake_producers(false);
     if (header_->closed.load(std::memory_order_acquire) != 0)
       wake_consumers(true);
+  } else {
+    acked_ = 0; // the repairer counted them
   }
+}
+
+void shm_queue::count_consumed() noexcept {
+  // After the state store that ended the lease: a death in between leaves
+  // these few messages uncounted, never counted twice.
+  if (acked_ == 0)
+    return;
+  header_->consumed.fetch_add(acked_, std::memory_order_relaxed);
+  acked_ = 0;
 }
 
 void shm_queue::hand_back(uint64_t lease) noexcept {
   auto& slot = slot_at(lease & 0xffffffffu);
   auto lap = static_cast<uint32_t>(lease >> 32);
   auto expected = make_state(lap, self_pid(), st_leased);
+  slot.taken = 0;
   if (!slot.state.compare_exchange_strong(expected,
                                           make_state(lap, 0, st_redeliver),
-                                          std::memory_order_seq_cst))
+                                          std::memory_order_seq_cst)) {
+    acked_ = 0;
     return;
+  }
+  count_consumed();
   header_->redeliver.fetch_add(1, std::memory_order_seq_cst);
   wake_consumers(true);
 }
@@ -910,6 +944,7 @@ caf::error shm_queue::task_done() {
   slot.start = std::min(slot.end, slot.start + length_bytes + size);
   slot.count -= std::min(slot.count, 1u);
   --undone_;
+  ++acked_;
   if (slot.count == 0) {
     end_lease(lease);
     leases_.pop_front();
@@ -986,6 +1021,14 @@ uint64_t shm_queue::unfinished() const noexcept {
   return valid() ? header_->unfinished.load(std::memory_order_acquire) : 0;
 }
 
+uint64_t shm_queue::consumed() const noexcept {
+  return valid() ? header_->consumed.load(std::memory_order_relaxed) : 0;
+}
+
+uint64_t shm_queue::redelivered() const noexcept {
+  return valid() ? header_->redelivered.load(std::memory_order_relaxed) : 0;
+}
+
 // -- recovery ----------------------------------------------------------------------
 
 size_t shm_queue::recover(std::optional<int> pid) noexcept {
@@ -1058,6 +1101,13 @@ size_t shm_queue::scan(std::optional<int> dead, bool* pending) noexcept {
           s, make_state(lap, me, st_leased), std::memory_order_seq_cst))
       continue;
     slot.deliveries.fetch_add(1, std::memory_order_relaxed);
+    // The dead consumer may have stopped between moving `start` and `count`.
+    auto left = recount(slot);
+    // What it acknowledged in this lease was not counted yet.
+    if (slot.taken > left)
+      header_->consumed.fetch_add(slot.taken - left, std::memory_order_relaxed);
+    slot.taken = 0;
+    header_->redelivered.fetch_add(left, std::memory_order_relaxed);
     slot.state.store(make_state(lap, 0, st_redeliver), std::memory_order_seq_cst);
     header_->redeliver.fetch_add(1, std::memory_order_seq_cst);
     ++repaired;

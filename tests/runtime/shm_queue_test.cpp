@@ -332,7 +332,7 @@ TEST_P(ShmQueueThreads, LoseAndDuplicateNothing) {
 INSTANTIATE_TEST_SUITE_P(BatchingOffAndOn, ShmQueueThreads, testing::Bool());
 
 TEST(ShmQueue, BatchesSmallMessagesWhileNoConsumerTakesThem) {
-  auto q = make_queue(2, false, true); // a slot holds 104 bytes: 2 messages of 40 (+4)
+  auto q = make_queue(2, false, true); // a slot holds 96 bytes: 2 messages of 40 (+4)
   for (int i = 0; i < 4; ++i)
     ASSERT_FALSE(q.put(std::string(40, char('a' + i)), 0ms));
   EXPECT_TRUE(q.full());
@@ -364,4 +364,100 @@ TEST(ShmQueue, ADestroyedConsumerHandsBackTheRestOfItsBatch) {
     EXPECT_EQ(msg->deliveries, 1u);
   }
   EXPECT_EQ(q->get(0ms).error(), errc::empty);
+}
+
+TEST(ShmQueue, CountsAMessageAsConsumedWhenItsLeaseEnds) {
+  auto q = make_queue(8);
+  EXPECT_EQ(q.consumed(), 0u);
+  for (auto* m : {"a", "b", "c"})
+    ASSERT_FALSE(q.put(m));
+  EXPECT_EQ(get_text(q), "a");
+  EXPECT_EQ(q.consumed(), 0u); // leased, not acknowledged
+  EXPECT_EQ(get_text(q), "b"); // acknowledges "a"
+  EXPECT_EQ(q.consumed(), 1u);
+  q.ack();
+  EXPECT_EQ(q.consumed(), 2u);
+  q.ack();
+  EXPECT_EQ(q.consumed(), 2u);
+  {
+    auto other = q.clone();
+    EXPECT_EQ(get_text(*other), "c");
+    EXPECT_EQ(q.consumed(), 2u);
+  } // a destroyed handle acknowledges what get() returned
+  EXPECT_EQ(q.consumed(), 3u);
+  EXPECT_EQ(q.redelivered(), 0u);
+}
+
+TEST(ShmQueue, CountsABatchAsConsumedOnceItsLeaseEnds) {
+  auto q = make_queue(4, false, true);
+  for (int i = 0; i < 3; ++i)
+    ASSERT_FALSE(q.put(std::to_string(i), 0ms));
+  ASSERT_EQ(q.size(), 3u);
+  EXPECT_EQ(get_text(q), "0");
+  EXPECT_EQ(get_text(q), "1"); // "0" is acknowledged, counted with the slot
+  EXPECT_EQ(q.consumed(), 0u);
+  EXPECT_EQ(get_text(q), "2");
+  q.ack(); // the batch is read to its end: the lease ends
+  EXPECT_EQ(q.consumed(), 3u);
+  EXPECT_EQ(q.leases(), 0u);
+}
+
+TEST(ShmQueue, CountsWhatADestroyedHandleAcknowledgedBeforeHandingBack) {
+  auto q = make_queue(4, false, true);
+  for (int i = 0; i < 4; ++i)
+    ASSERT_FALSE(q.put(std::to_string(i), 0ms));
+  {
+    auto a = q.clone();
+    EXPECT_EQ(get_text(*a), "0");
+    EXPECT_EQ(get_text(*a), "1");
+  } // "0" and "1" are done; "2" and "3" go back to the queue
+  EXPECT_EQ(q.consumed(), 2u);
+  EXPECT_EQ(q.redelivered(), 0u); // handed back, not redelivered
+  EXPECT_EQ(get_text(q), "2");
+  EXPECT_EQ(get_text(q), "3");
+  q.ack();
+  EXPECT_EQ(q.consumed(), 4u);
+}
+
+TEST(ShmQueue, CountsTaskDoneAsConsumedOnAJoinableQueue) {
+  auto q = make_queue(8, true);
+  for (auto* m : {"a", "b"})
+    ASSERT_FALSE(q.put(m));
+  EXPECT_EQ(get_text(q), "a");
+  EXPECT_EQ(get_text(q), "b");
+  q.ack(); // not an acknowledgement on a joinable queue
+  EXPECT_EQ(q.consumed(), 0u);
+  ASSERT_FALSE(q.task_done());
+  EXPECT_EQ(q.consumed(), 1u);
+  ASSERT_FALSE(q.task_done());
+  EXPECT_EQ(q.consumed(), 2u);
+  EXPECT_FALSE(q.join(0ms));
+}
+
+TEST(ShmQueue, CountsEveryMessageOfManyThreadsOnce) {
+  constexpr int producers = 2;
+  constexpr int consumers = 2;
+  constexpr int per_producer = 20000;
+  auto q = make_queue(64, false, true);
+  std::vector<std::thread> threads;
+  for (int p = 0; p < producers; ++p)
+    threads.emplace_back([&] {
+      auto h = q.clone();
+      for (int i = 0; i < per_producer; ++i)
+        ASSERT_FALSE(h->put("x", 10s));
+    });
+  std::atomic<int> taken{0};
+  for (int c = 0; c < consumers; ++c)
+    threads.emplace_back([&] {
+      auto h = q.clone();
+      while (h->get(10s))
+        ++taken;
+    });
+  for (int p = 0; p < producers; ++p)
+    threads[p].join();
+  q.close();
+  for (size_t i = producers; i < threads.size(); ++i)
+    threads[i].join();
+  EXPECT_EQ(taken.load(), producers * per_producer);
+  EXPECT_EQ(q.consumed(), uint64_t{producers * per_producer});
 }

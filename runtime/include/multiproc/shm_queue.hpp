@@ -55,7 +55,7 @@ struct shm_queue_options {
   uint32_t capacity = 1024;
   /// The largest message in bytes, 1 to 16 MiB; a larger put fails with
   /// frame_too_large. A slot holds this many bytes of messages (plus 4 per
-  /// message). Memory used: 4 KiB + capacity × (this + 28 bytes, rounded up
+  /// message). Memory used: 4 KiB + capacity × (this + 36 bytes, rounded up
   /// to 64).
   uint32_t max_message_size = 1000;
   /// Batching: while no consumer has taken a producer's last slot, the
@@ -160,6 +160,19 @@ public:
   uint64_t tag() const noexcept;
   /// Messages put and not yet done (joinable queues), else 0.
   uint64_t unfinished() const noexcept;
+  /// Messages acknowledged since the queue was created, by every handle:
+  /// dropped from a lease by a plain queue's next get(), ack() or a handle's
+  /// destruction, or marked done by task_done(). A handle adds its count
+  /// when a slot's lease ends (once per slot, not per message), so the total
+  /// lags by the batches being read; a consumer's death adds what it had
+  /// acknowledged in its lease at the repair. Exact, except that a consumer
+  /// killed between ending a lease and counting it (a few instructions)
+  /// leaves that slot's messages uncounted.
+  uint64_t consumed() const noexcept;
+  /// Messages handed out again after their consumer died (counted by the
+  /// repair: recover() or a waiter's scan). Messages a destroyed handle
+  /// hands back are not counted (they were not delivered).
+  uint64_t redelivered() const noexcept;
   /// Slots this handle holds leased (each holds one or more messages).
   size_t leases() const noexcept { return leases_.size(); }
 
@@ -195,6 +208,8 @@ private:
   void settle() noexcept;
   /// Ends a lease: the slot is free for the next lap.
   void end_lease(uint64_t lease) noexcept;
+  /// Adds the messages this handle acknowledged to the shared total.
+  void count_consumed() noexcept;
   /// Offers a leased slot's remaining messages to other consumers.
   void hand_back(uint64_t lease) noexcept;
   /// Scans every slot: repairs dead owners' slots (all non-self owners are
@@ -238,6 +253,9 @@ private:
   uint32_t returned_ = 0;
   /// Joinable queues: messages returned by get and not yet task_done.
   uint64_t undone_ = 0;
+  /// Messages acknowledged and not yet added to the header's `consumed`
+  /// (added when a lease ends: one atomic add per slot, not per message).
+  uint32_t acked_ = 0;
   uint32_t batch_deliveries_ = 1;
   /// The first attempt of a call claims a slot by compare-and-swap at once
   /// (one cache-line transfer while streaming); retries read first, so that

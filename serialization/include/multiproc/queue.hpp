@@ -154,6 +154,11 @@ public:
   bool full() const noexcept { return q_.full(); }
   bool closed() const noexcept { return q_.closed(); }
   bool valid() const noexcept { return q_.valid(); }
+  /// Values acknowledged by every handle; see shm_queue::consumed().
+  uint64_t consumed() const noexcept { return q_.consumed(); }
+  /// Values delivered again after a consumer died; see
+  /// shm_queue::redelivered().
+  uint64_t redelivered() const noexcept { return q_.redelivered(); }
 
   /// Repairs what dead processes left; see shm_queue::recover().
   size_t recover(std::optional<int> pid = std::nullopt) noexcept {
