@@ -35,6 +35,7 @@ const char* to_string(errc x) noexcept {
     case errc::pool_broken: return "pool_broken";
     case errc::empty: return "empty";
     case errc::end_of_stream: return "end_of_stream";
+    case errc::restart_intensity_exceeded: return "restart_intensity_exceeded";
   }
   return "unknown_errc";
 }

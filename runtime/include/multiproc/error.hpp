@@ -42,6 +42,7 @@ enum class errc : uint8_t {
   pool_broken,          ///< a pool cannot start workers (e.g. its initializer fails)
   empty,                ///< a queue is empty and the caller chose not to wait
   end_of_stream,        ///< a closed queue is drained: no message will ever come
+  restart_intensity_exceeded, ///< a supervisor saw more restarts than allowed
 };
 
 } // namespace multiproc
