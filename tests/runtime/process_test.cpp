@@ -28,9 +28,11 @@
 #include "multiproc/bootstrap.hpp"
 #include "multiproc/detail/bootstrap_seam.hpp"
 #include "multiproc/error.hpp"
+#include "test_util.hpp"
 
 using namespace std::chrono_literals;
 using namespace multiproc;
+using multiproc::test::read_until_eof;
 
 namespace {
 
@@ -47,31 +49,6 @@ bool write_all(int fd, const std::string& data) {
     done += static_cast<size_t>(n);
   }
   return true;
-}
-
-/// Reads until EOF or `timeout`.
-std::string read_until_eof(int fd, std::chrono::milliseconds timeout) {
-  std::string result;
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  for (;;) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-      deadline - std::chrono::steady_clock::now());
-    if (left.count() <= 0)
-      return result;
-    pollfd p{fd, POLLIN, 0};
-    int rc = ::poll(&p, 1, static_cast<int>(left.count()));
-    if (rc < 0 && errno == EINTR)
-      continue;
-    if (rc <= 0)
-      return result;
-    char buf[4096];
-    auto n = ::read(fd, buf, sizeof(buf));
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n <= 0)
-      return result;
-    result.append(buf, static_cast<size_t>(n));
-  }
 }
 
 /// Sleeps up to 60 s; the parent kills it earlier.

@@ -6,7 +6,6 @@
 
 #include <atomic>
 #include <chrono>
-#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -19,9 +18,11 @@
 #include <gtest/gtest.h>
 
 #include "multiproc/error.hpp"
+#include "test_util.hpp"
 
 using namespace std::chrono_literals;
 using namespace multiproc;
+using multiproc::test::queue_mappings;
 
 namespace {
 
@@ -43,16 +44,6 @@ std::string get_text(shm_queue& q, shm_queue::timeout_type timeout = 5s) {
   if (!msg)
     return "error: " + describe(msg.error());
   return std::string{msg->bytes};
-}
-
-/// Lines of /proc/self/maps naming the queue's memfd.
-int queue_mappings() {
-  std::ifstream maps{"/proc/self/maps"};
-  int n = 0;
-  for (std::string line; std::getline(maps, line);)
-    if (line.find("memfd:multiproc-queue") != std::string::npos)
-      ++n;
-  return n;
 }
 
 } // namespace
