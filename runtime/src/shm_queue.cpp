@@ -254,38 +254,90 @@ inline void cpu_relax() noexcept {
 constexpr auto recovery_period = std::chrono::milliseconds{10};
 constexpr int64_t min_spin_ns = 1000;
 constexpr int64_t max_spin_ns = 50000;
+/// A spin of at least this long that ends in a sleep counts as futile.
+constexpr int64_t futile_spin_ns = 8000;
+/// Futile spins in a row after which a handle spins only briefly ...
+constexpr uint32_t max_futile = 4;
+/// ... for this many waits.
+constexpr uint32_t futile_cooldown = 1024;
+/// A spin calls sched_yield after this long without success.
+constexpr auto yield_after = std::chrono::microseconds{20};
 
 using clock = std::chrono::steady_clock;
+using spin_state = shm_spin_state;
+
+/// Adapts the spin budget after a wait that spun for `spun` ns and then
+/// succeeded at once (`caught`), or slept and ended after `waited` ns in
+/// total (`done`: with success).
+///
+/// Spinning pays while the peer runs on another core; after yield_after a
+/// spin yields the core between its checks, so that parties sharing a core
+/// (more processes than cores) still progress. A wait that slept although it
+/// ended soon after the spin (`waited` under the maximum) grows the budget
+/// to twice that wait: two parties that both sleep wake each other through
+/// the kernel (~10 us each way) and would otherwise never find out that
+/// spinning catches the peer. Spins that end in a sleep max_futile times in
+/// a row (a peer that is slow, or starved) make the handle spin only
+/// min_spin_ns for the next futile_cooldown waits.
+void adapt_spin(spin_state& spin, bool caught, bool done, int64_t spun,
+                int64_t waited) noexcept {
+  if (caught) {
+    spin.ns = std::min(max_spin_ns, spin.ns * 2);
+    spin.futile = 0;
+    return;
+  }
+  if (spin.cooldown > 0) {
+    --spin.cooldown;
+    spin.ns = min_spin_ns;
+    return;
+  }
+  if (spun >= futile_spin_ns && ++spin.futile >= max_futile) {
+    spin.futile = 0;
+    spin.cooldown = futile_cooldown;
+    spin.ns = min_spin_ns;
+    return;
+  }
+  if (done && waited < max_spin_ns)
+    spin.ns = std::clamp<int64_t>(2 * waited, min_spin_ns, max_spin_ns);
+  else
+    spin.ns = std::max(min_spin_ns, spin.ns / 2);
+}
 
 /// Waits until `try_op` returns something else than `none`: first spinning
-/// for up to `spin_ns` (adapted to how often spinning pays off), then
-/// sleeping on `word`, running `idle` every recovery_period. Returns `none`
-/// only when `timeout` expired.
+/// for up to spin.ns (see adapt_spin), then sleeping on `word`, running
+/// `idle` every recovery_period. Returns `none` only when `timeout` expired.
 template <class Attempt, class Try, class Idle>
 Attempt wait_for(std::atomic<uint32_t>& word, std::atomic<uint32_t>& waiters,
                  std::optional<std::chrono::milliseconds> timeout,
-                 int64_t& spin_ns, Try&& try_op, Idle&& idle) {
+                 spin_state& spin, Try&& try_op, Idle&& idle) {
   auto r = try_op();
   if (r != Attempt::none || (timeout && timeout->count() <= 0))
     return r;
   auto start = clock::now();
+  auto since = [&] {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now()
+                                                                - start)
+      .count();
+  };
   auto deadline = timeout ? start + *timeout : clock::time_point::max();
-  auto spin_until = std::min(deadline, start + std::chrono::nanoseconds{spin_ns});
+  auto spin_until = std::min(deadline, start + std::chrono::nanoseconds{spin.ns});
   for (unsigned i = 1;; ++i) {
     for (int k = 0; k < 16; ++k)
       cpu_relax();
     if ((r = try_op()) != Attempt::none) {
-      spin_ns = std::min(max_spin_ns, spin_ns * 2);
+      adapt_spin(spin, true, true, since(), 0);
       return r;
     }
-    if (i % 8 == 0) {
-      if (clock::now() >= spin_until)
+    if (i % 2 == 0) {
+      auto now = clock::now();
+      if (now >= spin_until)
         break;
-      if (i >= 64)
-        ::sched_yield(); // let a peer on the same core make progress
+      // A peer on our core cannot run while we spin: hand it the core.
+      if (now - start >= yield_after)
+        ::sched_yield();
     }
   }
-  spin_ns = std::max(min_spin_ns, spin_ns / 2);
+  auto spun = since();
   waiters.fetch_add(1, std::memory_order_seq_cst);
   auto last_idle = clock::now();
   for (;;) {
@@ -304,6 +356,7 @@ Attempt wait_for(std::atomic<uint32_t>& word, std::atomic<uint32_t>& waiters,
     futex_wait(word, seen, sleep);
   }
   waiters.fetch_sub(1, std::memory_order_seq_cst);
+  adapt_spin(spin, false, r != Attempt::none, spun, since());
   return r;
 }
 
@@ -345,7 +398,7 @@ shm_queue& shm_queue::operator=(shm_queue&& other) noexcept {
     undone_ = std::exchange(other.undone_, 0);
     acked_ = std::exchange(other.acked_, 0);
     batch_deliveries_ = other.batch_deliveries_;
-    spin_ns_ = other.spin_ns_;
+    spin_ = other.spin_;
   }
   return *this;
 }
@@ -635,7 +688,7 @@ caf::error shm_queue::put(std::string_view bytes, timeout_type timeout) {
                         + std::to_string(header_->max_message) + " bytes");
   optimistic_ = true;
   auto r = wait_for<attempt>(
-    header_->not_full, header_->producers_waiting, timeout, spin_ns_,
+    header_->not_full, header_->producers_waiting, timeout, spin_,
     [&] { return try_put(bytes); }, [&] { recover(); });
   switch (r) {
     case attempt::done:
@@ -854,7 +907,7 @@ caf::expected<shm_queue::message> shm_queue::get(timeout_type timeout) {
   batch_ = no_slot;
   optimistic_ = true;
   auto r = wait_for<attempt>(
-    header_->not_empty, header_->consumers_waiting, timeout, spin_ns_,
+    header_->not_empty, header_->consumers_waiting, timeout, spin_,
     [&] { return try_get(); }, [&] { recover(); });
   switch (r) {
     case attempt::done:
@@ -961,7 +1014,7 @@ caf::error shm_queue::join(timeout_type timeout) {
     return make_error(errc::invalid_argument,
                       "join on a queue that is not joinable");
   auto r = wait_for<attempt>(
-    header_->done_events, header_->joiners_waiting, timeout, spin_ns_,
+    header_->done_events, header_->joiners_waiting, timeout, spin_,
     [&] {
       return header_->unfinished.load(std::memory_order_seq_cst) == 0
                ? attempt::done

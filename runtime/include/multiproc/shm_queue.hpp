@@ -44,6 +44,18 @@ namespace multiproc {
 namespace detail {
 struct shm_queue_header;
 struct shm_slot;
+
+/// How long a handle's waits spin before they sleep, adapted to how often
+/// spinning pays off (see adapt_spin in shm_queue.cpp).
+struct shm_spin_state {
+  /// The budget, in nanoseconds.
+  int64_t ns = 20000;
+  /// Spins in a row that ended in a sleep since one last succeeded; a few
+  /// mean that the peer cannot run while we spin (it shares our core).
+  uint32_t futile = 0;
+  /// Waits left that spin only briefly after spinning proved futile.
+  uint32_t cooldown = 0;
+};
 } // namespace detail
 
 /// Options of shm_queue::create().
@@ -269,8 +281,8 @@ private:
   uint32_t lockstep_ = 0;
   uint32_t hold_cooldown_ = 0;
   static constexpr int64_t hold_ns = 1000;
-  /// Adaptive spin budget of this handle's waits, in nanoseconds.
-  int64_t spin_ns_ = 20000;
+  /// How long this handle's waits spin before they sleep.
+  detail::shm_spin_state spin_;
 };
 
 } // namespace multiproc
