@@ -10,6 +10,7 @@
 #include "multiproc/pipe.hpp"
 #include "multiproc/pool.hpp"
 #include "multiproc/process.hpp"
+#include "multiproc/queue.hpp"
 #include "multiproc/start_method.hpp"
 #include "multiproc/supervisor.hpp"
 #include "multiproc/worker.hpp"
