@@ -14,8 +14,11 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <future>
 #include <thread>
 #include <utility>
+
+#include <csignal>
 
 #include <fcntl.h>
 #include <poll.h>
@@ -31,6 +34,7 @@
 #include <caf/stateful_actor.hpp>
 
 #include "multiproc/shm_queue.hpp"
+#include "multiproc/worker.hpp"
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(multiproc::supervisor_report)
 
@@ -149,6 +153,31 @@ private:
   std::thread thread_;
 };
 
+/// How a worker actor child ended, set by its on_exit callback (on the
+/// worker's I/O thread) before the supervisor hears of it.
+class exit_box {
+public:
+  void set(exit_status st) {
+    {
+      std::lock_guard<std::mutex> guard{mtx_};
+      status_ = st;
+    }
+    cv_.notify_all();
+  }
+
+  /// Waits up to `timeout` for the exit; nullopt if it did not come.
+  std::optional<exit_status> wait(milliseconds timeout) {
+    std::unique_lock<std::mutex> guard{mtx_};
+    cv_.wait_for(guard, timeout, [&] { return status_.has_value(); });
+    return status_;
+  }
+
+private:
+  std::mutex mtx_;
+  std::condition_variable cv_;
+  std::optional<exit_status> status_;
+};
+
 // -- the tree -------------------------------------------------------------------
 
 struct node;
@@ -162,6 +191,9 @@ struct child {
   /// The parent end of the child's channel: closing it is the graceful stop.
   unique_fd channel;
   std::unique_ptr<node> nested;
+  /// A worker actor child: its handle and how it ended.
+  caf::actor actor;
+  std::shared_ptr<exit_box> exited;
   uint64_t key = 0;
   bool running = false;
   bool finished = false;
@@ -214,6 +246,8 @@ struct supervisor_shared {
   bool stopped = false;
   caf::error error;
   supervisor_report report;
+  /// Running worker actor children by id ("a/b" below the top).
+  std::map<std::string, caf::actor> workers;
   supervisor_spec spec; // consumed by the actor at start
 
   template <class F>
@@ -233,9 +267,12 @@ namespace {
 /// The supervisor's logic; lives in the actor's state, runs on its thread.
 class supervisor_core {
 public:
-  supervisor_core(std::shared_ptr<detail::supervisor_shared> shared,
+  supervisor_core(caf::actor_system& sys,
+                  std::shared_ptr<detail::supervisor_shared> shared,
                   caf::actor_addr self)
-    : shared_(std::move(shared)),
+    : sys_(sys),
+      shared_(std::move(shared)),
+      self_(self),
       on_event_(shared_->spec.on_event),
       watcher_([self](uint64_t key) {
         if (auto hdl = caf::actor_cast<caf::actor>(self))
@@ -270,12 +307,21 @@ public:
     keys_.erase(it);
     auto& c = n->children[i];
     c.key = 0;
-    auto pid = c.proc.pid();
-    recover_queues(*n, pid);
-    auto status = c.proc.join(milliseconds{2000});
-    c.last_exit = status ? *status : exit_status{false, -1, 0};
-    c.proc = process{};
-    c.channel.reset();
+    pid_t pid = 0;
+    if (c.spec.actor) {
+      pid = pid_of(c);
+      c.last_exit = c.exited->wait(milliseconds{0});
+      forget_worker(*n, c);
+    } else {
+      pid = c.proc.pid();
+      recover_queues(*n, pid);
+      auto status = c.proc.join(milliseconds{2000});
+      c.last_exit = status ? *status : exit_status{false, -1, 0};
+      c.proc = process{};
+      c.channel.reset();
+    }
+    if (!c.last_exit)
+      c.last_exit = exit_status{false, -1, 0};
     c.running = false;
     ended(*n, i, c.last_exit->success(), c.last_exit->to_string(), pid);
     graveyard_.clear();
@@ -349,7 +395,16 @@ private:
       if (!ids.insert(cs.id).second)
         return make_error(errc::invalid_argument,
                           where + ": two children have the id '" + cs.id + "'");
-      if (cs.supervisor == nullptr && !has_entry(cs.entry))
+      if (cs.actor) {
+        if (!has_worker(cs.entry))
+          return make_error(errc::invalid_argument,
+                            name + ": no worker registered as '" + cs.entry
+                              + "' (MULTIPROC_WORKER)");
+        if (cs.role != child_role::worker || !cs.fds.empty())
+          return make_error(errc::invalid_argument,
+                            name + ": a worker actor takes no pipeline role "
+                                   "or descriptors");
+      } else if (cs.supervisor == nullptr && !has_entry(cs.entry))
         return make_error(errc::invalid_argument,
                           name + ": no entry registered as '" + cs.entry
                             + "' (MULTIPROC_REGISTER_ENTRY)");
@@ -416,6 +471,8 @@ private:
       c.running = true;
       return caf::none;
     }
+    if (c.spec.actor)
+      return start_worker(n, i);
     process_options opts;
     opts.name = c.spec.id;
     opts.method = c.spec.method;
@@ -443,14 +500,93 @@ private:
     return caf::none;
   }
 
+  caf::error start_worker(node& n, size_t i) {
+    auto& c = n.children[i];
+    auto key = ++last_key_;
+    auto exited = std::make_shared<exit_box>();
+    worker_options opts;
+    opts.name = c.spec.id;
+    opts.method = c.spec.method;
+    opts.sink = c.spec.sink;
+    // The graceful stop, then SIGTERM (stop_child), then SIGKILL.
+    opts.shutdown_timeout = c.spec.shutdown_timeout + c.spec.kill_timeout;
+    opts.on_exit = [exited, self = self_, key](const caf::expected<exit_status>& st) {
+      exited->set(st ? *st : exit_status{false, -1, 0});
+      if (auto hdl = caf::actor_cast<caf::actor>(self))
+        caf::anon_send(hdl, child_exit_atom::value, key);
+    };
+    auto w = spawn_worker(sys_, c.spec.entry, std::move(opts));
+    if (!w)
+      return make_error(code_of(w.error()) == errc::none ? errc::spawn_failed
+                                                         : code_of(w.error()),
+                        "cannot start worker child '" + child_name(n, c)
+                          + "': " + text_of(w.error()));
+    c.actor = std::move(*w);
+    c.exited = std::move(exited);
+    c.key = key;
+    c.running = true;
+    keys_[key] = {&n, i};
+    auto name = child_name(n, c);
+    auto hdl = c.actor;
+    shared_->update([&] { shared_->workers[name] = hdl; });
+    emit(supervisor_event::started, n, c.spec.id, pid_of(c));
+    return caf::none;
+  }
+
+  static pid_t pid_of(const child& c) {
+    if (c.spec.actor) {
+      auto info = c.actor ? info_of(c.actor) : std::nullopt;
+      return info ? info->pid : 0;
+    }
+    return c.proc.pid();
+  }
+
+  void forget_worker(const node& n, child& c) {
+    auto name = child_name(n, c);
+    shared_->update([&] { shared_->workers.erase(name); });
+    c.actor = nullptr;
+  }
+
+  /// A process child: the graceful stop (the channel closes), SIGTERM after
+  /// shutdown_timeout, SIGKILL after kill_timeout more.
+  void stop_process_child(node& n, child& c) {
+    c.channel.reset();
+    if (!await_exit(c.proc, c.spec.shutdown_timeout)) {
+      (void) c.proc.terminate();
+      if (!await_exit(c.proc, c.spec.kill_timeout)) {
+        (void) c.proc.kill();
+        await_exit(c.proc, milliseconds{5000});
+      }
+    }
+    recover_queues(n, c.proc.pid());
+    auto status = c.proc.join(milliseconds{2000});
+    c.last_exit = status ? *status : exit_status{false, -1, 0};
+    c.proc = process{};
+  }
+
+  /// A worker actor child: the worker's graceful stop (its shutdown frame),
+  /// SIGTERM after shutdown_timeout, SIGKILL after kill_timeout more.
+  void stop_worker_child(node& n, child& c) {
+    auto stopping = std::async(std::launch::async,
+                               [hdl = c.actor] { return stop_worker(hdl); });
+    if (!c.exited->wait(c.spec.shutdown_timeout)) {
+      (void) detail::signal_worker(c.actor, SIGTERM);
+      c.exited->wait(c.spec.kill_timeout);
+    }
+    auto st = stopping.get();
+    c.last_exit = c.exited->wait(milliseconds{5000});
+    if (!c.last_exit)
+      c.last_exit = st ? *st : exit_status{false, -1, 0};
+    forget_worker(n, c);
+  }
+
   /// Stops the running children in [first, last), the last one first.
   void stop_children(node& n, size_t first, size_t last) {
     for (size_t i = last; i-- > first;)
       stop_child(n, i);
   }
 
-  /// The graceful stop (the channel closes), SIGTERM after shutdown_timeout,
-  /// SIGKILL after kill_timeout.
+  /// Stops child `i` of `n` if it runs, as its kind stops (below).
   void stop_child(node& n, size_t i) {
     auto& c = n.children[i];
     if (!c.running)
@@ -461,22 +597,15 @@ private:
       graveyard_.push_back(std::move(c.nested));
       return;
     }
-    watcher_.unwatch(c.key);
-    keys_.erase(c.key);
-    c.key = 0;
-    c.channel.reset();
-    if (!await_exit(c.proc, c.spec.shutdown_timeout)) {
-      (void) c.proc.terminate();
-      if (!await_exit(c.proc, c.spec.kill_timeout)) {
-        (void) c.proc.kill();
-        await_exit(c.proc, milliseconds{5000});
-      }
+    auto key = std::exchange(c.key, 0);
+    keys_.erase(key);
+    auto pid = pid_of(c);
+    if (c.spec.actor) {
+      stop_worker_child(n, c);
+    } else {
+      watcher_.unwatch(key);
+      stop_process_child(n, c);
     }
-    auto pid = c.proc.pid();
-    recover_queues(n, pid);
-    auto status = c.proc.join(milliseconds{2000});
-    c.last_exit = status ? *status : exit_status{false, -1, 0};
-    c.proc = process{};
     supervisor_event ev;
     ev.kind = supervisor_event::stopped;
     ev.pid = pid;
@@ -642,7 +771,7 @@ private:
       child_report cr;
       cr.id = child_name(n, c);
       cr.role = c.spec.role;
-      cr.pid = c.running && !c.nested ? c.proc.pid() : 0;
+      cr.pid = c.running && !c.nested ? pid_of(c) : 0;
       cr.starts = c.starts;
       cr.restarts = c.restarts;
       cr.last_exit = c.last_exit;
@@ -689,7 +818,9 @@ private:
     on_event_(ev);
   }
 
+  caf::actor_system& sys_;
   std::shared_ptr<detail::supervisor_shared> shared_;
+  caf::actor_addr self_;
   std::function<void(const supervisor_event&)> on_event_;
   std::unique_ptr<node> top_;
   /// Running processes by watcher key: their node and index.
@@ -712,7 +843,8 @@ struct supervisor_state {
 caf::behavior supervisor_actor(caf::stateful_actor<supervisor_state>* self,
                                std::shared_ptr<detail::supervisor_shared> sh) {
   auto& core = self->state.core;
-  core = std::make_unique<supervisor_core>(sh, self->address());
+  core = std::make_unique<supervisor_core>(self->home_system(), sh,
+                                           self->address());
   auto err = core->start();
   sh->update([&] {
     sh->started = true;
@@ -786,6 +918,14 @@ child_spec child_spec::process(std::string id, std::string entry,
   spec.entry = std::move(entry);
   spec.args = std::move(args);
   spec.role = role;
+  return spec;
+}
+
+child_spec child_spec::worker(std::string id, std::string entry) {
+  child_spec spec;
+  spec.id = std::move(id);
+  spec.entry = std::move(entry);
+  spec.actor = true;
   return spec;
 }
 
@@ -894,6 +1034,14 @@ supervisor_report supervisor::report() const {
     return {};
   std::lock_guard<std::mutex> guard{shared_->mtx};
   return shared_->report;
+}
+
+caf::actor supervisor::worker(const std::string& id) const {
+  if (!shared_)
+    return {};
+  std::lock_guard<std::mutex> guard{shared_->mtx};
+  auto it = shared_->workers.find(id);
+  return it != shared_->workers.end() ? it->second : caf::actor{};
 }
 
 const caf::actor& supervisor::actor() const noexcept {

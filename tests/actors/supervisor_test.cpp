@@ -28,6 +28,7 @@
 #include "multiproc/bootstrap.hpp"
 #include "multiproc/error.hpp"
 #include "multiproc/shm_queue.hpp"
+#include "multiproc/worker.hpp"
 
 using namespace std::chrono_literals;
 using namespace multiproc;
@@ -110,6 +111,11 @@ int sup_consumer(child_context& ctx) {
   }
 }
 
+/// A worker actor: squares an int.
+caf::behavior sup_squarer(caf::event_based_actor*) {
+  return {[](int32_t x) { return x * x; }};
+}
+
 MULTIPROC_REGISTER_ENTRY("sup.sleeper", sup_sleeper);
 MULTIPROC_REGISTER_ENTRY("sup.ignores_stop", sup_ignores_stop);
 MULTIPROC_REGISTER_ENTRY("sup.ignores_term", sup_ignores_term);
@@ -117,6 +123,7 @@ MULTIPROC_REGISTER_ENTRY("sup.exits", sup_exits);
 MULTIPROC_REGISTER_ENTRY("sup.crashes", sup_crashes);
 MULTIPROC_REGISTER_ENTRY("sup.producer", sup_producer);
 MULTIPROC_REGISTER_ENTRY("sup.consumer", sup_consumer);
+MULTIPROC_WORKER("sup.squarer", sup_squarer)
 
 // -- helpers -------------------------------------------------------------------
 
@@ -579,4 +586,49 @@ TEST_F(SupervisorTest, StopsWhenItsActorIsToldToExit) {
   auto result = sup.wait(10s);
   ASSERT_FALSE(result);
   EXPECT_TRUE(process_gone(a));
+}
+
+// -- worker actors -------------------------------------------------------------
+
+TEST_F(SupervisorTest, RestartsAWorkerActorAndHandsOutItsNewHandle) {
+  supervisor_spec spec;
+  spec.max_restarts = 3;
+  spec.children = {child_spec::worker("squarer", "sup.squarer")};
+  auto sup = start(std::move(spec));
+  auto first = sup.worker("squarer");
+  ASSERT_TRUE(first);
+  auto y = request<int32_t>(first, 5s, int32_t{7});
+  ASSERT_TRUE(y) << describe(y.error());
+  EXPECT_EQ(*y, 49);
+  auto pid = pid_of(sup, "squarer");
+  ASSERT_GT(pid, 0);
+  ASSERT_EQ(::kill(pid, SIGKILL), 0);
+  ASSERT_TRUE(log_.await("started squarer", 2));
+  auto second = sup.worker("squarer");
+  ASSERT_TRUE(second);
+  EXPECT_NE(second, first);
+  auto second_pid = pid_of(sup, "squarer");
+  EXPECT_NE(second_pid, pid);
+  y = request<int32_t>(second, 5s, int32_t{9});
+  ASSERT_TRUE(y) << describe(y.error());
+  EXPECT_EQ(*y, 81);
+  // The old handle fails clearly instead of waiting.
+  auto stale = request<int32_t>(first, 5s, int32_t{1});
+  ASSERT_FALSE(stale);
+  auto report = sup.stop();
+  ASSERT_TRUE(report) << describe(report.error());
+  ASSERT_TRUE(report->children[0].last_exit);
+  EXPECT_TRUE(report->children[0].last_exit->success())
+    << report->children[0].last_exit->to_string();
+  EXPECT_FALSE(sup.worker("squarer"));
+  EXPECT_TRUE(process_gone(second_pid));
+}
+
+TEST_F(SupervisorTest, RejectsAWorkerActorThatIsNotRegistered) {
+  supervisor_spec spec;
+  spec.children = {child_spec::worker("w", "sup.no_such_worker")};
+  auto sup = supervisor::start(sys_, spec);
+  ASSERT_FALSE(sup);
+  EXPECT_EQ(sup.error(), errc::invalid_argument);
+  EXPECT_NE(text_of(sup.error()).find("MULTIPROC_WORKER"), std::string::npos);
 }

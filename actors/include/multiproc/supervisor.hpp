@@ -108,6 +108,11 @@ struct child_spec {
   std::optional<start_method> method;
   /// Where its output lines go; empty: default_output_sink().
   output_sink sink;
+  /// True: `entry` names a worker actor (MULTIPROC_WORKER), started with
+  /// spawn_worker(); supervisor::worker(id) returns its current handle. Its
+  /// graceful stop is the worker's own (its actor gets an exit message); it
+  /// takes no args, fds or pipeline role.
+  bool actor = false;
   /// Set for a nested supervisor (entry and the process fields unused).
   std::shared_ptr<const supervisor_spec> supervisor;
 
@@ -115,6 +120,8 @@ struct child_spec {
   static child_spec process(std::string id, std::string entry,
                             std::string args = {},
                             child_role role = child_role::worker);
+  /// A worker actor child running the MULTIPROC_WORKER `entry`.
+  static child_spec worker(std::string id, std::string entry);
   /// A nested supervisor: its restarts count against its own intensity; when
   /// it gives up, this supervisor handles it like a child that died.
   static child_spec nested(std::string id, supervisor_spec spec);
@@ -232,6 +239,11 @@ public:
 
   /// A snapshot of the children and totals (OTP's which_children).
   supervisor_report report() const;
+
+  /// The running worker actor of the child `id` (a child_spec::worker; "a/b"
+  /// for one of a nested supervisor), or an invalid handle while it is not
+  /// running. A restart gives a new handle: ask again after a worker_died.
+  caf::actor worker(const std::string& id) const;
 
   /// The supervisor's actor: it answers `caf::get_atom` with a
   /// supervisor_report and `caf::exit_msg`/`caf::close_atom` by stopping;
