@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstring>
 #include <fstream>
+#include <sstream>
 #include <string>
 
 #include <dirent.h>
@@ -38,6 +39,26 @@ inline std::string read_until_eof(int fd, std::chrono::milliseconds timeout) {
       return result;
     result.append(buf, static_cast<size_t>(n));
   }
+}
+
+/// CPU time (user + system) the process `pid` has used, in clock ticks.
+inline long cpu_ticks(pid_t pid) {
+  std::ifstream in{"/proc/" + std::to_string(pid) + "/stat"};
+  std::string line;
+  std::getline(in, line);
+  // Fields after the ")" that ends the command name: state is field 3,
+  // utime 14 and stime 15.
+  std::istringstream rest{line.substr(line.rfind(')') + 2)};
+  std::string field;
+  long utime = 0;
+  long stime = 0;
+  for (int i = 3; i <= 15 && rest >> field; ++i) {
+    if (i == 14)
+      utime = std::stol(field);
+    if (i == 15)
+      stime = std::stol(field);
+  }
+  return utime + stime;
 }
 
 /// Lines of /proc/self/maps naming a queue's memfd (one per mapping).

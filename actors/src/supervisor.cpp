@@ -761,7 +761,6 @@ private:
                                     [](const child& c) { return c.finished; });
     if (top_->complete || all_finished)
       settled_ = true; // published with the report that says so
-
   }
 
   // -- reports and events -------------------------------------------------------

@@ -3,8 +3,6 @@
 #include "multiproc/worker.hpp"
 
 #include <csignal>
-#include <fstream>
-#include <sstream>
 #include <future>
 #include <thread>
 
@@ -14,7 +12,10 @@
 #include <caf/all.hpp>
 #include <cereal/types/string.hpp>
 
+#include "test_util.hpp"
+
 using namespace multiproc;
+using namespace multiproc::test;
 using namespace std::chrono_literals;
 
 namespace worker_test {
@@ -388,26 +389,6 @@ TEST_P(WorkerTest, AReplyAboveTheParentsFrameLimitFailsOnlyThatRequest) {
   auto y = request<int32_t>(worker, 5s, square{6});
   ASSERT_TRUE(y) << describe(y.error());
   EXPECT_EQ(*y, 36);
-}
-
-/// CPU time (user + system) the process `pid` has used, in clock ticks.
-static long cpu_ticks(pid_t pid) {
-  std::ifstream in{"/proc/" + std::to_string(pid) + "/stat"};
-  std::string line;
-  std::getline(in, line);
-  // Fields after the ")" that ends the command name: state is field 3,
-  // utime 14 and stime 15.
-  std::istringstream rest{line.substr(line.rfind(')') + 2)};
-  std::string field;
-  long utime = 0;
-  long stime = 0;
-  for (int i = 3; i <= 15 && rest >> field; ++i) {
-    if (i == 14)
-      utime = std::stol(field);
-    if (i == 15)
-      stime = std::stol(field);
-  }
-  return utime + stime;
 }
 
 TEST_P(WorkerTest, StopsBusyPollingWhenRequestsStop) {

@@ -141,8 +141,24 @@ int take_one(child_context& ctx) {
   return send_text(ctx.channel.get(), text) ? 0 : 5;
 }
 
+/// Echoes every message of fds[0] into fds[1] until it gets "stop".
+int echo_until_stop(child_context& ctx) {
+  auto in = attach_or_exit(ctx, 0);
+  auto out = attach_or_exit(ctx, 1);
+  for (;;) {
+    auto msg = in.get(30s);
+    if (!msg)
+      return 4;
+    if (msg->bytes == "stop")
+      return 0;
+    if (out.put(msg->bytes, 10s))
+      return 5;
+  }
+}
+
 } // namespace
 
+MULTIPROC_REGISTER_ENTRY("shm_queue_test.echo_until_stop", echo_until_stop);
 MULTIPROC_REGISTER_ENTRY("shm_queue_test.die_holding_a_lease",
                          die_holding_a_lease);
 MULTIPROC_REGISTER_ENTRY("shm_queue_test.die_while_putting", die_while_putting);
@@ -186,6 +202,33 @@ TEST(ShmQueueProcesses, RedeliversAMessageWhoseConsumerWasKilled) {
   EXPECT_EQ(q.redelivered(), 1u);
   EXPECT_EQ(q.consumed(), 1u);
   EXPECT_EQ(q.get(0ms).error(), errc::empty);
+}
+
+TEST(ShmQueueProcesses, AnIdleConsumerCostsNoCpuAfterSpinningForTraffic) {
+  auto requests = make_queue(64, false);
+  auto replies = make_queue(64, false);
+  process_options opts;
+  opts.fds = {requests.fd(), replies.fd()};
+  auto echo = start_process("shm_queue_test.echo_until_stop", {}, opts);
+  ASSERT_TRUE(echo) << describe(echo.error());
+  // Back-to-back round trips grow the child's spin budget to its maximum.
+  for (int i = 0; i < 5000; ++i) {
+    ASSERT_FALSE(requests.put("ping", 5s));
+    auto reply = replies.get(5s);
+    ASSERT_TRUE(reply) << describe(reply.error());
+    ASSERT_EQ(reply->bytes, "ping");
+  }
+  std::this_thread::sleep_for(100ms);
+  auto before = cpu_ticks(echo->pid());
+  std::this_thread::sleep_for(1000ms);
+  auto used = cpu_ticks(echo->pid()) - before;
+  // Spinning through that second would take about 100 ticks; the futex
+  // sleep with its 10 ms recovery scans takes almost none.
+  EXPECT_LE(used, 5) << "the idle consumer used " << used << " ticks in 1 s";
+  ASSERT_FALSE(requests.put("stop", 5s));
+  auto status = echo->join(10s);
+  ASSERT_TRUE(status) << describe(status.error());
+  EXPECT_TRUE(status->success()) << status->to_string();
 }
 
 TEST(ShmQueueProcesses, DropsTheMessageOfAProducerKilledWhilePutting) {
