@@ -70,6 +70,7 @@ int spin_poll(pollfd* fds, int nfds,
 } // namespace
 
 frame_handler::~frame_handler() = default;
+frame_link::~frame_link() = default;
 
 void frame_handler::on_batch_end() {
   // nop

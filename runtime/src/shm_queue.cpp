@@ -320,8 +320,9 @@ Attempt wait_for(std::atomic<uint32_t>& word, std::atomic<uint32_t>& waiters,
       .count();
   };
   auto deadline = timeout ? start + *timeout : clock::time_point::max();
-  auto spin_until = std::min(deadline, start + std::chrono::nanoseconds{spin.ns});
-  for (unsigned i = 1;; ++i) {
+  auto spin_until = std::min(
+    deadline, start + std::chrono::nanoseconds{std::min(spin.ns, spin.max_ns)});
+  for (unsigned i = 1; spin.max_ns > 0; ++i) {
     for (int k = 0; k < 16; ++k)
       cpu_relax();
     if ((r = try_op()) != Attempt::none) {
@@ -1028,6 +1029,10 @@ caf::error shm_queue::join(timeout_type timeout) {
 }
 
 // -- observers ---------------------------------------------------------------------
+
+void shm_queue::set_max_spin(std::chrono::nanoseconds max) noexcept {
+  spin_.max_ns = std::clamp<int64_t>(max.count(), 0, max_spin_ns);
+}
 
 size_t shm_queue::size() const noexcept {
   if (!valid())

@@ -91,17 +91,43 @@ public:
   virtual void on_closed(const caf::error& reason) = 0;
 };
 
-class frame_channel {
+/// What the worker machinery needs of a channel of frames, whatever carries
+/// them: frame_channel (a socket) or shm_channel (shared-memory queues,
+/// shm_channel.hpp). Each member is documented at frame_channel.
+class frame_link {
+public:
+  virtual ~frame_link();
+
+  virtual const channel_options& options() const noexcept = 0;
+  virtual caf::error send(const std::string_view* parts, size_t num_parts,
+                          send_mode mode = send_mode::immediate) = 0;
+  caf::error send(std::string_view body,
+                  send_mode mode = send_mode::immediate) {
+    return send(&body, 1, mode);
+  }
+  virtual caf::error send_framed(std::string_view frames,
+                                 send_mode mode = send_mode::immediate) = 0;
+  virtual void flush() = 0;
+  virtual caf::expected<std::string_view>
+  receive(std::optional<std::chrono::milliseconds> timeout = std::nullopt) = 0;
+  virtual void start(frame_handler* handler, int death_fd = -1) = 0;
+  virtual void
+  stop(std::chrono::milliseconds linger = std::chrono::milliseconds{0}) = 0;
+  virtual void fail(caf::error reason) = 0;
+  virtual bool on_io_thread() const noexcept = 0;
+};
+
+class frame_channel : public frame_link {
 public:
   explicit frame_channel(unique_fd socket, channel_options opts = {});
-  ~frame_channel();
+  ~frame_channel() override;
   frame_channel(const frame_channel&) = delete;
   frame_channel& operator=(const frame_channel&) = delete;
 
   /// The socket descriptor (owned by the channel).
   int fd() const noexcept { return fd_.get(); }
 
-  const channel_options& options() const noexcept { return opts_; }
+  const channel_options& options() const noexcept override { return opts_; }
 
   // -- sending ----------------------------------------------------------------
 
@@ -109,25 +135,21 @@ public:
   /// frame_too_large (nothing sent) if the body exceeds the limit, with
   /// peer_closed / system_error once the channel is broken.
   caf::error send(const std::string_view* parts, size_t num_parts,
-                  send_mode mode = send_mode::immediate);
-
-  caf::error send(std::string_view body,
-                  send_mode mode = send_mode::immediate) {
-    return send(&body, 1, mode);
-  }
+                  send_mode mode = send_mode::immediate) override;
+  using frame_link::send;
 
   /// Sends frames already laid out as on the wire (header, body, header,
   /// body, ...), e.g. many small frames built in one buffer: one lock and
   /// one write for all. The caller checks each body against the limit.
   caf::error send_framed(std::string_view frames,
-                         send_mode mode = send_mode::immediate);
+                         send_mode mode = send_mode::immediate) override;
 
   /// Bytes queued and not yet written.
   size_t pending_output() const;
 
   /// Writes queued output now, without blocking (what the socket does not
   /// take stays queued). Typically called by the I/O thread after a batch.
-  void flush();
+  void flush() override;
 
   // -- receiving without an I/O thread ---------------------------------------
 
@@ -137,7 +159,8 @@ public:
   /// frame, frame_too_large, system_error. A broken channel keeps failing with
   /// the same error.
   caf::expected<std::string_view>
-  receive(std::optional<std::chrono::milliseconds> timeout = std::nullopt);
+  receive(std::optional<std::chrono::milliseconds> timeout
+          = std::nullopt) override;
 
   /// True when receive() would return at once (a frame, EOF or an error).
   caf::expected<bool> poll(std::chrono::milliseconds timeout);
@@ -149,19 +172,20 @@ public:
   /// the peer is gone even if the socket stays open: the thread drains what
   /// is readable and then ends with peer_closed. `handler` must outlive the
   /// channel or the call to stop().
-  void start(frame_handler* handler, int death_fd = -1);
+  void start(frame_handler* handler, int death_fd = -1) override;
 
   /// Ends the I/O thread (if running) and waits for it, unless called from it.
   /// Shuts the socket down; pending output is flushed first for at most
   /// `linger`.
-  void stop(std::chrono::milliseconds linger = std::chrono::milliseconds{0});
+  void stop(std::chrono::milliseconds linger
+            = std::chrono::milliseconds{0}) override;
 
   /// Called from on_frame() to end the channel with `reason` (e.g. a frame
   /// that fails to decode); on_closed() follows.
-  void fail(caf::error reason);
+  void fail(caf::error reason) override;
 
   /// True on the channel's own I/O thread.
-  bool on_io_thread() const noexcept;
+  bool on_io_thread() const noexcept override;
 
 private:
   // Reads what the socket has (non-blocking). Returns false on EOF/error and

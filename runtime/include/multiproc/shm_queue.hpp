@@ -55,6 +55,8 @@ struct shm_spin_state {
   uint32_t futile = 0;
   /// Waits left that spin only briefly after spinning proved futile.
   uint32_t cooldown = 0;
+  /// The most any wait spins (shm_queue::set_max_spin).
+  int64_t max_ns = 50000;
 };
 } // namespace detail
 
@@ -187,6 +189,11 @@ public:
   uint64_t redelivered() const noexcept;
   /// Slots this handle holds leased (each holds one or more messages).
   size_t leases() const noexcept { return leases_.size(); }
+
+  /// Caps how long this handle's waits spin before they sleep on the futex
+  /// (by default up to 50 µs, adapted to how often spinning pays off); 0:
+  /// sleep at once, for a thread that should leave the CPU to others.
+  void set_max_spin(std::chrono::nanoseconds max) noexcept;
 
   // -- recovery -------------------------------------------------------------
 

@@ -1,0 +1,129 @@
+#pragma once
+
+/// shm_channel: the frames of a frame_channel carried by two shared-memory
+/// queues (shm_queue.hpp) instead of a socket, one queue per direction. It
+/// serves worker actors that choose worker_transport::shared_memory: a
+/// request and its reply then cross the process boundary without a system
+/// call while both ends are busy (the queue's waits spin briefly before they
+/// sleep on a futex).
+///
+/// The bytes are those of the socket channel (docs/wire_format.md): each
+/// queue message holds whole frames, header and body, or a piece of a frame
+/// larger than one message; a reader joins them back into the stream. A
+/// queue has one producer process, and the sending threads of that process
+/// take turns (a local mutex: no lock is shared with the other process).
+///
+/// Thread safety: as frame_channel. send() may be called from any thread;
+/// receiving is single-consumer (receive() or the I/O thread). Writing never
+/// blocks the I/O thread: what the queue does not take at once waits in a
+/// local backlog that the I/O thread writes as room appears. Other senders
+/// wait while the backlog exceeds send_high_watermark.
+///
+/// Ends: stop() closes both queues (the peer's reads end with peer_closed
+/// after what was sent); the peer's stop() or the death of its process
+/// (death_fd) ends this end's I/O thread with peer_closed.
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <utility>
+
+#include <caf/error.hpp>
+#include <caf/expected.hpp>
+
+#include "multiproc/frame_channel.hpp"
+#include "multiproc/shm_queue.hpp"
+
+namespace multiproc {
+
+class shm_channel final : public frame_link {
+public:
+  /// Slots of each queue.
+  static constexpr uint32_t queue_capacity = 64;
+  /// Bytes of one queue message: larger frames travel in pieces. Each queue
+  /// takes capacity × (this + 36, rounded up) bytes: about 1 MiB.
+  static constexpr uint32_t queue_message_size = 16 * 1024;
+
+  /// Creates the two queues of a channel: `first` for one direction,
+  /// `second` for the other. Errors: those of shm_queue::create().
+  static caf::expected<std::pair<shm_queue, shm_queue>> make_queues();
+
+  /// An end that reads `in` and writes `out` (the peer's end has them the
+  /// other way round).
+  shm_channel(shm_queue in, shm_queue out, channel_options opts = {});
+  ~shm_channel() override;
+  shm_channel(const shm_channel&) = delete;
+  shm_channel& operator=(const shm_channel&) = delete;
+
+  const channel_options& options() const noexcept override {
+    return opts_;
+  }
+
+  caf::error send(const std::string_view* parts, size_t num_parts,
+                  send_mode mode = send_mode::immediate) override;
+  using frame_link::send;
+  caf::error send_framed(std::string_view frames,
+                         send_mode mode = send_mode::immediate) override;
+  /// Writes backlog while the queue has room, without waiting.
+  void flush() override {
+    flush_backlog();
+  }
+  caf::expected<std::string_view>
+  receive(std::optional<std::chrono::milliseconds> timeout
+          = std::nullopt) override;
+  void start(frame_handler* handler, int death_fd = -1) override;
+  void stop(std::chrono::milliseconds linger
+            = std::chrono::milliseconds{0}) override;
+  void fail(caf::error reason) override;
+  bool on_io_thread() const noexcept override;
+
+private:
+  enum class pulled { message, nothing, ended };
+
+  /// Writes stream bytes: into the queue while it has room, the rest into
+  /// the backlog (or, without an I/O thread, waiting for room).
+  caf::error write_stream(std::string_view bytes);
+  /// Puts what it can of `bytes` without waiting; advances `bytes`.
+  caf::error put_some(std::string_view& bytes);
+  /// The I/O thread: writes backlog while the queue has room; true if some
+  /// is left.
+  bool flush_backlog();
+  /// Takes one message into the stream buffer, waiting up to `timeout`.
+  pulled pull(std::chrono::milliseconds timeout);
+  bool next_frame(std::string_view& out);
+  /// Why the stream ended, once the frames before the end were taken.
+  caf::error end_error();
+  void run(frame_handler* handler, int death_fd);
+
+  shm_queue in_;
+  shm_queue out_;
+  channel_options opts_;
+
+  // Writing (guarded by wmu_; out_ is used only under it).
+  std::mutex wmu_;
+  std::condition_variable wcv_;
+  std::deque<std::string> backlog_;
+  size_t backlog_bytes_ = 0;
+  caf::error wr_error_;
+
+  // Reading (the I/O thread or receive()'s caller).
+  std::string rbuf_;
+  size_t rpos_ = 0;
+  caf::error rd_error_;
+  /// The input queue ended (closed and drained, or an error in end_).
+  bool ended_ = false;
+  caf::error end_;
+
+  std::thread io_thread_;
+  std::atomic<std::thread::id> io_thread_id_{};
+  std::atomic<bool> io_running_{false};
+  std::atomic<bool> stopping_{false};
+};
+
+} // namespace multiproc
