@@ -7,6 +7,10 @@
 //   cpp_pipe_bw_1MiB             GB/s   one-way typed 1 MiB messages
 //   cpp_spawn_first_reply_<m>    ms     start a worker (method m) and get its
 //                                       first reply
+//   cpp_worker_shm_rtt_p50       us     cpp_pipe_rtt_p50 with the worker on
+//                                       worker_transport::shared_memory
+//   cpp_worker_shm_sync_rtt_p50  us     cpp_pipe_sync_rtt_p50 likewise
+//   cpp_worker_shm_tput_64B      msg/s  cpp_pipe_tput_64B likewise
 // multiproc bench pool — a pool of (cores) workers, trivial x*x tasks:
 //   cpp_pool_map_chunksize1      tasks/s  map over 200,000 tasks, chunksize 1
 //   cpp_pool_map_auto            tasks/s  map over 1,000,000 tasks, chunksize 0
@@ -344,6 +348,25 @@ void bench_pipe(reporter& out, const std::string& part) {
       out.add("cpp_pipe_tput_64B", "msg/s", throughput(*worker, 1000000));
     if (want("bw"))
       out.add("cpp_pipe_bw_1MiB", "GB/s", bandwidth(*worker, 2000));
+    [[maybe_unused]] auto st = multiproc::stop_worker(*worker);
+  }
+  if (want("rtt") || want("tput")) {
+    // The same worker over worker_transport::shared_memory.
+    multiproc::worker_options opts;
+    opts.transport = multiproc::worker_transport::shared_memory;
+    auto worker = multiproc::spawn_worker(sys, "bench.echo", opts);
+    if (!worker) {
+      out.note("cannot start the shared-memory bench worker: "
+               + multiproc::describe(worker.error()));
+      return;
+    }
+    if (want("rtt")) {
+      out.add("cpp_worker_shm_rtt_p50", "us", actor_rtt(sys, *worker, 20000));
+      out.add("cpp_worker_shm_sync_rtt_p50", "us", sync_rtt(*worker, 20000));
+    }
+    if (want("tput"))
+      out.add("cpp_worker_shm_tput_64B", "msg/s",
+              throughput(*worker, 1000000));
     [[maybe_unused]] auto st = multiproc::stop_worker(*worker);
   }
   if (want("spawn")) {

@@ -552,6 +552,7 @@ pool_core::start_worker(size_t slot) {
   wopts.start_timeout = opts_.start_timeout;
   wopts.shutdown_timeout = std::chrono::milliseconds{2000};
   wopts.busy_poll = opts_.busy_poll;
+  wopts.transport = opts_.transport;
   auto user_sink = opts_.sink ? opts_.sink : default_output_sink();
   wopts.sink = [tail = w->tail, user_sink](const output_line& line) {
     if (line.is_stderr)

@@ -4,6 +4,8 @@
 
 #include "multiproc/worker.hpp"
 
+#include "multiproc/shm_channel.hpp"
+
 #include "multiproc/detail/result_slot.hpp"
 
 #include <algorithm>
@@ -65,10 +67,13 @@ struct worker_spec {
   uint64_t max_frame_size = 0;
   uint64_t send_high_watermark = 0;
   int64_t busy_poll_us = 0;
+  // worker_transport::shared_memory: fds[0] carries the parent's frames,
+  // fds[1] the child's.
+  uint8_t shared_memory = 0;
   template <class Archive>
   void serialize(Archive& ar) {
     ar(entry, name, extra_types, max_frame_size, send_high_watermark,
-       busy_poll_us);
+       busy_poll_us, shared_memory);
   }
 };
 
@@ -159,7 +164,7 @@ std::string encode_error_frame(uint64_t rid, const caf::error& err) {
 // -- handshake ----------------------------------------------------------------
 
 /// Sends this process's hello (its registered message types) on `ch`.
-caf::error send_hello(frame_channel& ch, const std::string& name) {
+caf::error send_hello(frame_link& ch, const std::string& name) {
   std::string frame(wire::envelope_size, '\0');
   if (auto err = encode(wire::make_hello(name), frame))
     return err;
@@ -169,7 +174,7 @@ caf::error send_hello(frame_channel& ch, const std::string& name) {
 
 /// Receives the peer's hello, which must be its first frame, and compares
 /// it with ours: fingerprint_mismatch names the types only one side has.
-caf::error receive_hello(frame_channel& ch, std::chrono::milliseconds timeout,
+caf::error receive_hello(frame_link& ch, std::chrono::milliseconds timeout,
                          const std::string& my_name,
                          const std::string& peer_name) {
   auto frame = ch.receive(timeout);
@@ -238,7 +243,7 @@ class worker_bridge : public frame_handler,
                       public std::enable_shared_from_this<worker_bridge> {
 public:
   worker_bridge(caf::actor_system& sys, process proc,
-                std::unique_ptr<frame_channel> ch, worker_options opts)
+                std::unique_ptr<frame_link> ch, worker_options opts)
     : sys_(sys),
       proc_(std::move(proc)),
       ch_(std::move(ch)),
@@ -824,7 +829,7 @@ private:
 
   caf::actor_system& sys_;
   process proc_;
-  std::unique_ptr<frame_channel> ch_;
+  std::unique_ptr<frame_link> ch_;
   worker_options opts_;
   worker_info info_;
   detail::inline_unit unit_;
@@ -919,7 +924,8 @@ caf::expected<caf::actor> spawn_worker(caf::actor_system& sys,
                    opts.extra_child_types,
                    opts.channel.max_frame_size,
                    opts.channel.send_high_watermark,
-                   opts.busy_poll.count()};
+                   opts.busy_poll.count(),
+                   uint8_t{opts.transport == worker_transport::shared_memory}};
   std::string args;
   if (auto err = encode(spec, args))
     return err;
@@ -927,12 +933,24 @@ caf::expected<caf::actor> spawn_worker(caf::actor_system& sys,
   popts.method = opts.method;
   popts.name = opts.name;
   popts.sink = opts.sink;
+  std::optional<std::pair<shm_queue, shm_queue>> queues;
+  if (spec.shared_memory) {
+    auto qs = shm_channel::make_queues();
+    if (!qs)
+      return std::move(qs.error());
+    queues = std::move(*qs);
+    popts.fds = {queues->first.fd(), queues->second.fd()};
+  }
   auto proc = start_process(worker_entry_name, std::move(args), popts);
   if (!proc)
     return std::move(proc.error());
   auto who = "worker " + opts.name + "[" + std::to_string(proc->pid()) + "]";
-  auto ch = std::make_unique<frame_channel>(proc->take_channel(),
-                                            opts.channel);
+  std::unique_ptr<frame_link> ch;
+  if (queues)
+    ch = std::make_unique<shm_channel>(std::move(queues->second),
+                                       std::move(queues->first), opts.channel);
+  else
+    ch = std::make_unique<frame_channel>(proc->take_channel(), opts.channel);
   // Handshake: both ends send their hello first, then check the other's.
   auto fail = [&](caf::error err) -> caf::expected<caf::actor> {
     [[maybe_unused]] auto kerr = proc->kill();
@@ -1059,7 +1077,7 @@ public:
 /// channel.
 class parent_proxy : public caf::monitorable_actor {
 public:
-  parent_proxy(caf::actor_config& cfg, frame_channel* ch,
+  parent_proxy(caf::actor_config& cfg, frame_link* ch,
                chunk_outcomes* chunks)
     : caf::monitorable_actor(cfg), ch_(ch), chunks_(chunks) {
   }
@@ -1102,13 +1120,13 @@ public:
   }
 
 private:
-  frame_channel* ch_;
+  frame_link* ch_;
   chunk_outcomes* chunks_;
 };
 
 class child_bridge : public frame_handler, public chunk_outcomes {
 public:
-  child_bridge(caf::actor_system& sys, frame_channel& ch, caf::actor worker)
+  child_bridge(caf::actor_system& sys, frame_link& ch, caf::actor worker)
     : ch_(ch), unit_(&sys), worker_(std::move(worker)) {
     caf::actor_config cfg;
     parent_ = caf::make_actor<parent_proxy, caf::strong_actor_ptr>(
@@ -1432,7 +1450,7 @@ private:
     last_flush_ = ticks();
   }
 
-  frame_channel& ch_;
+  frame_link& ch_;
   detail::inline_unit unit_;
   caf::actor worker_;
   caf::strong_actor_ptr parent_;
@@ -1489,7 +1507,26 @@ int worker_entry(child_context& ctx) {
   copts.max_frame_size = spec->max_frame_size;
   copts.send_high_watermark = spec->send_high_watermark;
   copts.busy_poll = std::chrono::microseconds{spec->busy_poll_us};
-  frame_channel ch{std::move(ctx.channel), copts};
+  std::unique_ptr<frame_link> link;
+  if (spec->shared_memory) {
+    if (ctx.fds.size() < 2) {
+      std::fprintf(stderr, "multiproc: worker %s: no queue descriptors\n",
+                   spec->name.c_str());
+      return 64;
+    }
+    auto in = shm_queue::attach(std::move(ctx.fds[0]));
+    auto out = shm_queue::attach(std::move(ctx.fds[1]));
+    if (!in || !out) {
+      std::fprintf(stderr, "multiproc: worker %s: %s\n", spec->name.c_str(),
+                   describe(in ? out.error() : in.error()).c_str());
+      return 64;
+    }
+    link = std::make_unique<shm_channel>(std::move(*in), std::move(*out),
+                                         copts);
+  } else {
+    link = std::make_unique<frame_channel>(std::move(ctx.channel), copts);
+  }
+  auto& ch = *link;
   if (send_hello(ch, spec->name))
     return 0; // the parent is gone already
   // Build the actor system while the parent checks our hello.

@@ -1599,6 +1599,39 @@ TEST_F(PoolBasics, MapReturnsResultsInInputOrderForAnyChunksize) {
   }
 }
 
+TEST_F(PoolBasics, MapsOverSharedMemoryWorkersAndSurvivesAKill) {
+  auto opts = options(2);
+  opts.transport = worker_transport::shared_memory;
+  auto p = start(opts);
+  ASSERT_TRUE(p) << describe(p.error());
+  std::vector<whoami> tasks;
+  for (int32_t i = 0; i < 20000; ++i)
+    tasks.push_back(whoami{i});
+  for (size_t chunk : {size_t{0}, size_t{1}}) {
+    SCOPED_TRACE("chunksize " + std::to_string(chunk));
+    auto results = p->map<tagged>(tasks, chunk);
+    ASSERT_EQ(results.size(), tasks.size());
+    for (size_t i = 0; i < results.size(); ++i) {
+      ASSERT_TRUE(results[i]) << describe(results[i].error());
+      ASSERT_EQ(results[i]->value, static_cast<int32_t>(i * i));
+    }
+  }
+  // A worker killed while it holds tasks: they run again elsewhere.
+  auto log = path("runs");
+  auto slow = p->submit<tagged>(nap{1000, 1, log, 0});
+  auto victim = wait_started(log, 1);
+  ASSERT_NE(victim, 0) << "the slow task did not start";
+  remember(victim);
+  ASSERT_EQ(::kill(victim, SIGKILL), 0);
+  ASSERT_TRUE(is_ready(slow, kBound)) << "the re-dispatched task hangs";
+  auto r = slow.get();
+  ASSERT_TRUE(r) << describe(r.error());
+  EXPECT_NE(r->pid, victim);
+  remember(r->pid);
+  EXPECT_TRUE(wait_gone(victim, kBound)) << "the killed worker was not reaped";
+  remember(*p);
+}
+
 TEST_F(PoolBasics, MapChunksAroundBigAndUnencodableTasks) {
   // Chunks are built in place: a task that fails to encode ends its chunk
   // and fails alone; a big one (16 KiB and more) goes alone, also right

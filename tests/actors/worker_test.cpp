@@ -5,6 +5,7 @@
 #include <csignal>
 #include <future>
 #include <thread>
+#include <tuple>
 
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -198,10 +199,19 @@ using worker_test::square;
 
 namespace {
 
-class WorkerTest : public testing::TestWithParam<start_method> {
+/// Every test runs over each start method and each transport.
+class WorkerTest
+  : public testing::TestWithParam<std::tuple<start_method, worker_transport>> {
 protected:
+  /// The options of this run's start method and transport.
+  static worker_options param_options(worker_options opts = {}) {
+    opts.method = std::get<0>(GetParam());
+    opts.transport = std::get<1>(GetParam());
+    return opts;
+  }
+
   caf::actor spawn(const std::string& entry, worker_options opts = {}) {
-    opts.method = GetParam();
+    opts = param_options(std::move(opts));
     auto worker = spawn_worker(sys, entry, opts);
     EXPECT_TRUE(worker) << describe(worker.error());
     if (!worker)
@@ -221,8 +231,12 @@ protected:
   std::vector<caf::actor> workers;
 };
 
-std::string method_name(const testing::TestParamInfo<start_method>& info) {
-  return to_string(info.param);
+std::string param_name(
+  const testing::TestParamInfo<WorkerTest::ParamType>& info) {
+  auto transport = std::get<1>(info.param) == worker_transport::socket
+                     ? "Socket"
+                     : "SharedMemory";
+  return std::string{to_string(std::get<0>(info.param))} + transport;
 }
 
 } // namespace
@@ -418,8 +432,7 @@ TEST_P(WorkerTest, StopsBusyPollingWhenRequestsStop) {
 }
 
 TEST_P(WorkerTest, RejectsAMismatchedTypeFingerprint) {
-  worker_options opts;
-  opts.method = GetParam();
+  auto opts = param_options();
   opts.extra_child_types = {"only.in.the.child"};
   auto worker = spawn_worker(sys, "worker_test.tester", opts);
   ASSERT_FALSE(worker);
@@ -484,10 +497,13 @@ TEST_P(WorkerTest, AnswersAnUnhandledMessageWithAnError) {
   EXPECT_TRUE(y);
 }
 
-INSTANTIATE_TEST_SUITE_P(EveryStartMethod, WorkerTest,
-                         testing::Values(start_method::spawn,
-                                         start_method::forkserver),
-                         method_name);
+INSTANTIATE_TEST_SUITE_P(
+  EveryStartMethod, WorkerTest,
+  testing::Combine(testing::Values(start_method::spawn,
+                                   start_method::forkserver),
+                   testing::Values(worker_transport::socket,
+                                   worker_transport::shared_memory)),
+  param_name);
 
 TEST(SpawnWorker, RefusesForkOnceActorSystemThreadsExist) {
   caf::actor_system_config cfg;

@@ -140,6 +140,9 @@ struct pool_options {
   size_t stderr_tail = 5;
   /// How long starting one worker may take.
   std::chrono::milliseconds start_timeout{10000};
+  /// What carries tasks and results between the pool and its workers
+  /// (worker_options::transport).
+  worker_transport transport = worker_transport::socket;
   /// How long a worker keeps polling for its next task after answering,
   /// while tasks come back to back (worker_options::busy_poll); 0: off.
   std::chrono::microseconds busy_poll{50};

@@ -52,6 +52,17 @@
 
 namespace multiproc {
 
+/// What carries the frames between the parent and a worker.
+enum class worker_transport {
+  /// The parent<->child socketpair: one system call per write and read
+  /// (a round trip near the kernel's socketpair round trip).
+  socket,
+  /// Two shared-memory queues (shm_channel.hpp): no system call while both
+  /// ends are busy; a round trip costs about a tenth of the socket's when
+  /// the two processes have a core each, at the price of brief spinning.
+  shared_memory,
+};
+
 /// Options for spawn_worker(); one comment per field.
 struct worker_options {
   /// How to start the child; empty: default_start_method().
@@ -64,6 +75,8 @@ struct worker_options {
   std::chrono::milliseconds start_timeout{10000};
   /// How long a graceful stop may take before the child is killed.
   std::chrono::milliseconds shutdown_timeout{2000};
+  /// What carries requests and replies (socket or shared_memory).
+  worker_transport transport = worker_transport::socket;
   /// Frame size limit and backpressure of the parent<->child channel (both
   /// ends use its max_frame_size and send_high_watermark); its busy_poll is
   /// the parent end's.
