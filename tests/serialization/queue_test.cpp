@@ -4,8 +4,10 @@
 
 #include "multiproc/queue.hpp"
 
+#include <array>
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <string>
 #include <thread>
 #include <vector>
@@ -14,6 +16,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cereal/types/array.hpp>
 #include <cereal/types/string.hpp>
 #include <cereal/types/vector.hpp>
 
@@ -42,6 +45,37 @@ struct receipt {
   }
 };
 
+enum class color : uint8_t { red = 1, blue = 7 };
+
+/// Everything the flat archive encodes itself (detail/flat_archive.hpp).
+struct flat_record {
+  int64_t id = 0;
+  double price = 0;
+  bool urgent = false;
+  color tint = color::red;
+  std::string note;
+  std::array<int16_t, 3> dims{};
+  char tag[5] = {};
+  receipt nested;
+  std::array<char, 16> blob{};
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(id, CEREAL_NVP(price), urgent, tint, note, dims, tag, nested,
+       cereal::binary_data(blob.data(), blob.size()));
+  }
+};
+
+/// A vector needs the full Cereal archive: the flat one falls back.
+struct mixed_record {
+  int32_t id = 0;
+  std::vector<int32_t> values;
+  std::string name;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(id, values, name);
+  }
+};
+
 struct not_registered {
   int32_t value = 0;
   template <class Archive>
@@ -54,6 +88,8 @@ struct not_registered {
 
 MULTIPROC_MESSAGE(queue_test::order, "queue_test.order")
 MULTIPROC_MESSAGE(queue_test::receipt, "queue_test.receipt")
+MULTIPROC_MESSAGE(queue_test::flat_record, "queue_test.flat_record")
+MULTIPROC_MESSAGE(queue_test::mixed_record, "queue_test.mixed_record")
 
 using namespace queue_test;
 
@@ -211,4 +247,95 @@ TEST(Queue, AValueAboveTheMaximumSizeFailsWithFrameTooLarge) {
   EXPECT_EQ(err, errc::frame_too_large) << describe(err);
   EXPECT_TRUE(q->empty());
   EXPECT_FALSE(q->put(order{2, "small", {}}));
+}
+
+namespace {
+
+flat_record sample_flat_record() {
+  flat_record r;
+  r.id = -42;
+  r.price = 9.75;
+  r.urgent = true;
+  r.tint = color::blue;
+  r.note = "fragile";
+  r.dims = {3, -4, 5};
+  std::memcpy(r.tag, "abcd", 5);
+  r.nested.id = 17;
+  for (size_t i = 0; i < r.blob.size(); ++i)
+    r.blob[i] = static_cast<char>(i * 7);
+  return r;
+}
+
+} // namespace
+
+TEST(QueueFlatArchive, WritesTheBytesOfTheCerealArchive) {
+  auto r = sample_flat_record();
+  std::string flat;
+  ASSERT_TRUE(detail::flat_encode(r, flat));
+  std::string full;
+  ASSERT_FALSE(encode(r, full));
+  EXPECT_EQ(flat, full);
+  flat_record back;
+  ASSERT_TRUE(detail::flat_decode(full, back));
+  EXPECT_EQ(back.id, r.id);
+  EXPECT_EQ(back.price, r.price);
+  EXPECT_EQ(back.urgent, r.urgent);
+  EXPECT_EQ(back.tint, r.tint);
+  EXPECT_EQ(back.note, r.note);
+  EXPECT_EQ(back.dims, r.dims);
+  EXPECT_STREQ(back.tag, r.tag);
+  EXPECT_EQ(back.nested.id, r.nested.id);
+  EXPECT_EQ(back.blob, r.blob);
+}
+
+TEST(QueueFlatArchive, LeavesWhatItDoesNotKnowToCereal) {
+  mixed_record m;
+  m.values = {1, 2, 3};
+  std::string flat;
+  EXPECT_FALSE(detail::flat_encode(m, flat));
+  std::string full;
+  ASSERT_FALSE(encode(m, full));
+  mixed_record back;
+  EXPECT_FALSE(detail::flat_decode(full, back));
+}
+
+TEST(QueueFlatArchive, RejectsTruncatedAndTrailingBytes) {
+  std::string full;
+  ASSERT_FALSE(encode(sample_flat_record(), full));
+  flat_record back;
+  EXPECT_FALSE(detail::flat_decode(std::string_view{full}.substr(0, 20), back));
+  EXPECT_FALSE(detail::flat_decode(full + "x", back));
+  // A string's size prefix beyond the bytes left.
+  std::string bad = full;
+  uint64_t huge = 1u << 30;
+  std::memcpy(&bad[8 + 8 + 1 + 1], &huge, sizeof(huge));
+  EXPECT_FALSE(detail::flat_decode(bad, back));
+}
+
+TEST(QueueFlatArchive, CarriesFlatAndMixedValuesAndReportsDecodeErrors) {
+  auto flat_q = queue<flat_record>::create();
+  ASSERT_TRUE(flat_q) << describe(flat_q.error());
+  auto r = sample_flat_record();
+  ASSERT_FALSE(flat_q->put(r));
+  auto got = flat_q->get(0ms);
+  ASSERT_TRUE(got) << describe(got.error());
+  EXPECT_EQ(got->note, r.note);
+  EXPECT_EQ(got->blob, r.blob);
+  // Truncated bytes through the raw queue: Cereal names the problem.
+  ASSERT_FALSE(flat_q->raw().put(std::string_view{"\x01\x02\x03", 3}));
+  auto bad = flat_q->get(0ms);
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error(), errc::decode_failed);
+  auto mixed_q = queue<mixed_record>::create();
+  ASSERT_TRUE(mixed_q) << describe(mixed_q.error());
+  mixed_record m;
+  m.id = 5;
+  m.values = {7, 8};
+  m.name = "five";
+  ASSERT_FALSE(mixed_q->put(m));
+  auto back = mixed_q->get(0ms);
+  ASSERT_TRUE(back) << describe(back.error());
+  EXPECT_EQ(back->id, 5);
+  EXPECT_EQ(back->values, m.values);
+  EXPECT_EQ(back->name, "five");
 }

@@ -14,7 +14,9 @@
 ///     auto q = multiproc::queue<int>::attach(std::move(ctx.fds[0]));  // child
 ///
 /// T is any type registered with MULTIPROC_MESSAGE; values are Cereal-encoded
-/// into shared memory (shm_queue.hpp, docs/queue.md).
+/// into shared memory (shm_queue.hpp, docs/queue.md). Values made only of
+/// arithmetic fields, enums, strings, arrays and binary_data get the same
+/// bytes without building a Cereal archive (detail/flat_archive.hpp).
 ///
 /// Thread safety: as shm_queue: one thread at a time per handle; clone()
 /// gives a thread its own handle.
@@ -27,6 +29,7 @@
 #include <caf/error.hpp>
 #include <caf/expected.hpp>
 
+#include "multiproc/detail/flat_archive.hpp"
 #include "multiproc/message_registry.hpp"
 #include "multiproc/shm_queue.hpp"
 
@@ -108,8 +111,13 @@ public:
   caf::error put(const T& value, timeout_type timeout = std::nullopt) {
     thread_local std::string buf;
     buf.clear();
-    if (auto err = encode(value, buf))
-      return err;
+    // The bytes of Cereal's binary archive either way; the flat archive
+    // only skips building one (detail/flat_archive.hpp).
+    if (!detail::flat_encode(value, buf)) {
+      buf.clear();
+      if (auto err = encode(value, buf))
+        return err;
+    }
     return q_.put(buf, timeout);
   }
 
@@ -126,6 +134,9 @@ public:
     if (!msg)
       return std::move(msg.error());
     last_deliveries_ = msg->deliveries;
+    T value{};
+    if (detail::flat_decode(msg->bytes, value))
+      return value;
     return decode<T>(msg->bytes);
   }
 
