@@ -21,6 +21,9 @@ constexpr milliseconds backlog_wait{1};
 /// The stream buffer is compacted once this much of it has been read.
 constexpr size_t compact_above = 64 * 1024;
 
+/// Messages the I/O thread takes before it ends a batch (on_batch_end).
+constexpr size_t batch_messages = 64;
+
 uint32_t load_le32(const char* p) noexcept {
   uint32_t x;
   std::memcpy(&x, p, sizeof(x));
@@ -164,7 +167,8 @@ bool shm_channel::flush_backlog() {
 
 // -- receiving ------------------------------------------------------------------
 
-shm_channel::pulled shm_channel::pull(milliseconds timeout) {
+shm_channel::pulled shm_channel::pull(milliseconds timeout,
+                                      std::string_view& bytes) {
   if (ended_)
     return pulled::ended;
   auto msg = in_.get(timeout);
@@ -178,6 +182,11 @@ shm_channel::pulled shm_channel::pull(milliseconds timeout) {
       end_ = std::move(msg.error());
     return pulled::ended;
   }
+  bytes = msg->bytes;
+  return pulled::message;
+}
+
+void shm_channel::buffer(std::string_view bytes) {
   if (rpos_ == rbuf_.size()) {
     rbuf_.clear();
     rpos_ = 0;
@@ -185,8 +194,32 @@ shm_channel::pulled shm_channel::pull(milliseconds timeout) {
     rbuf_.erase(0, rpos_);
     rpos_ = 0;
   }
-  rbuf_.append(msg->bytes);
-  return pulled::message;
+  rbuf_.append(bytes);
+}
+
+void shm_channel::consume(std::string_view bytes, frame_handler* handler) {
+  if (rpos_ == rbuf_.size()) {
+    // Nothing buffered: hand over the message's whole frames where they
+    // are (valid until the next get) and keep only a partial one.
+    while (!rd_error_ && bytes.size() >= frame_header_size) {
+      auto len = load_le32(bytes.data());
+      if (len > opts_.max_frame_size) {
+        rd_error_ = too_large(len, opts_.max_frame_size, "the peer announced");
+        return;
+      }
+      if (bytes.size() < frame_header_size + len)
+        break;
+      handler->on_frame(bytes.substr(frame_header_size, len));
+      bytes.remove_prefix(frame_header_size + len);
+    }
+    if (!bytes.empty())
+      buffer(bytes);
+    return;
+  }
+  buffer(bytes);
+  std::string_view frame;
+  while (!rd_error_ && next_frame(frame))
+    handler->on_frame(frame);
 }
 
 caf::error shm_channel::end_error() {
@@ -232,7 +265,11 @@ shm_channel::receive(std::optional<milliseconds> timeout) {
       return make_error(errc::timeout, "no message within "
                                          + std::to_string(timeout->count())
                                          + " ms");
-    if (pull(std::min(left, idle_wait)) == pulled::ended) {
+    std::string_view bytes;
+    auto got = pull(std::min(left, idle_wait), bytes);
+    if (got == pulled::message)
+      buffer(bytes);
+    if (got == pulled::ended) {
       if (next_frame(frame))
         return frame;
       if (!rd_error_)
@@ -261,25 +298,32 @@ void shm_channel::start(frame_handler* handler, int death_fd) {
 
 void shm_channel::run(frame_handler* handler, int death_fd) {
   io_thread_id_ = std::this_thread::get_id();
-  auto process_frames = [&] {
+  auto process_buffered = [&] {
     std::string_view frame;
     while (!rd_error_ && next_frame(frame))
       handler->on_frame(frame);
     handler->on_batch_end();
   };
-  process_frames(); // what arrived before start()
+  // Takes messages while they come without waiting, at most a batch.
+  auto take_batch = [&](std::string_view bytes) {
+    size_t n = 0;
+    do
+      consume(bytes, handler);
+    while (!rd_error_ && ++n < batch_messages
+           && pull(milliseconds{0}, bytes) == pulled::message);
+    handler->on_batch_end();
+  };
+  process_buffered(); // what arrived before start()
   while (!rd_error_) {
     bool backlog = flush_backlog();
-    auto got = pull(backlog ? backlog_wait : idle_wait);
+    std::string_view bytes;
+    auto got = pull(backlog ? backlog_wait : idle_wait, bytes);
     if (got == pulled::message) {
-      // Take what else is there now, then hand it over as one batch.
-      while (pull(milliseconds{0}) == pulled::message)
-        ;
-      process_frames();
+      take_batch(bytes);
       continue;
     }
     if (got == pulled::ended) {
-      process_frames();
+      process_buffered();
       if (!rd_error_)
         rd_error_ = end_error();
       break;
@@ -291,9 +335,9 @@ void shm_channel::run(frame_handler* handler, int death_fd) {
     pollfd p{death_fd, POLLIN, 0};
     if (death_fd >= 0 && ::poll(&p, 1, 0) > 0) {
       // The peer is gone: take what it wrote before dying, then end.
-      while (pull(milliseconds{0}) == pulled::message)
-        ;
-      process_frames();
+      while (!rd_error_ && pull(milliseconds{0}, bytes) == pulled::message)
+        take_batch(bytes);
+      process_buffered();
       if (!rd_error_)
         rd_error_ = make_error(errc::peer_closed, "the peer process exited");
     }

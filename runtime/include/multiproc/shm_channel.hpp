@@ -94,8 +94,13 @@ private:
   /// The I/O thread: writes backlog while the queue has room; true if some
   /// is left.
   bool flush_backlog();
-  /// Takes one message into the stream buffer, waiting up to `timeout`.
-  pulled pull(std::chrono::milliseconds timeout);
+  /// Takes the next message, waiting up to `timeout`; `bytes` stay valid
+  /// until the next pull.
+  pulled pull(std::chrono::milliseconds timeout, std::string_view& bytes);
+  /// Appends stream bytes to the buffer.
+  void buffer(std::string_view bytes);
+  /// Hands the frames completed by `bytes` to `handler`.
+  void consume(std::string_view bytes, frame_handler* handler);
   bool next_frame(std::string_view& out);
   /// Why the stream ended, once the frames before the end were taken.
   caf::error end_error();
