@@ -35,7 +35,7 @@ namespace detail {
 // -- layout -------------------------------------------------------------------
 
 constexpr uint64_t queue_magic = 0x3145555150434d4dull; // "MMCPQUE1"
-constexpr uint32_t queue_version = 3;
+constexpr uint32_t queue_version = 4;
 constexpr size_t header_bytes = 4096;
 constexpr size_t slot_header_bytes = 32;
 /// Each message in a slot is preceded by its length (u32).
@@ -63,12 +63,11 @@ struct shm_queue_header {
   /// Messages acknowledged, added once per slot when its lease ends: on the
   /// line consumers write at every take anyway (producers never touch it).
   std::atomic<uint64_t> consumed;
-  /// Consumers sleep on this futex word (bumped by producers).
+  /// Consumers sleep on this futex word (a sequence << 1 | sleepers: see
+  /// notify; bumped by producers).
   alignas(64) std::atomic<uint32_t> not_empty;
-  std::atomic<uint32_t> consumers_waiting;
   /// Producers sleep on this futex word (bumped by acknowledgements).
   alignas(64) std::atomic<uint32_t> not_full;
-  std::atomic<uint32_t> producers_waiting;
   /// Read-mostly words.
   alignas(64) std::atomic<uint32_t> closed;
   /// Slots in state `redeliver` (a hint: consumers scan when non-zero).
@@ -80,7 +79,6 @@ struct shm_queue_header {
   /// `done_events`.
   alignas(64) std::atomic<uint64_t> unfinished;
   std::atomic<uint32_t> done_events;
-  std::atomic<uint32_t> joiners_waiting;
 };
 
 static_assert(sizeof(shm_queue_header) <= header_bytes);
@@ -229,14 +227,23 @@ uint32_t recount(shm_slot& slot) noexcept {
   return n;
 }
 
-/// Wakes sleepers of `word` if any are registered in `waiters`. The caller's
-/// preceding seq_cst operation orders its update before this load.
-void notify(std::atomic<uint32_t>& word, std::atomic<uint32_t>& waiters,
-            bool all) noexcept {
-  if (waiters.load(std::memory_order_seq_cst) == 0)
+/// The low bit of a futex word: a waiter is (about to be) asleep on it.
+constexpr uint32_t sleepers_bit = 1;
+
+/// Wakes the sleepers of `word`, if any. A waiter sets the word's low bit
+/// before its last check and sleeps on the value with the bit; the first
+/// notifier after that clears the bit (bumping the sequence in the upper
+/// bits) and wakes every sleeper, and the notifiers after it see no bit and
+/// make no system call until a waiter sets it again. The caller's preceding
+/// seq_cst operation orders its update before this load.
+void notify(std::atomic<uint32_t>& word) noexcept {
+  auto seen = word.load(std::memory_order_seq_cst);
+  if ((seen & sleepers_bit) == 0)
     return;
-  word.fetch_add(1, std::memory_order_seq_cst);
-  futex_wake(word, all ? INT_MAX : 1);
+  // Fails only if another notifier cleared the bit first: it wakes them.
+  if (word.compare_exchange_strong(seen, (seen + 2) & ~sleepers_bit,
+                                   std::memory_order_seq_cst))
+    futex_wake(word, INT_MAX);
 }
 
 /// Moves a position from `from` to `from + 1` unless someone did already.
@@ -335,7 +342,7 @@ void adapt_spin(spin_state& spin, bool caught, bool done, int64_t spun,
 /// for up to spin.ns (see adapt_spin), then sleeping on `word`, running
 /// `idle` every recovery_period. Returns `none` only when `timeout` expired.
 template <class Attempt, class Try, class Idle>
-Attempt wait_for(std::atomic<uint32_t>& word, std::atomic<uint32_t>& waiters,
+Attempt wait_for(std::atomic<uint32_t>& word,
                  std::optional<std::chrono::milliseconds> timeout,
                  spin_state& spin, Try&& try_op, Idle&& idle) {
   auto r = try_op();
@@ -367,10 +374,11 @@ Attempt wait_for(std::atomic<uint32_t>& word, std::atomic<uint32_t>& waiters,
     }
   }
   auto spun = since();
-  waiters.fetch_add(1, std::memory_order_seq_cst);
   auto last_idle = clock::now();
   for (;;) {
-    auto seen = word.load(std::memory_order_seq_cst);
+    // Announce a sleeper (see notify), then check once more.
+    auto seen = word.fetch_or(sleepers_bit, std::memory_order_seq_cst)
+                | sleepers_bit;
     if ((r = try_op()) != Attempt::none)
       break;
     auto now = clock::now();
@@ -384,7 +392,6 @@ Attempt wait_for(std::atomic<uint32_t>& word, std::atomic<uint32_t>& waiters,
     auto sleep = std::min<clock::duration>(deadline - now, recovery_period);
     futex_wait(word, seen, sleep);
   }
-  waiters.fetch_sub(1, std::memory_order_seq_cst);
   adapt_spin(spin, false, r != Attempt::none, spun, since());
   return r;
 }
@@ -640,7 +647,7 @@ bool shm_queue::try_append(std::string_view bytes) noexcept {
   }
   slot.state.store(make_state(lap, 0, st_ready), std::memory_order_seq_cst);
   if (fits)
-    notify(h.not_empty, h.consumers_waiting, false);
+    notify(h.not_empty);
   return fits && last_put_ != no_slot;
 }
 
@@ -680,7 +687,7 @@ shm_queue::attempt shm_queue::try_put(std::string_view bytes) noexcept {
       if (h.closed.load(std::memory_order_seq_cst) != 0) {
         slot.state.store(make_state(lap + 1, 0, st_free),
                          std::memory_order_seq_cst);
-        notify(h.not_full, h.producers_waiting, false);
+        notify(h.not_full);
         return attempt::closed;
       }
       if (header_->flags & flag_batching)
@@ -692,7 +699,7 @@ shm_queue::attempt shm_queue::try_put(std::string_view bytes) noexcept {
       if (h.flags & flag_joinable)
         h.unfinished.fetch_add(1, std::memory_order_relaxed);
       slot.state.store(make_state(lap, 0, st_ready), std::memory_order_seq_cst);
-      notify(h.not_empty, h.consumers_waiting, false);
+      notify(h.not_empty);
       last_put_ = (pos & mask_) | uint64_t{lap} << 32;
       return attempt::done;
     }
@@ -719,7 +726,7 @@ caf::error shm_queue::put(std::string_view bytes, timeout_type timeout) {
                         + std::to_string(header_->max_message) + " bytes");
   optimistic_ = true;
   auto r = wait_for<attempt>(
-    header_->not_full, header_->producers_waiting, timeout, spin_,
+    header_->not_full, timeout, spin_,
     [&] { return try_put(bytes); }, [&] { recover(); });
   switch (r) {
     case attempt::done:
@@ -742,16 +749,16 @@ void shm_queue::close() noexcept {
   if (!valid())
     return;
   header_->closed.store(1, std::memory_order_seq_cst);
-  wake_consumers(true);
-  wake_producers(true);
+  wake_consumers();
+  wake_producers();
 }
 
-void shm_queue::wake_producers(bool all) noexcept {
-  notify(header_->not_full, header_->producers_waiting, all);
+void shm_queue::wake_producers() noexcept {
+  notify(header_->not_full);
 }
 
-void shm_queue::wake_consumers(bool all) noexcept {
-  notify(header_->not_empty, header_->consumers_waiting, all);
+void shm_queue::wake_consumers() noexcept {
+  notify(header_->not_empty);
 }
 
 // -- consumers ----------------------------------------------------------------------
@@ -938,7 +945,7 @@ caf::expected<shm_queue::message> shm_queue::get(timeout_type timeout) {
   batch_ = no_slot;
   optimistic_ = true;
   auto r = wait_for<attempt>(
-    header_->not_empty, header_->consumers_waiting, timeout, spin_,
+    header_->not_empty, timeout, spin_,
     [&] { return try_get(); }, [&] { recover(); });
   switch (r) {
     case attempt::done:
@@ -975,9 +982,9 @@ void shm_queue::end_lease(uint64_t lease) noexcept {
                                          make_state(lap + 1, 0, st_free),
                                          std::memory_order_seq_cst)) {
     count_consumed();
-    wake_producers(false);
+    wake_producers();
     if (header_->closed.load(std::memory_order_acquire) != 0)
-      wake_consumers(true);
+      wake_consumers();
   } else {
     acked_ = 0; // the repairer counted them
   }
@@ -1005,7 +1012,7 @@ void shm_queue::hand_back(uint64_t lease) noexcept {
   }
   count_consumed();
   header_->redeliver.fetch_add(1, std::memory_order_seq_cst);
-  wake_consumers(true);
+  wake_consumers();
 }
 
 void shm_queue::ack() noexcept {
@@ -1036,7 +1043,7 @@ caf::error shm_queue::task_done() {
       batch_ = no_slot;
   }
   if (header_->unfinished.fetch_sub(1, std::memory_order_seq_cst) == 1)
-    notify(header_->done_events, header_->joiners_waiting, true);
+    notify(header_->done_events);
   return caf::none;
 }
 
@@ -1045,7 +1052,7 @@ caf::error shm_queue::join(timeout_type timeout) {
     return make_error(errc::invalid_argument,
                       "join on a queue that is not joinable");
   auto r = wait_for<attempt>(
-    header_->done_events, header_->joiners_waiting, timeout, spin_,
+    header_->done_events, timeout, spin_,
     [&] {
       return header_->unfinished.load(std::memory_order_seq_cst) == 0
                ? attempt::done
@@ -1203,9 +1210,9 @@ size_t shm_queue::scan(std::optional<int> dead, bool* pending) noexcept {
     any_pending = true;
   }
   if (dropped)
-    wake_producers(true);
+    wake_producers();
   if (dropped || redelivered)
-    wake_consumers(true);
+    wake_consumers();
   if (pending != nullptr)
     *pending = any_pending;
   return repaired;

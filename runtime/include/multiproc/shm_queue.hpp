@@ -236,8 +236,8 @@ private:
   /// be delivered to a consumer of a closed queue.
   size_t scan(std::optional<int> dead, bool* pending) noexcept;
   detail::shm_slot& slot_at(uint64_t index) const noexcept;
-  void wake_producers(bool all) noexcept;
-  void wake_consumers(bool all) noexcept;
+  void wake_producers() noexcept;
+  void wake_consumers() noexcept;
 
   unique_fd fd_;
   void* base_ = nullptr;
