@@ -295,8 +295,10 @@ constexpr int64_t futile_spin_ns = 8000;
 constexpr uint32_t max_futile = 4;
 /// ... for this many waits.
 constexpr uint32_t futile_cooldown = 1024;
-/// A spin calls sched_yield after this long without success.
-constexpr auto yield_after = std::chrono::microseconds{20};
+/// A spin calls sched_yield after this long without success (a peer sharing
+/// our core, or starved by other processes, runs only then: 20 us made a
+/// round trip on one core take ~51 us, 4 us ~19 us).
+constexpr auto yield_after = std::chrono::microseconds{4};
 
 using clock = std::chrono::steady_clock;
 using spin_state = shm_spin_state;
