@@ -109,11 +109,11 @@ TEST(ShmChannel, CarriesFramesBothWaysInOrder) {
 }
 
 TEST(ShmChannel, JoinsFramesLargerThanAQueueMessage) {
+  collector got; // outlives the channels (their I/O threads)
   auto p = make_pair();
   std::string big(1 << 20, '\0');
   for (size_t i = 0; i < big.size(); ++i)
     big[i] = static_cast<char>(i * 7);
-  collector got;
   p.b->start(&got);
   // A sender with an I/O thread at the other end never waits for room.
   ASSERT_FALSE(p.a->send("before"));
@@ -133,8 +133,8 @@ TEST(ShmChannel, JoinsFramesLargerThanAQueueMessage) {
 }
 
 TEST(ShmChannel, KeepsEachSendersOrderAcrossThreads) {
+  collector got; // outlives the channels (their I/O threads)
   auto p = make_pair();
-  collector got;
   p.b->start(&got);
   constexpr int per_thread = 5000;
   std::vector<std::thread> senders;
@@ -188,6 +188,7 @@ TEST(ShmChannel, AnIoThreadQueuesWhatTheQueueCannotTakeYet) {
     ASSERT_EQ(frame->size(), 20000u);
     ASSERT_EQ(frame->substr(0, frame->find('|')), std::to_string(i));
   }
+  p.b->stop(); // before the responder goes out of scope
 }
 
 TEST(ShmChannel, RejectsAFrameAboveTheLimitAndGoesOn) {
@@ -203,8 +204,8 @@ TEST(ShmChannel, RejectsAFrameAboveTheLimitAndGoesOn) {
 }
 
 TEST(ShmChannel, EndsThePeersIoThreadWhenOneEndStops) {
+  collector got; // outlives the channels (their I/O threads)
   auto p = make_pair();
-  collector got;
   p.b->start(&got);
   ASSERT_FALSE(p.a->send("last words"));
   p.a->stop();
@@ -218,10 +219,10 @@ TEST(ShmChannel, EndsThePeersIoThreadWhenOneEndStops) {
 }
 
 TEST(ShmChannel, EndsWhenTheDeathDescriptorFires) {
+  collector got; // outlives the channels (their I/O threads)
   auto p = make_pair();
   int death = ::eventfd(0, EFD_CLOEXEC);
   ASSERT_GE(death, 0);
-  collector got;
   p.b->start(&got, death);
   ASSERT_FALSE(p.a->send("written before dying"));
   ASSERT_TRUE(got.await_frames(1));
