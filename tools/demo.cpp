@@ -8,6 +8,12 @@
 // its progress on stderr (a bar on a terminal, plain lines otherwise). A third
 // of the way, one of its workers is killed: the pool replaces it and runs its
 // tasks again, and every result is still checked here.
+//
+// Last, a supervised pipeline: a producer process puts block ids into a
+// shared-memory queue, two consumer processes hash the blocks into a result
+// queue, and one consumer is killed a third of the way. The supervisor
+// restarts it, the queue hands its unfinished block to a consumer again, and
+// every block's hash is checked here.
 
 #include "demo.hpp"
 
@@ -33,6 +39,8 @@
 #include <cereal/types/vector.hpp>
 
 #include "multiproc/pool.hpp"
+#include "multiproc/queue.hpp"
+#include "multiproc/supervisor.hpp"
 #include "multiproc/worker.hpp"
 
 namespace demo {
@@ -455,6 +463,123 @@ bool run_pool(caf::actor_system& sys, size_t n, size_t workers,
   return ok == n && !closed;
 }
 
+// -- the supervised pipeline ------------------------------------------------------
+
+/// Child: puts the ids 0..n-1 (args: n) into the work queue (fds[0]).
+int produce_ids(multiproc::child_context& ctx) {
+  auto work = multiproc::queue<uint32_t>::attach(std::move(ctx.fds.at(0)));
+  if (!work)
+    return 2;
+  auto n = static_cast<uint32_t>(std::stoul(ctx.args));
+  for (uint32_t id = 0; id < n; ++id)
+    if (work->put(id, 30s))
+      return 3;
+  return 0;
+}
+
+/// Child: hashes the block of each id (fds[0]) into the result queue
+/// (fds[1]) until the end of the stream.
+int hash_ids(multiproc::child_context& ctx) {
+  auto work = multiproc::queue<uint32_t>::attach(std::move(ctx.fds.at(0)));
+  auto results = multiproc::queue<block_hash>::attach(std::move(ctx.fds.at(1)));
+  if (!work || !results)
+    return 2;
+  for (;;) {
+    auto id = work->get(30s);
+    if (!id)
+      return id.error() == multiproc::errc::end_of_stream ? 0 : 3;
+    if (results->put(hash_of(hash_block{*id, make_block(*id)}), 30s))
+      return 4;
+  }
+}
+
+MULTIPROC_REGISTER_ENTRY("multiproc.demo.produce_ids", produce_ids);
+MULTIPROC_REGISTER_ENTRY("multiproc.demo.hash_ids", hash_ids);
+
+bool run_supervised(caf::actor_system& sys, size_t n,
+                    multiproc::start_method method) {
+  auto start = std::chrono::steady_clock::now();
+  auto work = multiproc::queue<uint32_t>::create();
+  auto results = multiproc::queue<block_hash>::create();
+  if (!work || !results) {
+    std::printf("supervisor: cannot create the queues: %s\n",
+                multiproc::describe(work ? results.error() : work.error())
+                  .c_str());
+    return false;
+  }
+  multiproc::supervisor_spec spec;
+  spec.strategy = multiproc::restart_strategy::one_for_one;
+  spec.max_restarts = 3;
+  spec.queue = work->fd();
+  spec.results = results->fd();
+  auto producer = multiproc::child_spec::process(
+    "producer", "multiproc.demo.produce_ids", std::to_string(n),
+    multiproc::child_role::producer);
+  producer.restart = multiproc::restart_type::transient;
+  producer.method = method;
+  spec.children.push_back(producer);
+  for (int i = 1; i <= 2; ++i) {
+    auto consumer = multiproc::child_spec::process(
+      "consumer-" + std::to_string(i), "multiproc.demo.hash_ids", "",
+      multiproc::child_role::consumer);
+    consumer.restart = multiproc::restart_type::transient;
+    consumer.method = method;
+    spec.children.push_back(consumer);
+  }
+  spec.on_event = [](const multiproc::supervisor_event& ev) {
+    if (ev.kind == multiproc::supervisor_event::exited && !ev.status->success())
+      std::printf("  %s\n", ev.to_string().c_str());
+  };
+  auto sup = multiproc::supervisor::start(sys, std::move(spec));
+  if (!sup) {
+    std::printf("supervisor: cannot start: %s\n",
+                multiproc::describe(sup.error()).c_str());
+    return false;
+  }
+  auto victim = sup->report().children.back();
+  std::printf("supervisor: %zu blocks, producer -> queue -> 2 consumers; "
+              "%s[%d] gets SIGKILL a third of the way\n",
+              n, victim.id.c_str(), static_cast<int>(victim.pid));
+  std::vector<int> seen(n, 0);
+  size_t verified = 0, received = 0;
+  bool killed = false;
+  for (;;) {
+    auto h = results->get(30s);
+    if (!h) {
+      if (h.error() != multiproc::errc::end_of_stream)
+        std::printf("  results: %s\n", multiproc::describe(h.error()).c_str());
+      break;
+    }
+    ++received;
+    if (h->id < n && seen[h->id]++ == 0) {
+      auto want = hash_of(hash_block{h->id, make_block(h->id)});
+      verified += want.fnv == h->fnv && want.crc == h->crc ? 1 : 0;
+    }
+    if (!killed && received >= n / 3) {
+      ::kill(victim.pid, SIGKILL);
+      killed = true;
+    }
+  }
+  auto report = sup->wait(30s);
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+              std::chrono::steady_clock::now() - start)
+              .count();
+  if (!report) {
+    std::printf("supervisor: %s\n", multiproc::describe(report.error()).c_str());
+    return false;
+  }
+  auto lost = static_cast<size_t>(std::count(seen.begin(), seen.end(), 0));
+  std::printf("supervisor: %zu blocks, %zu verified, %zu lost, %llu "
+              "redelivered, %llu restart%s, stream %s, in %lld ms\n",
+              n, verified, lost,
+              static_cast<unsigned long long>(report->redelivered),
+              static_cast<unsigned long long>(report->restarts),
+              report->restarts == 1 ? "" : "s",
+              report->stream_complete ? "complete" : "NOT complete",
+              static_cast<long long>(ms));
+  return verified == n && lost == 0 && report->stream_complete;
+}
+
 } // namespace demo
 
 int run_demo(const demo_options& opts) {
@@ -544,13 +669,17 @@ int run_demo(const demo_options& opts) {
   // 8. A pool mines nonces with a progress display; one worker is killed.
   bool pool_ok = opts.pool_tasks == 0
                  || run_pool(sys, opts.pool_tasks, opts.workers, method);
+  // 9. A supervised producer/consumer pipeline; one consumer is killed.
+  bool supervised_ok = opts.pipeline_blocks == 0
+                       || run_supervised(sys, opts.pipeline_blocks, method);
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
               std::chrono::steady_clock::now() - start)
               .count();
-  if (!ok || !pool_ok) {
-    std::printf("demo: FAILED: %zu/%zu tasks answered correctly%s\n",
+  if (!ok || !pool_ok || !supervised_ok) {
+    std::printf("demo: FAILED: %zu/%zu tasks answered correctly%s%s\n",
                 pl.answered(), opts.tasks,
-                pool_ok ? "" : "; the pool lost tasks");
+                pool_ok ? "" : "; the pool lost tasks",
+                supervised_ok ? "" : "; the supervised pipeline lost blocks");
     return 1;
   }
   std::printf("demo: %zu/%zu tasks answered by %zu workers (%zu crashed on "

@@ -3,7 +3,9 @@
 // `multiproc demo`: a request/response pipeline between this process and a
 // few worker processes that hash generated blocks; one worker is made to
 // crash mid-request and the pipeline continues with the others. Then a pool
-// runs many small tasks with a progress display while one worker is killed.
+// runs many small tasks with a progress display while one worker is killed,
+// and a supervised producer -> queue -> consumers pipeline loses nothing when
+// one consumer is killed.
 
 #include <cstddef>
 #include <optional>
@@ -18,6 +20,8 @@ struct demo_options {
   size_t tasks = 24;
   /// Tasks for the pool stage (about a millisecond each); 0: skip it.
   size_t pool_tasks = 2000;
+  /// Blocks for the supervised pipeline stage; 0: skip it.
+  size_t pipeline_blocks = 600;
   /// How to start the workers; empty: multiproc::default_start_method().
   std::optional<multiproc::start_method> method;
 };

@@ -24,7 +24,8 @@ int main(int argc, char** argv) {
   std::string method;
   auto* demo_cmd = app.add_subcommand(
     "demo", "Hash generated blocks on worker processes, crash one of them, "
-            "verify the results; then run a pool with a progress display");
+            "verify the results; then run a pool with a progress display "
+            "and a supervised pipeline, killing a worker in each");
   demo_cmd->add_option("--workers", demo.workers, "Worker processes (>= 2)")
     ->check(CLI::Range(size_t{2}, size_t{64}))
     ->capture_default_str();
@@ -34,6 +35,11 @@ int main(int argc, char** argv) {
   demo_cmd
     ->add_option("--pool-tasks", demo.pool_tasks,
                  "Tasks for the pool stage (0: skip it)")
+    ->check(CLI::Range(size_t{0}, size_t{100000}))
+    ->capture_default_str();
+  demo_cmd
+    ->add_option("--pipeline-blocks", demo.pipeline_blocks,
+                 "Blocks for the supervised pipeline stage (0: skip it)")
     ->check(CLI::Range(size_t{0}, size_t{100000}))
     ->capture_default_str();
   demo_cmd
