@@ -27,19 +27,6 @@ constexpr auto deferred_linger = std::chrono::microseconds{20};
 constexpr long deferred_tick_ns = 200 * 1000;
 constexpr size_t max_kept_out_capacity = size_t{64} << 20;
 
-uint32_t load_le32(const char* p) noexcept {
-  uint32_t x;
-  std::memcpy(&x, p, sizeof(x));
-  return le32toh(x);
-}
-
-caf::error too_large(size_t size, size_t limit, const char* who) {
-  return make_error(errc::frame_too_large,
-                    std::string{who} + " a frame of " + std::to_string(size)
-                      + " bytes; the limit is " + std::to_string(limit)
-                      + " bytes");
-}
-
 int poll_one(int fd, short events, int timeout_ms) {
   pollfd p{fd, events, 0};
   for (;;) {
@@ -68,6 +55,13 @@ int spin_poll(pollfd* fds, int nfds,
 }
 
 } // namespace
+
+caf::error frame_too_large_error(size_t size, size_t limit, const char* who) {
+  return make_error(errc::frame_too_large,
+                    std::string{who} + " a frame of " + std::to_string(size)
+                      + " bytes; the limit is " + std::to_string(limit)
+                      + " bytes");
+}
 
 frame_handler::~frame_handler() = default;
 frame_link::~frame_link() = default;
@@ -164,7 +158,8 @@ caf::error frame_channel::send(const std::string_view* parts, size_t num_parts,
   for (size_t i = 0; i < num_parts; ++i)
     total += parts[i].size();
   if (total > opts_.max_frame_size)
-    return too_large(total, opts_.max_frame_size, "refusing to send");
+    return frame_too_large_error(total, opts_.max_frame_size,
+                                 "refusing to send");
   char hdr[frame_header_size];
   write_frame_header(total, hdr);
   return send_bytes(std::string_view{hdr, sizeof(hdr)}, parts, num_parts,
@@ -331,7 +326,7 @@ bool frame_channel::read_some() {
   // Make room: a whole announced frame fits after compaction.
   size_t want = 0;
   if (rend_ - rpos_ >= frame_header_size) {
-    auto len = load_le32(rbuf_.data() + rpos_);
+    auto len = read_frame_header(rbuf_.data() + rpos_);
     if (len <= opts_.max_frame_size)
       want = frame_header_size + len;
   }
@@ -367,7 +362,7 @@ bool frame_channel::read_some() {
                   + std::to_string(frame_header_size) + " header bytes";
         else
           what += std::to_string(rend_ - rpos_ - frame_header_size) + " of "
-                  + std::to_string(load_le32(rbuf_.data() + rpos_))
+                  + std::to_string(read_frame_header(rbuf_.data() + rpos_))
                   + " body bytes";
         rd_error_ = make_error(errc::truncated_frame, std::move(what));
       } else {
@@ -389,9 +384,10 @@ bool frame_channel::read_some() {
 bool frame_channel::next_frame(std::string_view& out) {
   if (rend_ - rpos_ < frame_header_size)
     return false;
-  auto len = load_le32(rbuf_.data() + rpos_);
+  auto len = read_frame_header(rbuf_.data() + rpos_);
   if (len > opts_.max_frame_size) {
-    rd_error_ = too_large(len, opts_.max_frame_size, "the peer announced");
+    rd_error_ = frame_too_large_error(len, opts_.max_frame_size,
+                                      "the peer announced");
     return false;
   }
   if (rend_ - rpos_ < frame_header_size + len)
@@ -438,7 +434,7 @@ caf::expected<bool> frame_channel::poll(std::chrono::milliseconds timeout) {
     if (rd_error_)
       return true;
     if (rend_ - rpos_ >= frame_header_size) {
-      auto len = load_le32(rbuf_.data() + rpos_);
+      auto len = read_frame_header(rbuf_.data() + rpos_);
       if (len > opts_.max_frame_size || rend_ - rpos_ >= frame_header_size + len)
         return true;
     }

@@ -24,18 +24,6 @@ constexpr size_t compact_above = 64 * 1024;
 /// Messages the I/O thread takes before it ends a batch (on_batch_end).
 constexpr size_t batch_messages = 64;
 
-uint32_t load_le32(const char* p) noexcept {
-  uint32_t x;
-  std::memcpy(&x, p, sizeof(x));
-  return le32toh(x);
-}
-
-caf::error too_large(size_t len, size_t limit, const char* who) {
-  return make_error(errc::frame_too_large,
-                    std::string{who} + " a frame of " + std::to_string(len)
-                      + " bytes; the limit is " + std::to_string(limit));
-}
-
 } // namespace
 
 caf::expected<std::pair<shm_queue, shm_queue>> shm_channel::make_queues() {
@@ -70,7 +58,8 @@ caf::error shm_channel::send(const std::string_view* parts, size_t num_parts,
   for (size_t i = 0; i < num_parts; ++i)
     total += parts[i].size();
   if (total > opts_.max_frame_size)
-    return too_large(total, opts_.max_frame_size, "cannot send");
+    return frame_too_large_error(total, opts_.max_frame_size,
+                                 "refusing to send");
   thread_local std::string buf;
   buf.resize(frame_header_size);
   write_frame_header(total, buf.data());
@@ -202,9 +191,10 @@ void shm_channel::consume(std::string_view bytes, frame_handler* handler) {
     // Nothing buffered: hand over the message's whole frames where they
     // are (valid until the next get) and keep only a partial one.
     while (!rd_error_ && bytes.size() >= frame_header_size) {
-      auto len = load_le32(bytes.data());
+      auto len = read_frame_header(bytes.data());
       if (len > opts_.max_frame_size) {
-        rd_error_ = too_large(len, opts_.max_frame_size, "the peer announced");
+        rd_error_ = frame_too_large_error(len, opts_.max_frame_size,
+                                      "the peer announced");
         return;
       }
       if (bytes.size() < frame_header_size + len)
@@ -236,9 +226,10 @@ caf::error shm_channel::end_error() {
 bool shm_channel::next_frame(std::string_view& out) {
   if (rbuf_.size() - rpos_ < frame_header_size)
     return false;
-  auto len = load_le32(rbuf_.data() + rpos_);
+  auto len = read_frame_header(rbuf_.data() + rpos_);
   if (len > opts_.max_frame_size) {
-    rd_error_ = too_large(len, opts_.max_frame_size, "the peer announced");
+    rd_error_ = frame_too_large_error(len, opts_.max_frame_size,
+                                      "the peer announced");
     return false;
   }
   if (rbuf_.size() - rpos_ < frame_header_size + len)

@@ -46,6 +46,17 @@ inline void write_frame_header(size_t body_size, char* out) noexcept {
   std::memcpy(out, &len, sizeof(len));
 }
 
+/// Reads the body length from a frame header (frame_header_size bytes).
+inline uint32_t read_frame_header(const char* in) noexcept {
+  uint32_t len;
+  std::memcpy(&len, in, sizeof(len));
+  return le32toh(len);
+}
+
+/// The frame_too_large error for a frame of `size` bytes above `limit`:
+/// "<who> a frame of <size> bytes; the limit is <limit> bytes".
+caf::error frame_too_large_error(size_t size, size_t limit, const char* who);
+
 /// Default limit on a frame body: 64 MiB.
 constexpr size_t default_max_frame_size = size_t{64} << 20;
 
