@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "multiproc/detail/queue_seam.hpp"
+#include "multiproc/detail/shm_memory.hpp"
 #include "multiproc/error.hpp"
 
 namespace multiproc {
@@ -474,19 +475,11 @@ namespace {
 /// `check` is set.
 caf::error map_queue(unique_fd& fd, bool check, void*& base, size_t& size,
                      shm_queue_header*& header) {
-  struct stat st;
-  if (::fstat(fd.get(), &st) != 0)
-    return make_system_error("fstat of queue " + describe_fd(fd.get()), errno);
-  if (static_cast<size_t>(st.st_size) < header_bytes)
-    return make_error(errc::invalid_argument,
-                      describe_fd(fd.get()) + " is not a multiproc queue ("
-                        + std::to_string(st.st_size) + " bytes)");
-  size = static_cast<size_t>(st.st_size);
-  base = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
-  if (base == MAP_FAILED) {
-    base = nullptr;
-    return make_system_error("mmap of queue " + describe_fd(fd.get()), errno);
-  }
+  auto m = map_shared(fd.get(), header_bytes, "a multiproc queue");
+  if (!m)
+    return std::move(m.error());
+  base = m->base;
+  size = m->size;
   header = static_cast<shm_queue_header*>(base);
   if (!check)
     return caf::none;
@@ -531,17 +524,11 @@ caf::expected<shm_queue> shm_queue::create(const shm_queue_options& opts) {
   uint32_t stride
     = (opts.max_message_size + length_bytes + slot_header_bytes + 63) / 64 * 64;
   uint64_t total = header_bytes + uint64_t{cap} * stride;
-  unique_fd fd{static_cast<int>(
-    ::syscall(SYS_memfd_create, "multiproc-queue",
-              MFD_CLOEXEC | MFD_ALLOW_SEALING))};
-  if (!fd)
-    return make_system_error("memfd_create for a queue", errno);
-  if (::ftruncate(fd.get(), static_cast<off_t>(total)) != 0)
-    return make_system_error("ftruncate of a queue to "
-                               + std::to_string(total) + " bytes",
-                             errno);
-  // Nobody may resize it under a mapping (that would raise SIGBUS).
-  ::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+  // Sealed: nobody may resize it under a mapping (that would raise SIGBUS).
+  auto memfd = create_sealed_memfd("multiproc-queue", total, "a queue");
+  if (!memfd)
+    return std::move(memfd.error());
+  auto fd = std::move(*memfd);
   shm_queue q;
   if (auto err = map_queue(fd, false, q.base_, q.size_, q.header_))
     return err;
