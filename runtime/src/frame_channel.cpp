@@ -63,6 +63,21 @@ caf::error frame_too_large_error(size_t size, size_t limit, const char* who) {
                       + " bytes");
 }
 
+size_t split_frame(std::string_view bytes, size_t max_frame_size,
+                   std::string_view& body, caf::error& err) {
+  if (bytes.size() < frame_header_size)
+    return 0;
+  auto len = read_frame_header(bytes.data());
+  if (len > max_frame_size) {
+    err = frame_too_large_error(len, max_frame_size, "the peer announced");
+    return 0;
+  }
+  if (bytes.size() < frame_header_size + len)
+    return 0;
+  body = bytes.substr(frame_header_size, len);
+  return frame_header_size + len;
+}
+
 frame_handler::~frame_handler() = default;
 frame_link::~frame_link() = default;
 
@@ -382,19 +397,12 @@ bool frame_channel::read_some() {
 }
 
 bool frame_channel::next_frame(std::string_view& out) {
-  if (rend_ - rpos_ < frame_header_size)
+  auto used = split_frame({rbuf_.data() + rpos_, rend_ - rpos_},
+                          opts_.max_frame_size, out, rd_error_);
+  if (used == 0)
     return false;
-  auto len = read_frame_header(rbuf_.data() + rpos_);
-  if (len > opts_.max_frame_size) {
-    rd_error_ = frame_too_large_error(len, opts_.max_frame_size,
-                                      "the peer announced");
-    return false;
-  }
-  if (rend_ - rpos_ < frame_header_size + len)
-    return false;
-  out = std::string_view{rbuf_.data() + rpos_ + frame_header_size, len};
-  last_frame_large_ = len >= large_frame;
-  rpos_ += frame_header_size + len;
+  last_frame_large_ = out.size() >= large_frame;
+  rpos_ += used;
   return true;
 }
 

@@ -190,19 +190,15 @@ void shm_channel::consume(std::string_view bytes, frame_handler* handler) {
   if (rpos_ == rbuf_.size()) {
     // Nothing buffered: hand over the message's whole frames where they
     // are (valid until the next get) and keep only a partial one.
-    while (!rd_error_ && bytes.size() >= frame_header_size) {
-      auto len = read_frame_header(bytes.data());
-      if (len > opts_.max_frame_size) {
-        rd_error_ = frame_too_large_error(len, opts_.max_frame_size,
-                                      "the peer announced");
-        return;
-      }
-      if (bytes.size() < frame_header_size + len)
+    std::string_view frame;
+    while (!rd_error_) {
+      auto used = split_frame(bytes, opts_.max_frame_size, frame, rd_error_);
+      if (used == 0)
         break;
-      handler->on_frame(bytes.substr(frame_header_size, len));
-      bytes.remove_prefix(frame_header_size + len);
+      handler->on_frame(frame);
+      bytes.remove_prefix(used);
     }
-    if (!bytes.empty())
+    if (!rd_error_ && !bytes.empty())
       buffer(bytes);
     return;
   }
@@ -224,19 +220,10 @@ caf::error shm_channel::end_error() {
 }
 
 bool shm_channel::next_frame(std::string_view& out) {
-  if (rbuf_.size() - rpos_ < frame_header_size)
-    return false;
-  auto len = read_frame_header(rbuf_.data() + rpos_);
-  if (len > opts_.max_frame_size) {
-    rd_error_ = frame_too_large_error(len, opts_.max_frame_size,
-                                      "the peer announced");
-    return false;
-  }
-  if (rbuf_.size() - rpos_ < frame_header_size + len)
-    return false;
-  out = std::string_view{rbuf_.data() + rpos_ + frame_header_size, len};
-  rpos_ += frame_header_size + len;
-  return true;
+  auto used = split_frame({rbuf_.data() + rpos_, rbuf_.size() - rpos_},
+                          opts_.max_frame_size, out, rd_error_);
+  rpos_ += used;
+  return used > 0;
 }
 
 caf::expected<std::string_view>

@@ -250,13 +250,13 @@ TEST_F(SupervisorTest, StartsChildrenInOrderAndStopsThemInReverse) {
 TEST_F(SupervisorTest, EscalatesAnIgnoredStopToSigtermThenSigkill) {
   auto deaf = child_spec::process("deaf", "sup.ignores_stop");
   deaf.shutdown_timeout = 200ms;
-  auto stubborn = child_spec::process("stubborn", "sup.ignores_term");
-  stubborn.shutdown_timeout = 200ms;
-  stubborn.kill_timeout = 200ms;
+  auto unyielding = child_spec::process("unyielding", "sup.ignores_term");
+  unyielding.shutdown_timeout = 200ms;
+  unyielding.kill_timeout = 200ms;
   supervisor_spec spec;
-  spec.children = {deaf, stubborn};
+  spec.children = {deaf, unyielding};
   auto sup = start(std::move(spec));
-  // Let the stubborn child install its SIGTERM handler first.
+  // Let the unyielding child install its SIGTERM handler first.
   std::this_thread::sleep_for(200ms);
   auto report = sup.stop();
   ASSERT_TRUE(report) << describe(report.error());

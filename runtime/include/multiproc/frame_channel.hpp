@@ -57,6 +57,13 @@ inline uint32_t read_frame_header(const char* in) noexcept {
 /// "<who> a frame of <size> bytes; the limit is <limit> bytes".
 caf::error frame_too_large_error(size_t size, size_t limit, const char* who);
 
+/// Takes the next complete frame off the front of `bytes`: its body goes to
+/// `body` and the result is the bytes it took, header included; 0 while the
+/// frame is incomplete, or when its header announces more than
+/// `max_frame_size` (then `err` is frame_too_large).
+size_t split_frame(std::string_view bytes, size_t max_frame_size,
+                   std::string_view& body, caf::error& err);
+
 /// Default limit on a frame body: 64 MiB.
 constexpr size_t default_max_frame_size = size_t{64} << 20;
 
