@@ -163,6 +163,14 @@ public:
     return true;
   }
 
+  /// Claims the actor for this batch without running it, for work done on
+  /// its behalf on this thread (a task worker's chunk items): true if it is
+  /// claimed and nothing waits in the mailbox ahead of the next message
+  /// (see "Order" above). False: deliver() the message.
+  bool hold() {
+    return !queue_rest_ && self_ != nullptr && (claimed_ || claim());
+  }
+
   /// Ends the current batch: gives the actor back to CAF.
   void release() {
     queue_rest_ = false;

@@ -12,14 +12,18 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <typeinfo>
 #include <unordered_map>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <x86intrin.h>
+
+#include <cxxabi.h>
 #endif
 #include <unistd.h>
 
@@ -46,8 +50,15 @@ namespace multiproc {
 
 namespace {
 
-std::map<std::string, worker_factory>& worker_registry() {
-  static std::map<std::string, worker_factory> instance;
+/// A registered worker: how to create its actor and, for a task worker,
+/// how to run its chunk items without the actor.
+struct worker_registration {
+  worker_factory factory;
+  std::optional<detail::task_function> fast;
+};
+
+std::map<std::string, worker_registration>& worker_registry() {
+  static std::map<std::string, worker_registration> instance;
   return instance;
 }
 
@@ -91,7 +102,19 @@ std::string registered_workers() {
 
 bool register_worker(const char* name, worker_factory factory) {
   auto& reg = worker_registry();
-  if (!reg.emplace(name, std::move(factory)).second) {
+  if (!reg.emplace(name, worker_registration{std::move(factory), std::nullopt})
+         .second) {
+    std::fprintf(stderr, "multiproc: worker '%s' is registered twice\n", name);
+    std::abort();
+  }
+  return true;
+}
+
+bool register_worker(const char* name, worker_factory factory,
+                     detail::task_function fast) {
+  auto& reg = worker_registry();
+  if (!reg.emplace(name, worker_registration{std::move(factory), fast})
+         .second) {
     std::fprintf(stderr, "multiproc: worker '%s' is registered twice\n", name);
     std::abort();
   }
@@ -1126,8 +1149,16 @@ private:
 
 class child_bridge : public frame_handler, public chunk_outcomes {
 public:
-  child_bridge(caf::actor_system& sys, frame_link& ch, caf::actor worker)
-    : ch_(ch), unit_(&sys), worker_(std::move(worker)) {
+  /// `fast`: the worker's task function, if it is a task worker (it must
+  /// outlive the bridge).
+  child_bridge(caf::actor_system& sys, frame_link& ch, caf::actor worker,
+               const detail::task_function* fast, std::string entry)
+    : ch_(ch),
+      unit_(&sys),
+      worker_(std::move(worker)),
+      fast_(fast),
+      fast_type_(fast != nullptr ? detail::registered_id(*fast->task) : 0),
+      entry_(std::move(entry)) {
     caf::actor_config cfg;
     parent_ = caf::make_actor<parent_proxy, caf::strong_actor_ptr>(
       sys.next_actor_id(), sys.node(), &sys, cfg, &ch,
@@ -1160,24 +1191,9 @@ public:
     auto index = static_cast<uint32_t>(item_rid & (chunk_capacity - 1));
     bool io = ch_.on_io_thread();
     if (io && looping_slot_ == slot) {
-      // run_chunk()'s own items: gathered without the lock (I/O thread),
-      // encoded in place.
-      if (local_.count == 0)
-        begin_frame(local_);
-      size_t mark = local_.out.size();
-      append_outcome(local_.out, index, reply, error);
-      if (local_.count != 0 && local_.out.size() > frame_limit()) {
-        // It goes into the next frame.
-        std::string item = local_.out.substr(mark);
-        local_.out.resize(mark);
-        send_local();
-        begin_frame(local_);
-        local_.out += item;
-      }
-      ++local_.count;
-      ++local_answered_;
-      if (local_.out.size() >= chunk_flush_bytes)
-        send_local();
+      add_local(index, [&](std::string& out, type_id& type) {
+        return fill_outcome(out, type, reply, error);
+      });
       return;
     }
     thread_local std::string item;
@@ -1215,10 +1231,52 @@ public:
            - wire::chunk_count_size;
   }
 
+  /// An outcome for append_item(): the encoded reply (setting `type`), or
+  /// the error.
+  static caf::error fill_outcome(std::string& out, type_id& type,
+                                 const caf::message* reply,
+                                 const caf::error* error) {
+    if (error != nullptr)
+      return *error;
+    return encode_message(*reply, type, out);
+  }
+
+  /// Adds an item of the chunk run_chunk() is looping over: gathered
+  /// without the lock (I/O thread), encoded in place (see append_item).
+  template <class Fill>
+  void add_local(uint32_t index, Fill&& fill) {
+    if (local_.count == 0)
+      begin_frame(local_);
+    size_t mark = local_.out.size();
+    append_item(local_.out, index, fill);
+    if (local_.count != 0 && local_.out.size() > frame_limit_) {
+      // It goes into the next frame.
+      std::string item = local_.out.substr(mark);
+      local_.out.resize(mark);
+      send_local();
+      begin_frame(local_);
+      local_.out += item;
+    }
+    ++local_.count;
+    ++local_answered_;
+    if (local_.out.size() >= chunk_flush_bytes)
+      send_local();
+  }
+
   /// Appends an item of a chunk_response to `out`: its head, then the
   /// encoded reply or error.
   void append_outcome(std::string& out, uint32_t index,
                       const caf::message* reply, const caf::error* error) {
+    append_item(out, index, [&](std::string& o, type_id& type) {
+      return fill_outcome(o, type, reply, error);
+    });
+  }
+
+  /// Appends an item of a chunk_response to `out`: its head, then what
+  /// `fill(out, type)` appends, the encoded reply (setting its type), or,
+  /// if it returns an error, that error encoded instead.
+  template <class Fill>
+  void append_item(std::string& out, uint32_t index, Fill&& fill) {
     size_t mark = out.size();
     out.resize(mark + wire::chunk_response_item_head);
     type_id type = 0;
@@ -1229,13 +1287,10 @@ public:
       out.resize(mark + wire::chunk_response_item_head);
       out += encode_error(err);
     };
-    if (error != nullptr) {
-      fail_with(*error);
-    } else if (auto err = encode_message(*reply, type, out)) {
-      // A result that cannot be encoded fails that item only.
+    // A result that cannot be encoded fails that item only.
+    if (auto err = fill(out, type))
       fail_with(err);
-    }
-    if (out.size() - mark > frame_limit())
+    if (out.size() - mark > frame_limit_)
       fail_with(make_error(errc::frame_too_large,
                            "the result of chunk item " + std::to_string(index)
                              + " (" + std::to_string(out.size() - mark)
@@ -1244,6 +1299,41 @@ public:
       out.data() + mark, index, failed, type,
       static_cast<uint32_t>(out.size() - mark
                             - wire::chunk_response_item_head));
+  }
+
+  /// Runs a task worker's function on one item (task_function::run); an
+  /// exception becomes errc::worker_exception, as guard_behavior() makes it
+  /// for a handler.
+  caf::error run_task(std::string_view payload, std::string& out,
+                      type_id& type) {
+    try {
+      return fast_->run(payload, out, type);
+    } catch (const std::exception& e) {
+      return make_error(errc::worker_exception,
+                        where() + " threw " + demangle(typeid(e).name())
+                          + ": " + e.what());
+    } catch (...) {
+      auto* t = abi::__cxa_current_exception_type();
+      return make_error(errc::worker_exception,
+                        where() + " threw "
+                          + (t != nullptr
+                               ? demangle(t->name())
+                               : std::string{"an unknown exception"}));
+    }
+  }
+
+  /// "worker <name>[<pid>]", as errors from handlers name the worker.
+  std::string where() const {
+    auto& name = this_worker_name();
+    return "worker " + (name.empty() ? entry_ : name) + "["
+           + std::to_string(::getpid()) + "]";
+  }
+
+  static std::string demangle(const char* name) {
+    int status = 0;
+    std::unique_ptr<char, void (*)(void*)> out{
+      abi::__cxa_demangle(name, nullptr, nullptr, &status), std::free};
+    return status == 0 && out ? std::string{out.get()} : std::string{name};
   }
 
   /// Writes the outcomes run_chunk() gathered so far (I/O thread).
@@ -1295,6 +1385,14 @@ public:
     for (auto& it : items_) {
       if (ticks() - last_flush_ > chunk_flush_after_cycles)
         flush_chunk(slot);
+      // A task worker's items run its function right here, in order, while
+      // its actor is held (idle, nothing queued before them).
+      if (fast_type_ != 0 && it.type == fast_type_ && delivery_->hold()) {
+        add_local(it.index, [&](std::string& out, type_id& type) {
+          return run_task(it.payload, out, type);
+        });
+        continue;
+      }
       auto item_rid = chunk_item_flag | slot << chunk_index_bits | it.index;
       auto mid = caf::make_message_id(item_rid);
       sink.rid = item_rid;
@@ -1453,6 +1551,11 @@ private:
   frame_link& ch_;
   detail::inline_unit unit_;
   caf::actor worker_;
+  const detail::task_function* fast_; // a task worker's function, or null
+  type_id fast_type_;                 // its task type (0: none)
+  std::string entry_;                 // the worker's entry name
+  // The largest encoded outcome that fits a chunk_response frame.
+  size_t frame_limit_ = frame_limit();
   caf::strong_actor_ptr parent_;
   std::optional<detail::direct_delivery> delivery_;
   std::vector<wire::chunk_item> items_; // I/O thread only
@@ -1545,8 +1648,10 @@ int worker_entry(child_context& ctx) {
   }
   int code = 0;
   {
-    auto worker = i->second(sys);
-    child_bridge bridge{sys, ch, worker};
+    auto worker = i->second.factory(sys);
+    child_bridge bridge{sys, ch, worker,
+                        i->second.fast ? &*i->second.fast : nullptr,
+                        spec->entry};
     // The worker's end tells the bridge, unless the bridge is gone: CAF may
     // run this on a scheduler thread after await_all_actors_done() returned.
     struct bridge_link {

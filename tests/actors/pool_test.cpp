@@ -402,6 +402,29 @@ MULTIPROC_WORKER("pool_test.tester", pool_test::tester)
 MULTIPROC_WORKER("pool_test.shifter", pool_test::shifter)
 MULTIPROC_WORKER("pool_test.initialized", pool_test::initialized)
 
+// Task workers: one plain function each (MULTIPROC_TASK_WORKER), whose chunk
+// items the child runs without CAF.
+namespace pool_test {
+
+int32_t square_task(const square& x) {
+  return x.value * x.value;
+}
+
+int32_t fault_task(const run_fault& x) {
+  commit_fault(x.mode, x.note);
+  return x.value * x.value;
+}
+
+tagged nap_task(const nap& x) {
+  return do_nap(x);
+}
+
+} // namespace pool_test
+
+MULTIPROC_TASK_WORKER("pool_test.square_fn", pool_test::square_task)
+MULTIPROC_TASK_WORKER("pool_test.fault_fn", pool_test::fault_task)
+MULTIPROC_TASK_WORKER("pool_test.nap_fn", pool_test::nap_task)
+
 using pool_test::add;
 using pool_test::decode_fault;
 using pool_test::fragile;
@@ -2255,6 +2278,149 @@ TEST_F(PoolChunks, AtMostOnceAKilledChunkFailsWhatItDidNotAnswerAndRunsNothingTw
     }
   }
   EXPECT_EQ(p->stats().redispatched, 0u);
+  remember(*p);
+}
+
+// -- task workers ----------------------------------------------------------------
+//
+// A task worker's chunk items run its function on the channel's thread; the
+// outcomes, the order and what a death does are those of any worker.
+
+class PoolTaskWorkers : public PoolFixture {};
+
+TEST_F(PoolTaskWorkers, MapReturnsResultsInInputOrderForAnyChunksize) {
+  auto p = start(options(2), "pool_test.square_fn");
+  ASSERT_TRUE(p) << describe(p.error());
+  std::vector<square> tasks;
+  for (int32_t i = 0; i < 5000; ++i)
+    tasks.push_back(square{i});
+  for (size_t chunksize : {size_t{0}, size_t{1}, size_t{7}, size_t{1000}}) {
+    auto rs = p->map<int32_t>(tasks, chunksize);
+    ASSERT_EQ(rs.size(), tasks.size());
+    for (size_t i = 0; i < rs.size(); ++i) {
+      ASSERT_TRUE(rs[i]) << "chunksize " << chunksize << ", item " << i
+                         << ": " << describe(rs[i].error());
+      EXPECT_EQ(*rs[i], tasks[i].value * tasks[i].value);
+    }
+  }
+  auto one = p->submit<int32_t>(square{12}).get();
+  ASSERT_TRUE(one) << describe(one.error());
+  EXPECT_EQ(*one, 144);
+  EXPECT_EQ(p->stats().workers_died, 0u);
+  remember(*p);
+}
+
+TEST_F(PoolTaskWorkers, AnExceptionFailsItsItemAloneWithTheWorkersText) {
+  auto p = start(options(2), "pool_test.fault_fn");
+  ASSERT_TRUE(p) << describe(p.error());
+  std::vector<run_fault> tasks;
+  for (int32_t i = 0; i < 100; ++i)
+    tasks.push_back(run_fault{i == 10 || i == 55 ? pool_test::throw_exception
+                                                 : pool_test::no_fault,
+                              i, "pool_test-note: item " + std::to_string(i)});
+  for (size_t chunksize : {size_t{25}, size_t{1}}) {
+    auto rs = p->map<int32_t>(tasks, chunksize);
+    ASSERT_EQ(rs.size(), tasks.size());
+    for (size_t i = 0; i < rs.size(); ++i) {
+      auto x = static_cast<int32_t>(i);
+      if (i == 10 || i == 55) {
+        ASSERT_FALSE(rs[i]) << "item " << i << " gave " << *rs[i];
+        EXPECT_EQ(rs[i].error(), errc::worker_exception);
+        auto text = text_of(rs[i].error());
+        EXPECT_TRUE(contains(text, "pool_test-note: item " + std::to_string(i))
+                    && contains(text, "threw std::runtime_error")
+                    && contains(text, "worker pool_test.fault_fn"))
+          << "chunksize " << chunksize << ": " << describe(rs[i].error());
+        continue;
+      }
+      ASSERT_TRUE(rs[i]) << "item " << i << ": " << describe(rs[i].error());
+      EXPECT_EQ(*rs[i], x * x);
+    }
+  }
+  EXPECT_EQ(p->stats().workers_died, 0u);
+  EXPECT_EQ(p->stats().failed, 4u);
+  remember(*p);
+}
+
+TEST_F(PoolTaskWorkers, ItemsOfAnotherTypeFailAndTheRestOfTheChunkRuns) {
+  auto p = start(options(1), "pool_test.square_fn");
+  ASSERT_TRUE(p) << describe(p.error());
+  auto bad = p->map<int32_t>(std::vector<add>{{1, 2}, {3, 4}}, 2);
+  ASSERT_EQ(bad.size(), 2u);
+  for (auto& r : bad) {
+    ASSERT_FALSE(r);
+    EXPECT_TRUE(contains(describe(r.error()), "unexpected"))
+      << describe(r.error());
+  }
+  auto after = p->map<int32_t>(std::vector<square>{{3}, {4}}, 2);
+  ASSERT_TRUE(after[0] && after[1]);
+  EXPECT_EQ(*after[0], 9);
+  EXPECT_EQ(*after[1], 16);
+  EXPECT_EQ(p->stats().workers_died, 0u);
+  remember(*p);
+}
+
+TEST_F(PoolTaskWorkers, AKilledChunkRunsWhatItDidNotAnswerAgain) {
+  auto p = start(options(1), "pool_test.nap_fn");
+  ASSERT_TRUE(p) << describe(p.error());
+  auto log = path("runs");
+  killed_chunk k;
+  k.run(*p, log, 300);
+  remember(k.victim);
+  for (size_t i = 0; i < k.results.size(); ++i) {
+    ASSERT_TRUE(k.results[i]) << "item " << i << ": "
+                              << describe(k.results[i].error());
+    EXPECT_EQ(k.results[i]->value, static_cast<int32_t>(i));
+  }
+  EXPECT_NE(k.results[50]->pid, k.victim);
+  // Items whose results had not left the child yet run again, once.
+  auto runs = read_log(log);
+  for (int32_t i = 0; i < 100; ++i)
+    EXPECT_LE(count_value(runs, i), 2u) << "item " << i << ": "
+                                        << describe_log(runs);
+  EXPECT_EQ(count_value(runs, 50), 2u) << describe_log(runs);
+  EXPECT_EQ(p->stats().workers_died, 1u);
+  remember(*p);
+}
+
+TEST_F(PoolTaskWorkers, AtMostOnceAKilledChunkRunsNothingTwice) {
+  auto opts = options(1);
+  opts.guarantee = delivery::at_most_once;
+  auto p = start(opts, "pool_test.nap_fn");
+  ASSERT_TRUE(p) << describe(p.error());
+  auto log = path("runs");
+  killed_chunk k;
+  k.run(*p, log, 20000);
+  remember(k.victim);
+  ASSERT_FALSE(k.results[50]);
+  EXPECT_EQ(k.results[50].error(), errc::worker_died)
+    << describe(k.results[50].error());
+  auto runs = read_log(log);
+  for (int32_t i = 0; i < 100; ++i) {
+    EXPECT_LE(count_value(runs, i), 1u) << "item " << i << " ran twice";
+    if (i > 50) {
+      EXPECT_FALSE(k.results[static_cast<size_t>(i)]) << "item " << i;
+    }
+  }
+  EXPECT_EQ(p->stats().redispatched, 0u);
+  remember(*p);
+}
+
+TEST_F(PoolTaskWorkers, AnItemThatCrashesEveryRunIsQuarantinedAndTheOthersSucceed) {
+  auto p = start(options(2), "pool_test.fault_fn");
+  ASSERT_TRUE(p) << describe(p.error());
+  std::vector<run_fault> tasks;
+  for (int32_t i = 0; i < 1000; ++i)
+    tasks.push_back(run_fault{i == 13 ? pool_test::segfault
+                                      : pool_test::no_fault,
+                              i, "pool_test-note: the culprit"});
+  auto rs = p->map<int32_t>(tasks, 100);
+  auto err = expect_squares_but(rs, tasks.size(), 13);
+  EXPECT_EQ(err, errc::task_quarantined) << describe(err);
+  EXPECT_TRUE(contains(text_of(err), "killed by SIGSEGV")) << describe(err);
+  auto st = p->stats();
+  EXPECT_EQ(st.quarantined, 1u);
+  EXPECT_EQ(st.succeeded, 999u);
   remember(*p);
 }
 

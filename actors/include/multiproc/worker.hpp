@@ -32,6 +32,9 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <type_traits>
+#include <typeinfo>
 #include <vector>
 
 #include <caf/actor.hpp>
@@ -43,6 +46,7 @@
 #include <caf/message.hpp>
 
 #include "multiproc/bootstrap.hpp"
+#include "multiproc/detail/flat_archive.hpp"
 #include "multiproc/detail/guarded_behavior.hpp"
 #include "multiproc/frame_channel.hpp"
 #include "multiproc/message_registry.hpp"
@@ -105,8 +109,30 @@ struct worker_info {
 /// Creates the worker actor inside the child.
 using worker_factory = std::function<caf::actor(caf::actor_system&)>;
 
+namespace detail {
+
+/// The chunk fast path of a task worker (MULTIPROC_TASK_WORKER): how the
+/// child runs a chunk item of the function's task type without CAF.
+struct task_function {
+  /// The task type T (the function's argument).
+  const std::type_info* task = nullptr;
+  /// Decodes a T from `payload`, calls the function with it and appends
+  /// the encoded result to `out`, setting `result_type` to its type id.
+  /// Returns decode_failed, unknown_type or encode_failed (with `out` to be
+  /// truncated by the caller); the function's exceptions pass through.
+  caf::error (*run)(std::string_view payload, std::string& out,
+                    type_id& result_type) = nullptr;
+};
+
+} // namespace detail
+
 /// Registers a worker entry by name (called by MULTIPROC_WORKER).
 bool register_worker(const char* name, worker_factory factory);
+
+/// Registers a worker entry whose chunk items of one task type may run
+/// through `fast` (called by MULTIPROC_TASK_WORKER).
+bool register_worker(const char* name, worker_factory factory,
+                     detail::task_function fast);
 
 /// True if a worker is registered under `name`.
 bool has_worker(const std::string& name);
@@ -226,6 +252,80 @@ void send_encoded_requests(
 /// Sends signal `sig` to the worker's process (does not wait).
 caf::error signal_worker(const caf::actor& worker, int sig);
 
+/// The argument and result types of a task function `R fn(T)` or
+/// `R fn(const T&)`.
+template <class F>
+struct task_function_traits;
+
+template <class R, class A>
+struct task_function_traits<R (*)(A)> {
+  using result = R;
+  using task = std::decay_t<A>;
+};
+
+template <class R, class A>
+struct task_function_traits<R (*)(A) noexcept> : task_function_traits<R (*)(A)> {};
+
+/// task_function::run for the function Fn (see there).
+template <auto Fn>
+caf::error run_task_function(std::string_view payload, std::string& out,
+                             type_id& result_type) {
+  using traits = task_function_traits<decltype(Fn)>;
+  using T = typename traits::task;
+  using R = typename traits::result;
+  // The flat archive reads and writes Cereal's bytes without building an
+  // archive (detail/flat_archive.hpp); other types take Cereal's way.
+  T task{};
+  if (!flat_decode(payload, task)) {
+    auto decoded = multiproc::decode<T>(payload);
+    if (!decoded)
+      return std::move(decoded.error());
+    task = std::move(*decoded);
+  }
+  static const type_id id = registered_id(typeid(R));
+  if (id == 0)
+    return make_error(errc::unknown_type,
+                      "type " + type_name_of<R>()
+                        + " is not registered; add MULTIPROC_MESSAGE(T, "
+                          "\"name\")");
+  const R& result = Fn(task);
+  auto mark = out.size();
+  if (!flat_encode(result, out)) {
+    out.resize(mark);
+    try {
+      encode_value<R>(&result, out);
+    } catch (const std::exception& e) {
+      return make_error(errc::encode_failed, "cannot encode a value of type '"
+                                               + type_name_of<R>()
+                                               + "': " + e.what());
+    }
+  }
+  result_type = id;
+  return caf::none;
+}
+
+/// Registers the task worker `name` running Fn (MULTIPROC_TASK_WORKER).
+template <auto Fn>
+bool register_task_worker(const char* name) {
+  using traits = task_function_traits<decltype(Fn)>;
+  using T = typename traits::task;
+  using R = typename traits::result;
+  static_assert(!std::is_void<R>::value,
+                "a task function returns its result (a registered type)");
+  task_function fast;
+  fast.task = &typeid(T);
+  fast.run = &run_task_function<Fn>;
+  return register_worker(
+    name,
+    [name](caf::actor_system& sys) {
+      return sys.spawn([name](caf::event_based_actor*) -> caf::behavior {
+        return guard_behavior(
+          caf::behavior{[](const T& task) -> R { return Fn(task); }}, name);
+      });
+    },
+    fast);
+}
+
 template <class Self>
 caf::actor spawn_guarded(caf::actor_system& sys, caf::behavior (*fn)(Self*),
                          const char* name) {
@@ -270,6 +370,25 @@ caf::error send(const caf::actor& worker, const T& msg) {
 const std::string& this_worker_name();
 
 } // namespace multiproc
+
+/// Registers a task worker: a worker whose one handler is the plain
+/// function `R fn(const T&)` (or `R fn(T)`), T and R registered message
+/// types, the counterpart of the function given to Python's Pool.map:
+///
+///     int64_t square(const task& t) { return t.x * t.x; }
+///     MULTIPROC_TASK_WORKER("squarer", square)
+///
+/// It answers requests and pool tasks like a MULTIPROC_WORKER whose
+/// behavior is `{[](const T& t) { return fn(t); }}` (an exception becomes
+/// errc::worker_exception). A pool's chunk items of type T then run without
+/// CAF: the child decodes each task, calls fn and encodes its result
+/// straight into the chunk's response (no mailbox element, behavior
+/// dispatch or caf::message per item), in order, while the worker's actor
+/// is idle; otherwise they take the usual way. docs/pool.md, "Chunking".
+#define MULTIPROC_TASK_WORKER(name, fn)                                        \
+  static const bool MULTIPROC_PP_CAT(multiproc_worker_registered_,             \
+                                     __COUNTER__)                              \
+    = ::multiproc::detail::register_task_worker<&fn>(name);
 
 /// Registers a worker entry: `name` is a string literal, `fn` a function
 /// `caf::behavior fn(Self*)` for any event-based actor type Self (e.g.
