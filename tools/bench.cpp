@@ -14,7 +14,12 @@
 // multiproc bench pool — a pool of (cores) workers, trivial x*x tasks:
 //   cpp_pool_map_chunksize1      tasks/s  map over 200,000 tasks, chunksize 1
 //   cpp_pool_map_auto            tasks/s  map over 1,000,000 tasks, chunksize 0
-//                                         (automatic: n / (4 x workers))
+//                                         (automatic: n / (4 x workers)), on
+//                                         a task worker (a plain function,
+//                                         as Python's Pool.map is given)
+//   cpp_pool_map_auto_behavior   tasks/s  the same on a worker whose handler
+//                                         is a CAF behavior's (the pool of
+//                                         the other lines)
 //   cpp_pool_submit_latency_p50  us       one submit -> future.get at a time
 //                                         from plain code
 //   cpp_pool_chaos_tput          tasks/s  map over 2,000,000 tasks while a
@@ -156,6 +161,11 @@ caf::behavior pool_squarer(caf::event_based_actor*) {
   };
 }
 
+/// The task function of bench.pool_square_fn.
+int64_t square_task(const square& t) {
+  return t.x * t.x;
+}
+
 int first_reply_probe(multiproc::pipe_end& parent) {
   return parent.send(int32_t{1}) ? 1 : 0;
 }
@@ -164,6 +174,7 @@ int first_reply_probe(multiproc::pipe_end& parent) {
 
 MULTIPROC_WORKER("bench.echo", bench::echo)
 MULTIPROC_WORKER("bench.pool_squarer", bench::pool_squarer)
+MULTIPROC_TASK_WORKER("bench.pool_square_fn", bench::square_task)
 MULTIPROC_FUNCTION("bench.first_reply_probe", bench::first_reply_probe)
 
 namespace {
@@ -586,12 +597,26 @@ void pool_chaos(reporter& out, caf::actor_system& sys, size_t n) {
 // Ends the process if a measurement runs past its limit: a hang is reported,
 // never waited out.
 
-// `part`: "" for everything, or one of map1, auto, latency, chaos.
+// `part`: "" for everything, or one of map1, auto (both auto lines),
+// latency, chaos.
 void bench_pool(reporter& out, const std::string& part) {
   auto want = [&](const char* x) { return part.empty() || part == x; };
   auto limit = std::chrono::seconds{120 * reps()};
   caf::actor_system_config cfg;
   caf::actor_system sys{cfg};
+  if (want("auto")) {
+    auto p = multiproc::pool::start(sys, "bench.pool_square_fn");
+    if (!p) {
+      out.note("cannot start the bench pool: " + multiproc::describe(p.error()));
+      return;
+    }
+    out.note("pool of " + std::to_string(p->size()) + " task workers");
+    watchdog dog{"cpp_pool_map_auto", limit};
+    out.add("cpp_pool_map_auto", "tasks/s",
+            pool_map_tput(out, *p, "cpp_pool_map_auto", 1000000, 0));
+    if (auto err = p->close(10s))
+      out.note("bench pool: close: " + multiproc::describe(err));
+  }
   if (want("map1") || want("auto") || want("latency")) {
     auto p = multiproc::pool::start(sys, "bench.pool_squarer");
     if (!p) {
@@ -605,9 +630,10 @@ void bench_pool(reporter& out, const std::string& part) {
               pool_map_tput(out, *p, "cpp_pool_map_chunksize1", 200000, 1));
     }
     if (want("auto")) {
-      watchdog dog{"cpp_pool_map_auto", limit};
-      out.add("cpp_pool_map_auto", "tasks/s",
-              pool_map_tput(out, *p, "cpp_pool_map_auto", 1000000, 0));
+      watchdog dog{"cpp_pool_map_auto_behavior", limit};
+      out.add("cpp_pool_map_auto_behavior", "tasks/s",
+              pool_map_tput(out, *p, "cpp_pool_map_auto_behavior", 1000000,
+                            0));
     }
     if (want("latency")) {
       watchdog dog{"cpp_pool_submit_latency_p50", limit};
