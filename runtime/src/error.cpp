@@ -36,6 +36,9 @@ const char* to_string(errc x) noexcept {
     case errc::empty: return "empty";
     case errc::end_of_stream: return "end_of_stream";
     case errc::restart_intensity_exceeded: return "restart_intensity_exceeded";
+    case errc::key_not_found: return "key_not_found";
+    case errc::index_out_of_range: return "index_out_of_range";
+    case errc::owner_died: return "owner_died";
   }
   return "unknown_errc";
 }

@@ -11,6 +11,7 @@
 #include "multiproc/pool.hpp"
 #include "multiproc/process.hpp"
 #include "multiproc/queue.hpp"
+#include "multiproc/shared_state.hpp"
 #include "multiproc/shm_array.hpp"
 #include "multiproc/start_method.hpp"
 #include "multiproc/supervisor.hpp"

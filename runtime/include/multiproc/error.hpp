@@ -43,6 +43,9 @@ enum class errc : uint8_t {
   empty,                ///< a queue is empty and the caller chose not to wait
   end_of_stream,        ///< a closed queue is drained: no message will ever come
   restart_intensity_exceeded, ///< a supervisor saw more restarts than allowed
+  key_not_found,        ///< a shared dict (or cell) has no entry of that key
+  index_out_of_range,   ///< an index past the end of a shared list or array
+  owner_died,           ///< the shared-state owner's process or thread ended
 };
 
 } // namespace multiproc
