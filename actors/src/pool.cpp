@@ -1001,12 +1001,18 @@ void pool_core::submit_chunks(size_t n, const task_encoder& encode,
   encoded_task unit;
   encoded_task big; // item i, too big for a chunk, encoded already
   bool have_big = false;
+  size_t item_bytes = head + 8; // an item's size in the last chunk
   while (i < n) {
     size_t first = i;
     uint32_t count = 0;
     encoded_task single; // a big task, which goes alone
     bool alone = false;
     unit.type = 0; // a chunk's items carry their types
+    // Room for the chunk at the last one's bytes per item: growing by
+    // doubling would copy it several times.
+    unit.payload.reserve(std::min(
+      max_chunk_bytes + max_batched_payload,
+      wire::chunk_count_size + std::min(chunksize, n - i) * item_bytes + 64));
     unit.payload.assign(wire::chunk_count_size, '\0');
     unit.error = caf::none;
     if (have_big) {
@@ -1020,15 +1026,21 @@ void pool_core::submit_chunks(size_t n, const task_encoder& encode,
            && unit.payload.size() < max_chunk_bytes) {
       size_t mark = unit.payload.size();
       unit.payload.append(head, '\0');
-      auto err = encode.error ? encode.error : encode.append(i, unit.payload);
-      if (err) {
-        unit.payload.resize(mark);
-        done.push_back({group, {i, {}, std::move(err), 0, {}}});
-        ++i;
-        if (count != 0)
-          break;
-        first = i;
-        continue;
+      // The flat encoding first (no caf::error per task), else Cereal's.
+      if (encode.error || encode.append_flat == nullptr
+          || !encode.append_flat(encode.tasks, i, unit.payload)) {
+        unit.payload.resize(mark + head);
+        auto err = encode.error ? encode.error
+                                : encode.append(i, unit.payload);
+        if (err) {
+          unit.payload.resize(mark);
+          done.push_back({group, {i, {}, std::move(err), 0, {}}});
+          ++i;
+          if (count != 0)
+            break;
+          first = i;
+          continue;
+        }
       }
       size_t size = unit.payload.size() - mark - head;
       if (size >= max_batched_payload) {
@@ -1051,6 +1063,8 @@ void pool_core::submit_chunks(size_t n, const task_encoder& encode,
       ++count;
       ++i;
     }
+    if (count > 1)
+      item_bytes = (unit.payload.size() - wire::chunk_count_size) / count + 1;
     if (count != 0) {
       lock_type lk{mu_};
       if (count == 1) {

@@ -419,6 +419,11 @@ struct task_encoder {
   /// Appends the encoding of task `i` (what it appended is garbage if it
   /// fails).
   std::function<caf::error(size_t i, std::string& out)> append;
+  /// Optional, the fast way first: appends the flat encoding of task `i`
+  /// of `tasks` (detail/flat_archive.hpp) and returns true, or returns
+  /// false (what it appended is garbage) when the type needs `append`.
+  bool (*append_flat)(const void* tasks, size_t i, std::string& out) = nullptr;
+  const void* tasks = nullptr;
 
   encoded_task one(size_t i) const {
     encoded_task t;
@@ -438,6 +443,10 @@ task_encoder encoder_of(const std::vector<T>& tasks) {
   e.append = [&tasks](size_t i, std::string& out) {
     return encode_fast(tasks[i], out);
   };
+  e.append_flat = [](const void* all, size_t i, std::string& out) {
+    return flat_encode((*static_cast<const std::vector<T>*>(all))[i], out);
+  };
+  e.tasks = &tasks;
   return e;
 }
 
