@@ -15,6 +15,7 @@
 
 #include <endian.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -24,6 +25,7 @@
 #include <caf/send.hpp>
 #include <caf/stateful_actor.hpp>
 
+#include "multiproc/bootstrap.hpp"
 #include "multiproc/function.hpp"
 #include "multiproc/pipe.hpp"
 #include "shared_state_owner.hpp"
@@ -35,6 +37,25 @@ namespace {
 using clock = std::chrono::steady_clock;
 
 constexpr size_t post_flush_bytes = 64 * 1024;
+
+/// This process's pid without a system call per operation (glibc does not
+/// cache getpid()): refreshed in a forked child.
+std::atomic<pid_t> cached_pid{0};
+
+pid_t self_pid() noexcept {
+  auto pid = cached_pid.load(std::memory_order_relaxed);
+  if (pid != 0)
+    return pid;
+  static const bool installed = [] {
+    ::pthread_atfork(nullptr, nullptr,
+                     [] { cached_pid.store(::getpid()); });
+    return true;
+  }();
+  (void) installed;
+  pid = ::getpid();
+  cached_pid.store(pid);
+  return pid;
+}
 
 void put_prefix(std::string& body, shared_frame kind, uint64_t id) {
   body[0] = static_cast<char>(kind);
@@ -236,13 +257,13 @@ public:
 
   void mark(client_conn* c) {
     std::lock_guard<std::mutex> guard{mtx_};
-    if (!running_ || pid_ != ::getpid()) {
+    if (!running_ || pid_ != self_pid()) {
       // First post of this process (or of a forked child): start the thread.
-      if (thread_.joinable() && pid_ == ::getpid())
+      if (thread_.joinable() && pid_ == self_pid())
         return;
       if (thread_.joinable())
         thread_.detach(); // a forked child's copy: that thread is not here
-      pid_ = ::getpid();
+      pid_ = self_pid();
       running_ = true;
       stopping_ = false;
       dirty_.clear();
@@ -250,6 +271,21 @@ public:
     }
     if (dirty_.insert(c).second && dirty_.size() == 1)
       cv_.notify_one();
+  }
+
+  /// Writes every thread's queued posts now (a child about to _exit()).
+  void drain() {
+    std::lock_guard<std::mutex> guard{mtx_};
+    if (pid_ != self_pid())
+      return;
+    for (auto* c : dirty_) {
+      std::lock_guard<std::mutex> cguard{c->mtx};
+      if (!c->out.empty() && !c->broken)
+        if (auto err = c->write_locked(clock::now()
+                                       + std::chrono::seconds{10}))
+          c->broken = err;
+    }
+    dirty_.clear();
   }
 
   void forget(client_conn* c) {
@@ -260,7 +296,7 @@ public:
   ~flusher() {
     {
       std::lock_guard<std::mutex> guard{mtx_};
-      if (!running_ || pid_ != ::getpid()) {
+      if (!running_ || pid_ != self_pid()) {
         if (thread_.joinable())
           thread_.detach();
         return;
@@ -305,7 +341,7 @@ private:
 };
 
 client_conn::~client_conn() {
-  if (pid != ::getpid()) {
+  if (pid != self_pid()) {
     // Inherited through fork: the posts queued here are the parent's.
     (void) fd.release();
     return;
@@ -316,20 +352,32 @@ client_conn::~client_conn() {
     (void) write_locked(clock::now() + std::chrono::seconds{10});
 }
 
+const bool drain_at_child_exit = [] {
+  at_child_exit([] { flusher::instance().drain(); });
+  return true;
+}();
+
 struct thread_conns {
   std::unordered_map<std::string, std::unique_ptr<client_conn>> map;
+  client_conn* last = nullptr;
 };
 
 thread_local thread_conns tls_conns;
 
 caf::expected<client_conn*> conn_for(const std::string& address) {
+  // The last connection this thread used, without hashing the address.
+  auto& last = tls_conns.last;
+  if (last != nullptr && last->address == address && last->pid == self_pid()
+      && !last->broken)
+    return last;
+  last = nullptr;
   auto& map = tls_conns.map;
   auto i = map.find(address);
   if (i != map.end()) {
     auto* c = i->second.get();
-    if (c->pid == ::getpid() && !c->broken)
-      return c;
-    if (c->pid != ::getpid()) {
+    if (c->pid == self_pid() && !c->broken)
+      return last = c;
+    if (c->pid != self_pid()) {
       c->out.clear();
       (void) c->fd.release(); // not ours to close in a forked child
     }
@@ -342,11 +390,11 @@ caf::expected<client_conn*> conn_for(const std::string& address) {
     return std::move(fd.error());
   auto c = std::make_unique<client_conn>();
   c->address = address;
-  c->pid = ::getpid();
+  c->pid = self_pid();
   c->fd = std::move(*fd);
   auto* raw = c.get();
   map.emplace(address, std::move(c));
-  return raw;
+  return last = raw;
 }
 
 /// Sends `body` as frame `kind` and waits for its reply.
@@ -723,11 +771,8 @@ caf::expected<std::vector<std::string>> shared_client::cells() const {
 
 caf::error shared_client::drop(const std::string& name) const {
   detail::cell_ref ref{address_, name, {}, timeout_};
-  auto r = detail::blocking_exec{}.call<void>(
+  return detail::blocking_exec{}.call<void>(
     ref, detail::make_op(ref, "", detail::shared_op::drop));
-  if (!r)
-    return std::move(r.error());
-  return caf::none;
 }
 
 caf::expected<std::vector<std::string>> shared_namespace::fields() const {

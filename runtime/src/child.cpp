@@ -1,6 +1,8 @@
 // The child side: descriptor layout, the boot record, the lifeline watcher
 // and running the entry.
 
+#include <atomic>
+#include <iterator>
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
@@ -271,7 +273,13 @@ void watch_lifeline() {
   }
 }
 
+void (*exit_hooks[8])() = {};
+std::atomic<size_t> num_exit_hooks{0};
+
 [[noreturn]] void finish(int code, bool exec_child) {
+  for (size_t i = 0; i < num_exit_hooks.load(); ++i)
+    if (exit_hooks[i] != nullptr)
+      exit_hooks[i]();
   std::fflush(nullptr);
   if (exec_child)
     std::exit(code);
@@ -279,6 +287,14 @@ void watch_lifeline() {
 }
 
 } // namespace
+
+void at_child_exit(void (*fn)()) noexcept {
+  auto i = num_exit_hooks.fetch_add(1);
+  if (i < std::size(exit_hooks))
+    exit_hooks[i] = fn;
+  else
+    num_exit_hooks.store(std::size(exit_hooks));
+}
 
 void run_child(boot_record rec, start_method method, bool exec_child) {
   auto& st = state();

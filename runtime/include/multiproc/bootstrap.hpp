@@ -72,6 +72,15 @@ bool register_entry(const char* name, entry_function fn);
 /// True if an entry is registered under `name`.
 bool has_entry(const std::string& name);
 
+namespace detail {
+
+/// Registers `fn` to run when a child's entry returns, before the child
+/// exits (a forked child ends with _exit(), which runs no destructors): for
+/// libraries that must write what they buffered. At most 8 hooks.
+void at_child_exit(void (*fn)()) noexcept;
+
+} // namespace detail
+
 } // namespace multiproc
 
 #define MULTIPROC_ENTRY_CAT_I(a, b) a##b
