@@ -33,8 +33,8 @@ int increment(multiproc::shared_namespace ns) {
     std::cerr << "fetch_add: " << multiproc::describe(before.error()) << '\n';
     return 3;
   }
-  if (auto done = values->append(*before + 1); !done) {
-    std::cerr << "append: " << multiproc::describe(done.error()) << '\n';
+  if (auto err = values->append(*before + 1)) {
+    std::cerr << "append: " << multiproc::describe(err) << '\n';
     return 4;
   }
   return 0;

@@ -73,12 +73,12 @@ MULTIPROC_SHARED_METHOD("child", &parent_object::child)
 
 /// Runs in the worker: sets the parent's value and its child's to `x`.
 int set_both(multiproc::value<parent_object> obj, int x) {
-  if (auto done = obj.call<void>("set_value", x); !done) {
-    std::cerr << "set_value: " << multiproc::describe(done.error()) << '\n';
+  if (auto err = obj.call<void>("set_value", x)) {
+    std::cerr << "set_value: " << multiproc::describe(err) << '\n';
     return 2;
   }
-  if (auto done = obj.call<void>("set_child_value", x); !done) {
-    std::cerr << "set_child_value: " << multiproc::describe(done.error())
+  if (auto err = obj.call<void>("set_child_value", x)) {
+    std::cerr << "set_child_value: " << multiproc::describe(err)
               << '\n';
     return 3;
   }

@@ -26,9 +26,9 @@ std::string key_name(int proc, int key) {
 /// Runs in worker `proc`: sets proc{proc}_key{j} to proc * 100 + j.
 int write_keys(multiproc::dict<std::string, int> d, int proc) {
   for (int j = 0; j < keys_per_worker; ++j) {
-    if (auto done = d.set(key_name(proc, j), proc * 100 + j); !done) {
+    if (auto err = d.set(key_name(proc, j), proc * 100 + j)) {
       std::cerr << "set " << key_name(proc, j) << ": "
-                << multiproc::describe(done.error()) << '\n';
+                << multiproc::describe(err) << '\n';
       return 2;
     }
   }

@@ -226,8 +226,8 @@ std::vector<double> value_incr(reporter& out, multiproc::shared_state& state,
   }
   std::vector<double> values;
   for (int r = 0; r < reps(); ++r) {
-    if (auto st = counter->store(0); !st) {
-      out.note(std::string{metric} + ": store: " + describe(st.error()));
+    if (auto err = counter->store(0)) {
+      out.note(std::string{metric} + ": store: " + describe(err));
       return {};
     }
     auto secs = two_children_once(out, metric, [&](int32_t k) {
@@ -262,8 +262,8 @@ std::vector<double> dict_set(reporter& out, multiproc::shared_state& state,
   }
   std::vector<double> values;
   for (int r = 0; r < reps(); ++r) {
-    if (auto st = d->clear(); !st) {
-      out.note(std::string{metric} + ": clear: " + describe(st.error()));
+    if (auto err = d->clear()) {
+      out.note(std::string{metric} + ": clear: " + describe(err));
       return {};
     }
     auto secs = two_children_once(out, metric, [&](int32_t k) {

@@ -3,6 +3,9 @@
 
 #include "multiproc/detail/shared_ops.hpp"
 
+#include <cstdio>
+#include <cstdlib>
+#include <map>
 #include <mutex>
 #include <unordered_map>
 
@@ -17,7 +20,8 @@ namespace {
 struct registries {
   std::mutex mtx;
   std::unordered_map<std::string, cell_factory> cells;
-  std::unordered_map<std::string, shared_function> functions;
+  // (name, node type) -> function
+  std::map<std::pair<std::string, std::string>, shared_function> functions;
 };
 
 registries& regs() {
@@ -133,14 +137,31 @@ std::string readable_type(const std::string& type_key) {
 bool register_shared_function(const char* name, shared_function fn) {
   auto& r = regs();
   std::lock_guard<std::mutex> guard{r.mtx};
-  return r.functions.emplace(name, std::move(fn)).second;
+  auto key = std::make_pair(std::string{name}, fn.node_type);
+  if (!r.functions.emplace(key, std::move(fn)).second) {
+    std::fprintf(stderr,
+                 "multiproc: the shared function '%s' is registered twice "
+                 "for %s\n",
+                 name, readable_type(key.second).c_str());
+    std::abort();
+  }
+  return true;
 }
 
-const shared_function* find_shared_function(const std::string& name) {
+const shared_function* find_shared_function(const std::string& name,
+                                             const std::string& node_type,
+                                             std::string* other_types) {
   auto& r = regs();
   std::lock_guard<std::mutex> guard{r.mtx};
-  auto i = r.functions.find(name);
-  return i == r.functions.end() ? nullptr : &i->second;
+  auto i = r.functions.find(std::make_pair(name, node_type));
+  if (i != r.functions.end())
+    return &i->second;
+  if (other_types != nullptr)
+    for (auto j = r.functions.lower_bound(std::make_pair(name, std::string{}));
+         j != r.functions.end() && j->first.first == name; ++j)
+      *other_types += (other_types->empty() ? "" : ", ")
+                      + readable_type(j->first.second);
+  return nullptr;
 }
 
 bool register_cell_type(const char* type, cell_factory factory) {
@@ -197,19 +218,18 @@ void fail_fixed(const node_context& ctx, size_t size) {
 }
 
 void check_function(const node_context& ctx, const std::string& name,
-                    const shared_function* fn, const std::string& node_type,
+                    const shared_function* fn, const std::string& others,
                     const std::string& args_type,
                     const std::string& result_type) {
-  if (fn == nullptr)
+  if (fn == nullptr && others.empty())
     throw shared_failure{errc::unknown_entry,
                          "no shared function or method is registered as '"
                            + name + "' (MULTIPROC_SHARED_FUNCTION)"};
-  if (fn->node_type != node_type)
+  if (fn == nullptr)
     throw shared_failure{errc::type_mismatch,
-                         "'" + name + "' applies to a "
-                           + readable_type(fn->node_type) + ", but "
+                         "'" + name + "' applies to a " + others + ", but "
                            + where(ctx) + " holds a "
-                           + readable_type(node_type)};
+                           + readable_type(ctx.type)};
   if (fn->args_type != args_type)
     throw shared_failure{errc::type_mismatch,
                          "'" + name + "' takes the arguments "

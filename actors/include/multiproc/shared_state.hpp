@@ -23,8 +23,10 @@
 /// same user may connect). Handles carry the address and are Cereal-
 /// serializable; they connect on first use, one connection per thread.
 ///
-/// Plain code uses the blocking calls, which return caf::expected and wait
-/// at most the handle's timeout. Actors use `handle.from(self)`, whose calls
+/// Plain code uses the blocking calls, which wait at most the handle's
+/// timeout and return caf::expected<R>; those without a result (store, set,
+/// append, clear, call<void>, ...), the posts and sync() return a caf::error
+/// (`if (auto err = d.set(k, v))` is the failure). Actors use `handle.from(self)`, whose calls
 /// return a pending<R> to complete with .then(on_value, on_error), as a CAF
 /// request does, and which can subscribe to a cell's changes.
 ///
@@ -144,17 +146,25 @@ caf::error blocking_post(const cell_ref& ref, std::string body);
 caf::error blocking_sync(const std::string& address,
                          std::chrono::milliseconds timeout);
 
-/// Blocking calls: results are caf::expected.
+/// Blocking calls: results are caf::expected<R>, or a caf::error for calls
+/// without a result (as posts and sync).
 struct blocking_exec {
   template <class R>
-  using result = caf::expected<R>;
+  using result = std::conditional_t<std::is_void<R>::value, caf::error,
+                                    caf::expected<R>>;
 
   template <class R>
-  caf::expected<R> call(const cell_ref& ref, std::string body) const {
+  result<R> call(const cell_ref& ref, std::string body) const {
     auto reply = blocking_call(ref, std::move(body));
-    if (!reply)
-      return std::move(reply.error());
-    return decode_result<R>(*reply);
+    if constexpr (std::is_void<R>::value) {
+      if (!reply)
+        return std::move(reply.error());
+      return caf::none;
+    } else {
+      if (!reply)
+        return std::move(reply.error());
+      return decode_result<R>(*reply);
+    }
   }
 
   caf::error post(const cell_ref& ref, std::string body) const {

@@ -129,8 +129,17 @@ struct shared_function {
     invoke;
 };
 
+/// Registers `fn` as `name` for nodes of fn.node_type (one name may serve
+/// several types, as BaseManager.register does per class). A second
+/// registration of the same name for the same type aborts the program.
 bool register_shared_function(const char* name, shared_function fn);
-const shared_function* find_shared_function(const std::string& name);
+
+/// The function `name` for nodes of type `node_type`; nullptr if there is
+/// none. `other_types` gets the types it is registered for otherwise.
+const shared_function* find_shared_function(const std::string& name,
+                                             const std::string& node_type,
+                                             std::string* other_types
+                                             = nullptr);
 
 template <class T>
 void encode_to(const T& value, std::string& out) {
@@ -239,7 +248,7 @@ struct node_context {
                             const std::string& actual);
 [[noreturn]] void fail_fixed(const node_context& ctx, size_t size);
 void check_function(const node_context& ctx, const std::string& name,
-                    const shared_function* fn, const std::string& node_type,
+                    const shared_function* fn, const std::string& others,
                     const std::string& args_type,
                     const std::string& result_type);
 
@@ -310,8 +319,9 @@ void apply_here(T& node, node_context& ctx, wire_input_archive& in,
       auto name = decode_from<std::string>(in);
       auto args_type = decode_from<std::string>(in);
       auto result_type = decode_from<std::string>(in);
-      auto* fn = find_shared_function(name);
-      check_function(ctx, name, fn, type_key<T>(), args_type, result_type);
+      std::string others;
+      auto* fn = find_shared_function(name, type_key<T>(), &others);
+      check_function(ctx, name, fn, others, args_type, result_type);
       if constexpr (is_std_vector<T>::value) {
         if (ctx.fixed_length && ctx.depth == 0) {
           // An array's function must keep its length: undo it otherwise.
