@@ -32,6 +32,7 @@
 // Env: BENCH_REPS (default 5).
 #include "bench.hpp"
 #include "bench_queue.hpp"
+#include "bench_shared.hpp"
 #include "bench_report.hpp"
 
 #include <algorithm>
@@ -676,12 +677,20 @@ int run_bench(const std::vector<std::string>& what, bool json) {
       bench_pool(out, w.substr(5));
       known = true;
     }
+    if (w == "shared" || w == "all") {
+      bench_shared(out, "");
+      known = true;
+    } else if (w.rfind("shared.", 0) == 0) {
+      bench_shared(out, w.substr(7));
+      known = true;
+    }
     if (!known) {
       std::fprintf(stderr,
                    "multiproc bench: unknown benchmark '%s' (known: pipe, "
                    "pipe.rtt, pipe.tput, pipe.bw, pipe.spawn, pool, pool.map1, "
                    "pool.auto, pool.latency, pool.chaos, queue, queue.1p1c, "
-                   "queue.2p2c, queue.rtt, all)\n",
+                   "queue.2p2c, queue.rtt, shared, shared.incr, shared.dict, "
+                   "shared.rtt, all)\n",
                    w.c_str());
       return 2;
     }

@@ -61,14 +61,17 @@ int main(int argc, char** argv) {
   auto* bench_cmd = app.add_subcommand("bench", "Run benchmarks");
   bench_cmd
     ->add_option("what", what,
-                 "Benchmark groups: pipe, pool, queue, all, or one part of a "
-                 "group: pipe.rtt, pipe.tput, pipe.bw, pipe.spawn, pool.map1, "
-                 "pool.auto, pool.latency, pool.chaos, queue.1p1c, "
-                 "queue.2p2c, queue.rtt")
-    ->check(CLI::IsMember({"pipe", "pool", "queue", "all", "pipe.rtt",
-                           "pipe.tput", "pipe.bw", "pipe.spawn", "pool.map1",
-                           "pool.auto", "pool.latency", "pool.chaos",
-                           "queue.1p1c", "queue.2p2c", "queue.rtt"}));
+                 "Benchmark groups: pipe, pool, queue, shared, all, or one "
+                 "part of a group: pipe.rtt, pipe.tput, pipe.bw, pipe.spawn, "
+                 "pool.map1, pool.auto, pool.auto_behavior, pool.latency, "
+                 "pool.chaos, queue.1p1c, queue.2p2c, queue.rtt, "
+                 "shared.incr, shared.dict, shared.rtt")
+    ->check(CLI::IsMember({"pipe", "pool", "queue", "shared", "all",
+                           "pipe.rtt", "pipe.tput", "pipe.bw", "pipe.spawn",
+                           "pool.map1", "pool.auto", "pool.auto_behavior",
+                           "pool.latency", "pool.chaos", "queue.1p1c",
+                           "queue.2p2c", "queue.rtt", "shared.incr",
+                           "shared.dict", "shared.rtt"}));
   bench_cmd->add_flag("--json", json, "Print one JSON object");
   bench_cmd->callback([&] {
     if (what.empty())
