@@ -33,6 +33,8 @@
 #include "multiproc/function.hpp"
 #include "multiproc/process.hpp"
 #include "multiproc/start_method.hpp"
+#include "multiproc/supervisor.hpp"
+#include "multiproc/worker.hpp"
 
 using namespace std::chrono_literals;
 using namespace multiproc;
@@ -160,6 +162,15 @@ int tx_append(value<int64_t> counter, list<int64_t> xs, int32_t n) {
 }
 MULTIPROC_FUNCTION("shared_test.tx_append", tx_append)
 
+/// An owner process for a supervisor: serves at the address in its args.
+int owner_entry(child_context& ctx) {
+  auto err = shared_state::serve(ctx.args);
+  if (err)
+    std::fprintf(stderr, "owner_entry: %s\n", describe(err).c_str());
+  return err ? 1 : 0;
+}
+MULTIPROC_REGISTER_ENTRY("shared_test.owner", owner_entry);
+
 std::vector<process> start_clients(int n,
                                    const std::function<caf::expected<process>(
                                      int)>& start) {
@@ -263,6 +274,35 @@ std::string header(detail::shared_frame kind, uint64_t id) {
 }
 
 } // namespace
+
+// -- a worker actor that uses a handle it receives in a message ---------------
+
+namespace shared_test {
+
+struct bump {
+  value<int64_t> counter;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(counter);
+  }
+};
+
+caf::behavior bumper(caf::event_based_actor* self) {
+  return {
+    [self](const bump& b) -> caf::result<int64_t> {
+      auto rp = self->make_response_promise<int64_t>();
+      b.counter.from(self).fetch_add(1).then(
+        [rp](int64_t old) mutable { rp.deliver(old); },
+        [rp](caf::error& err) mutable { rp.deliver(err); });
+      return rp;
+    },
+  };
+}
+
+} // namespace shared_test
+
+MULTIPROC_MESSAGE(shared_test::bump, "shared_test.bump")
+MULTIPROC_WORKER("shared_test.bumper", shared_test::bumper);
 
 // -- value --------------------------------------------------------------------
 
@@ -744,7 +784,67 @@ TEST(SharedState, AClientKilledWhilePostingCorruptsNothing) {
   EXPECT_EQ(*c->load(), settled + 1);
 }
 
+TEST(SharedState, ASupervisorRestartsAnOwnerAtTheSameAddress) {
+  caf::actor_system_config cfg;
+  caf::actor_system sys{cfg};
+  std::string address = "multiproc-test-supervised-"
+                        + std::to_string(::getpid());
+  supervisor_spec spec;
+  spec.max_restarts = 3;
+  auto child = child_spec::process("owner", "shared_test.owner", address);
+  child.shutdown_timeout = 200ms;
+  spec.children.push_back(child);
+  auto sup = supervisor::start(sys, spec);
+  ASSERT_TRUE(sup) << describe(sup.error());
+  auto client = shared_client::connect(address, 5s);
+  caf::expected<value<int64_t>> c = make_error(errc::timeout, "not yet");
+  for (int i = 0; i < 200 && !c; ++i) {
+    c = client.value<int64_t>("c", 0);
+    if (!c)
+      std::this_thread::sleep_for(10ms);
+  }
+  ASSERT_TRUE(c) << describe(c.error());
+  EXPECT_EQ(*c->fetch_add(5), 0);
+  auto pid = sup->report().children.at(0).pid;
+  ASSERT_GT(pid, 0);
+  ASSERT_EQ(::kill(pid, SIGKILL), 0);
+  // The old connection reports the death; a new owner serves the address
+  // again, with its cells lost (documented).
+  caf::expected<value<int64_t>> again = make_error(errc::timeout, "not yet");
+  for (int i = 0; i < 500; ++i) {
+    auto pid_now = sup->report().children.at(0).pid;
+    if (pid_now != 0 && pid_now != pid) {
+      again = client.value<int64_t>("c", 0);
+      if (again)
+        break;
+    }
+    std::this_thread::sleep_for(10ms);
+  }
+  ASSERT_TRUE(again) << describe(again.error());
+  EXPECT_EQ(*again->fetch_add(1), 0);
+  EXPECT_TRUE(sup->stop());
+}
+
 // -- actors -------------------------------------------------------------------
+
+TEST(SharedState, AWorkerActorUsesAHandleItReceivesInAMessage) {
+  auto state = start_owner();
+  auto c = state.value<int64_t>("c", 0);
+  ASSERT_TRUE(c);
+  caf::actor_system_config cfg;
+  caf::actor_system sys{cfg};
+  auto worker = spawn_worker(sys, "shared_test.bumper");
+  ASSERT_TRUE(worker) << describe(worker.error());
+  std::set<int64_t> seen;
+  for (int i = 0; i < 50; ++i) {
+    auto old = request<int64_t>(*worker, 10s, shared_test::bump{*c});
+    ASSERT_TRUE(old) << describe(old.error());
+    seen.insert(*old);
+  }
+  EXPECT_EQ(seen.size(), 50u);
+  EXPECT_EQ(*c->load(), 50);
+  EXPECT_TRUE(stop_worker(*worker));
+}
 
 TEST(SharedState, ActorsUseHandlesByRequestAndSubscribeToChanges) {
   auto state = start_owner();
