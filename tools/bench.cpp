@@ -598,8 +598,8 @@ void pool_chaos(reporter& out, caf::actor_system& sys, size_t n) {
 // Ends the process if a measurement runs past its limit: a hang is reported,
 // never waited out.
 
-// `part`: "" for everything, or one of map1, auto (both auto lines),
-// latency, chaos.
+// `part`: "" for everything, or one of map1, auto, auto_behavior, latency,
+// chaos.
 void bench_pool(reporter& out, const std::string& part) {
   auto want = [&](const char* x) { return part.empty() || part == x; };
   auto limit = std::chrono::seconds{120 * reps()};
@@ -618,7 +618,7 @@ void bench_pool(reporter& out, const std::string& part) {
     if (auto err = p->close(10s))
       out.note("bench pool: close: " + multiproc::describe(err));
   }
-  if (want("map1") || want("auto") || want("latency")) {
+  if (want("map1") || want("auto_behavior") || want("latency")) {
     auto p = multiproc::pool::start(sys, "bench.pool_squarer");
     if (!p) {
       out.note("cannot start the bench pool: " + multiproc::describe(p.error()));
@@ -630,7 +630,7 @@ void bench_pool(reporter& out, const std::string& part) {
       out.add("cpp_pool_map_chunksize1", "tasks/s",
               pool_map_tput(out, *p, "cpp_pool_map_chunksize1", 200000, 1));
     }
-    if (want("auto")) {
+    if (want("auto_behavior")) {
       watchdog dog{"cpp_pool_map_auto_behavior", limit};
       out.add("cpp_pool_map_auto_behavior", "tasks/s",
               pool_map_tput(out, *p, "cpp_pool_map_auto_behavior", 1000000,
@@ -688,7 +688,8 @@ int run_bench(const std::vector<std::string>& what, bool json) {
       std::fprintf(stderr,
                    "multiproc bench: unknown benchmark '%s' (known: pipe, "
                    "pipe.rtt, pipe.tput, pipe.bw, pipe.spawn, pool, pool.map1, "
-                   "pool.auto, pool.latency, pool.chaos, queue, queue.1p1c, "
+                   "pool.auto, pool.auto_behavior, pool.latency, pool.chaos, "
+                   "queue, queue.1p1c, "
                    "queue.2p2c, queue.rtt, shared, shared.incr, shared.dict, "
                    "shared.rtt, all)\n",
                    w.c_str());
