@@ -13,11 +13,14 @@
 #include <cerrno>
 #include <condition_variable>
 #include <csignal>
+#include <cstdint>
 #include <deque>
 #include <mutex>
 #include <thread>
 #include <tuple>
 #include <unordered_map>
+
+#include <sys/mman.h>
 
 #include <caf/actor_cast.hpp>
 #include <caf/actor_config.hpp>
@@ -30,6 +33,16 @@
 namespace multiproc::detail {
 
 using clock_type = std::chrono::steady_clock;
+
+void prefer_huge_pages(void* data, size_t size) noexcept {
+  constexpr size_t huge = size_t{2} << 20;
+  auto first = (reinterpret_cast<uintptr_t>(data) + huge - 1) & ~(huge - 1);
+  auto last = (reinterpret_cast<uintptr_t>(data) + size) & ~(huge - 1);
+  if (data == nullptr || last <= first)
+    return;
+  [[maybe_unused]] int rc = ::madvise(reinterpret_cast<void*>(first),
+                                      last - first, MADV_HUGEPAGE);
+}
 
 void materialize(task_result& r) {
   if (r.type == 0)

@@ -259,13 +259,20 @@ caf::expected<R> reply_as(caf::message reply, caf::error err) {
   }
 }
 
+/// Asks the kernel to back `[data, data + size)` with huge pages where it
+/// can (a hint; nothing happens for small ranges): a map's result vector
+/// of 1,000,000 tasks otherwise takes ~4000 page faults.
+void prefer_huge_pages(void* data, size_t size) noexcept;
+
 /// A map()'s results, decoded straight into the vector map() returns (no
 /// caf::message per result).
 template <class R>
 class typed_collect_group : public task_group {
 public:
-  explicit typed_collect_group(size_t n)
-    : results_(n, placeholder()), left_(n) {
+  explicit typed_collect_group(size_t n) : left_(n) {
+    results_.reserve(n);
+    prefer_huge_pages(results_.data(), n * sizeof(caf::expected<R>));
+    results_.resize(n, placeholder());
   }
 
   void complete(size_t index, caf::message reply, caf::error err) override {
