@@ -37,31 +37,6 @@ int write_keys(multiproc::dict<std::string, int> d, int proc) {
 
 MULTIPROC_FUNCTION("write_keys", write_keys)
 
-/// Joins every child within one shared deadline; a child still running then
-/// is killed and reaped. True if every child exited with code 0.
-bool join_all(std::vector<multiproc::process>& children,
-              std::chrono::milliseconds budget) {
-  auto deadline = std::chrono::steady_clock::now() + budget;
-  bool ok = true;
-  for (auto& child : children) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-      deadline - std::chrono::steady_clock::now());
-    auto status = child.join(left > 0ms ? left : 0ms);
-    if (!status) {
-      std::cerr << child.name() << ": " << multiproc::describe(status.error())
-                << "; killing it\n";
-      (void) child.kill();
-      (void) child.join(5s);
-      ok = false;
-    } else if (!status->success()) {
-      std::cerr << child.name() << '[' << child.pid() << "] "
-                << status->to_string() << '\n';
-      ok = false;
-    }
-  }
-  return ok;
-}
-
 int main(int argc, char** argv) {
   multiproc::bootstrap(argc, argv);
   auto state = multiproc::shared_state::start();
@@ -88,8 +63,10 @@ int main(int argc, char** argv) {
     }
     children.push_back(std::move(*child));
   }
-  if (!join_all(children, 45s))
+  if (auto err = multiproc::join_all(children, 45s)) {
+    std::cerr << multiproc::describe(err) << '\n';
     return 1;
+  }
   auto size = d->size();
   if (!size) {
     std::cerr << "size: " << multiproc::describe(size.error()) << '\n';

@@ -39,6 +39,7 @@ const char* to_string(errc x) noexcept {
     case errc::key_not_found: return "key_not_found";
     case errc::index_out_of_range: return "index_out_of_range";
     case errc::owner_died: return "owner_died";
+    case errc::child_failed: return "child_failed";
   }
   return "unknown_errc";
 }

@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <csignal>
 #include <cstring>
+#include <algorithm>
 #include <vector>
 
 #include <fcntl.h>
@@ -549,6 +550,35 @@ caf::expected<process> start_process(const std::string& entry,
                                              std::chrono::seconds{10}))
       return err;
   return result;
+}
+
+caf::error join_all(std::vector<process>& children,
+                    std::chrono::milliseconds timeout) {
+  auto deadline = detail::clock::now() + timeout;
+  std::string failures;
+  bool timed_out = false;
+  for (auto& child : children) {
+    if (child.pid() < 0)
+      continue;
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+      deadline - detail::clock::now());
+    auto status = child.join(std::max(left, std::chrono::milliseconds{0}));
+    std::string who = child.name() + "[" + std::to_string(child.pid()) + "]";
+    if (!status) {
+      timed_out = true;
+      (void) child.kill();
+      (void) child.join(std::chrono::milliseconds{5000});
+      failures += (failures.empty() ? "" : "; ") + who
+                  + " still ran after "
+                  + std::to_string(timeout.count()) + " ms: killed";
+    } else if (!status->success()) {
+      failures += (failures.empty() ? "" : "; ") + who + " "
+                  + status->to_string();
+    }
+  }
+  if (failures.empty())
+    return caf::none;
+  return make_error(timed_out ? errc::timeout : errc::child_failed, failures);
 }
 
 } // namespace multiproc

@@ -185,11 +185,8 @@ std::vector<process> start_clients(int n,
 }
 
 void join_all(std::vector<process>& procs) {
-  for (auto& p : procs) {
-    auto st = p.join(30s);
-    ASSERT_TRUE(st) << describe(st.error());
-    EXPECT_TRUE(st->success()) << st->to_string();
-  }
+  auto err = multiproc::join_all(procs, 30s);
+  EXPECT_FALSE(err) << describe(err);
 }
 
 shared_state start_owner(shared_state_options opts = {}) {

@@ -46,6 +46,7 @@ enum class errc : uint8_t {
   key_not_found,        ///< a shared dict (or cell) has no entry of that key
   index_out_of_range,   ///< an index past the end of a shared list or array
   owner_died,           ///< the shared-state owner's process or thread ended
+  child_failed,         ///< a child process ended with a non-zero status
 };
 
 } // namespace multiproc

@@ -157,4 +157,13 @@ caf::expected<process> start_process(const std::string& entry,
                                      std::string args,
                                      process_options opts = {});
 
+/// Waits for every child within one shared `timeout` (Python's
+/// `for p in procs: p.join()`, bounded); a child still running when it
+/// expires is killed and reaped. Returns none if every child exited with
+/// code 0, else errc::child_failed (or timeout, if a child had to be
+/// killed) naming each child that did not, e.g. "worker[123] exited with
+/// code 2".
+caf::error join_all(std::vector<process>& children,
+                    std::chrono::milliseconds timeout);
+
 } // namespace multiproc

@@ -10,8 +10,10 @@
 /// cell_type<T>::registered, whose initialization registers T at start-up in
 /// every process of the program.
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <stdexcept>
