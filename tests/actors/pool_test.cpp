@@ -419,11 +419,21 @@ tagged nap_task(const nap& x) {
   return do_nap(x);
 }
 
+/// Squares, but refuses negative values with an error.
+caf::expected<int32_t> checked_square_task(const square& x) {
+  if (x.value < 0)
+    return make_error(errc::invalid_argument,
+                      "pool_test: negative " + std::to_string(x.value));
+  return x.value * x.value;
+}
+
 } // namespace pool_test
 
 MULTIPROC_TASK_WORKER("pool_test.square_fn", pool_test::square_task)
 MULTIPROC_TASK_WORKER("pool_test.fault_fn", pool_test::fault_task)
 MULTIPROC_TASK_WORKER("pool_test.nap_fn", pool_test::nap_task)
+MULTIPROC_TASK_WORKER("pool_test.checked_square_fn",
+                      pool_test::checked_square_task)
 
 using pool_test::add;
 using pool_test::decode_fault;
@@ -2339,6 +2349,33 @@ TEST_F(PoolTaskWorkers, AnExceptionFailsItsItemAloneWithTheWorkersText) {
   }
   EXPECT_EQ(p->stats().workers_died, 0u);
   EXPECT_EQ(p->stats().failed, 4u);
+  remember(*p);
+}
+
+TEST_F(PoolTaskWorkers, AReturnedErrorFailsItsItemAlone) {
+  auto p = start(options(2), "pool_test.checked_square_fn");
+  ASSERT_TRUE(p) << describe(p.error());
+  std::vector<square> tasks;
+  for (int32_t i = 0; i < 100; ++i)
+    tasks.push_back(square{i == 30 ? -30 : i});
+  for (size_t chunksize : {size_t{25}, size_t{1}}) {
+    auto rs = p->map<int32_t>(tasks, chunksize);
+    ASSERT_EQ(rs.size(), tasks.size());
+    for (size_t i = 0; i < rs.size(); ++i) {
+      auto x = static_cast<int32_t>(i);
+      if (i == 30) {
+        ASSERT_FALSE(rs[i]) << "item 30 gave " << *rs[i];
+        EXPECT_EQ(rs[i].error(), errc::invalid_argument)
+          << "chunksize " << chunksize << ": " << describe(rs[i].error());
+        EXPECT_TRUE(contains(text_of(rs[i].error()), "pool_test: negative -30"))
+          << describe(rs[i].error());
+        continue;
+      }
+      ASSERT_TRUE(rs[i]) << "item " << i << ": " << describe(rs[i].error());
+      EXPECT_EQ(*rs[i], x * x);
+    }
+  }
+  EXPECT_EQ(p->stats().workers_died, 0u);
   remember(*p);
 }
 

@@ -259,12 +259,34 @@ struct task_function_traits;
 
 template <class R, class A>
 struct task_function_traits<R (*)(A)> {
-  using result = R;
+  using result = std::decay_t<R>;
   using task = std::decay_t<A>;
 };
 
 template <class R, class A>
-struct task_function_traits<R (*)(A) noexcept> : task_function_traits<R (*)(A)> {};
+struct task_function_traits<R (*)(A) noexcept>
+  : task_function_traits<R (*)(A)> {};
+
+/// A task function's result: a value, or caf::expected of one (whose error
+/// fails the task, as a handler's returned error does).
+template <class R>
+struct task_result_value {
+  using type = R;
+  static const R* value(const R& x, caf::error&) {
+    return &x;
+  }
+};
+
+template <class R>
+struct task_result_value<caf::expected<R>> {
+  using type = R;
+  static const R* value(const caf::expected<R>& x, caf::error& err) {
+    if (x)
+      return &*x;
+    err = x.error();
+    return nullptr;
+  }
+};
 
 /// task_function::run for the function Fn (see there).
 template <auto Fn>
@@ -272,7 +294,8 @@ caf::error run_task_function(std::string_view payload, std::string& out,
                              type_id& result_type) {
   using traits = task_function_traits<decltype(Fn)>;
   using T = typename traits::task;
-  using R = typename traits::result;
+  using result_value = task_result_value<typename traits::result>;
+  using R = typename result_value::type;
   // The flat archive reads and writes Cereal's bytes without building an
   // archive (detail/flat_archive.hpp); other types take Cereal's way.
   T task{};
@@ -288,12 +311,16 @@ caf::error run_task_function(std::string_view payload, std::string& out,
                       "type " + type_name_of<R>()
                         + " is not registered; add MULTIPROC_MESSAGE(T, "
                           "\"name\")");
-  const R& result = Fn(task);
+  const auto& returned = Fn(task);
+  caf::error err;
+  const R* result = result_value::value(returned, err);
+  if (result == nullptr)
+    return err;
   auto mark = out.size();
-  if (!flat_encode(result, out)) {
+  if (!flat_encode(*result, out)) {
     out.resize(mark);
     try {
-      encode_value<R>(&result, out);
+      encode_value<R>(result, out);
     } catch (const std::exception& e) {
       return make_error(errc::encode_failed, "cannot encode a value of type '"
                                                + type_name_of<R>()
@@ -310,8 +337,10 @@ bool register_task_worker(const char* name) {
   using traits = task_function_traits<decltype(Fn)>;
   using T = typename traits::task;
   using R = typename traits::result;
-  static_assert(!std::is_void<R>::value,
-                "a task function returns its result (a registered type)");
+  static_assert(!std::is_void<R>::value && !std::is_same<R, caf::error>::value
+                  && !std::is_same<R, caf::message>::value,
+                "a task function returns its result (a registered type) or "
+                "caf::expected of one");
   task_function fast;
   fast.task = &typeid(T);
   fast.run = &run_task_function<Fn>;
@@ -373,7 +402,8 @@ const std::string& this_worker_name();
 
 /// Registers a task worker: a worker whose one handler is the plain
 /// function `R fn(const T&)` (or `R fn(T)`), T and R registered message
-/// types, the counterpart of the function given to Python's Pool.map:
+/// types (R may be caf::expected<X> of one: its error fails the task), the
+/// counterpart of the function given to Python's Pool.map:
 ///
 ///     int64_t square(const task& t) { return t.x * t.x; }
 ///     MULTIPROC_TASK_WORKER("squarer", square)
