@@ -12,6 +12,7 @@
 #include <set>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 
 #include <endian.h>
 #include <poll.h>
@@ -553,6 +554,7 @@ struct client_state {
   std::unique_ptr<frame_channel> channel;
   uint64_t next_id = 1;
   std::unordered_map<uint64_t, caf::response_promise> pending;
+  std::unordered_set<uint64_t> syncs; // ids of pending syncs
   std::unordered_map<uint64_t, subscription> subs;
   caf::error post_error;
   caf::actor self_ref; // keeps the actor alive while it has subscribers
@@ -591,6 +593,7 @@ void fail_all(client_actor_t* self, const caf::error& reason) {
   for (auto& kv : st.pending)
     kv.second.deliver(reason);
   st.pending.clear();
+  st.syncs.clear();
   st.subs.clear();
   st.self_ref = nullptr;
   if (st.channel) {
@@ -625,20 +628,24 @@ caf::behavior client_behavior(client_actor_t* self, std::string address) {
       if (auto err = ensure_channel(self))
         return err;
       auto kind = static_cast<shared_frame>(req.body[0]);
-      if (kind == shared_frame::post) {
-        if (auto err = st.channel->send(req.body, send_mode::deferred))
-          return err;
-        return shared_reply_msg{};
-      }
       auto id = st.next_id++;
-      put_prefix(req.body, kind == shared_frame::sync ? shared_frame::sync
-                                                      : kind,
-                 id);
+      put_prefix(req.body, kind, id);
+      if (kind == shared_frame::sync)
+        st.syncs.insert(id);
       if (auto err = st.channel->send(req.body))
         return err;
       auto rp = self->make_response_promise();
       st.pending.emplace(id, rp);
       return rp;
+    },
+    [self](shared_post_msg& msg) {
+      // A post has no reply; its failure is the next sync's.
+      auto& st = self->state;
+      auto err = ensure_channel(self);
+      if (!err)
+        err = st.channel->send(msg.body, send_mode::deferred);
+      if (err && !st.post_error)
+        st.post_error = std::move(err);
     },
     [self](shared_subscribe_msg& msg) {
       auto& st = self->state;
@@ -683,9 +690,11 @@ caf::behavior client_behavior(client_actor_t* self, std::string address) {
             return;
           if (!r.ok)
             i->second.deliver(decode_error(r.payload));
-          else if (!st.post_error
-                   || !(static_cast<uint8_t>(msg.body[0]) != 0))
+          else if (st.syncs.erase(r.id) != 0 && st.post_error)
+            i->second.deliver(std::exchange(st.post_error, caf::error{}));
+          else
             i->second.deliver(shared_reply_msg{std::string{r.payload}});
+          st.syncs.erase(r.id);
           st.pending.erase(i);
           return;
         }

@@ -200,7 +200,9 @@ struct shared_owner::impl {
   /// off by the client's death is dropped whole: no cell sees half of it.
   void serve(connection& c) {
     char buf[65536];
-    for (;;) {
+    // At most 1 MiB per turn: a client that writes without pause must not
+    // keep the others waiting, nor grow this buffer without bound.
+    for (int turn = 0; turn < 16; ++turn) {
       auto n = ::recv(c.fd.get(), buf, sizeof(buf), MSG_DONTWAIT);
       if (n > 0) {
         c.in.append(buf, static_cast<size_t>(n));

@@ -895,5 +895,21 @@ TEST(SharedState, ActorsUseHandlesByRequestAndSubscribeToChanges) {
   auto ef = err.get_future();
   ASSERT_EQ(ef.wait_for(10s), std::future_status::ready);
   EXPECT_EQ(ef.get(), errc::key_not_found);
+  // A post of an actor that fails is reported by its next sync.
+  auto w = state.value<int64_t>("w", 0);
+  ASSERT_TRUE(w);
+  EXPECT_FALSE(state.drop("w"));
+  ASSERT_TRUE(state.value<double>("w", 0.5));
+  std::promise<caf::error> post_err;
+  auto wh = *w;
+  sys.spawn([&, wh](caf::event_based_actor* self) {
+    auto h = wh.from(self);
+    h.add(1);
+    h.sync().then([&] { post_err.set_value(caf::error{}); },
+                  [&](caf::error& e) { post_err.set_value(e); });
+  });
+  auto pf = post_err.get_future();
+  ASSERT_EQ(pf.wait_for(10s), std::future_status::ready);
+  EXPECT_EQ(pf.get(), errc::type_mismatch);
   caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
 }

@@ -183,6 +183,11 @@ struct shared_request_msg {
   std::string body;
 };
 
+/// A post for the client actor (no reply).
+struct shared_post_msg {
+  std::string body;
+};
+
 /// The payload of a reply.
 struct shared_reply_msg {
   std::string payload;
@@ -212,6 +217,7 @@ caf::message decode_change(const std::string& cell, std::string_view bytes) {
 } // namespace multiproc
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(multiproc::detail::shared_request_msg)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(multiproc::detail::shared_post_msg)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(multiproc::detail::shared_reply_msg)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(multiproc::detail::shared_subscribe_msg)
 
@@ -283,7 +289,7 @@ struct actor_exec {
 
   caf::error post(const cell_ref& ref, std::string body) const {
     body[0] = static_cast<char>(shared_frame::post);
-    self->send(client, shared_request_msg{std::move(body)});
+    self->send(client, shared_post_msg{std::move(body)});
     return caf::none;
   }
 
