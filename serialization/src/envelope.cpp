@@ -366,6 +366,14 @@ bool decode_error(std::string_view payload, caf::error& out) {
     out = std::move(x.error());
     return false;
   }
+  if (x->code == 0) {
+    // Code 0 is no error at all: a caf::error built from it is empty, so the
+    // request would fail without an error (found by fuzz/envelope).
+    out = make_error(errc::decode_failed,
+                     "an error frame carries error code 0 (category '"
+                       + x->category + "')");
+    return false;
+  }
   if (x->category == "multiproc")
     out = make_error(static_cast<errc>(x->code), std::move(x->text));
   else

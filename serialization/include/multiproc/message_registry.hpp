@@ -128,7 +128,10 @@ T decode_value(std::string_view bytes) {
               + std::to_string(bytes.size()) + " left"
           : std::to_string(bytes.size() - sizeof(T))
               + " trailing bytes after the value");
-    std::memcpy(&value, bytes.data(), sizeof(T));
+    if constexpr (std::is_same<T, bool>::value)
+      value = bool_from_byte(static_cast<unsigned char>(bytes[0]));
+    else
+      std::memcpy(&value, bytes.data(), sizeof(T));
   } else {
     wire_input_archive ar{bytes};
     ar(value);

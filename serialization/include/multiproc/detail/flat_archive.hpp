@@ -174,7 +174,15 @@ private:
   void process(T& x) {
     if (!ok_)
       return;
-    if constexpr (std::is_arithmetic<T>::value) {
+    if constexpr (std::is_same<T, bool>::value) {
+      // Only 0 and 1 are bools (anything else copied into one is undefined
+      // behavior); Cereal's archive then reports the byte.
+      unsigned char byte = 0;
+      if (read(&byte, 1)) {
+        ok_ = ok_ && byte <= 1;
+        x = byte == 1;
+      }
+    } else if constexpr (std::is_arithmetic<T>::value) {
       read(&x, sizeof(T));
     } else if constexpr (std::is_enum<T>::value) {
       std::underlying_type_t<T> u{};

@@ -134,9 +134,24 @@ CEREAL_SAVE_FUNCTION_NAME(wire_output_archive& ar, const T& x) {
 }
 
 template <class T>
-std::enable_if_t<std::is_arithmetic<T>::value>
+std::enable_if_t<std::is_arithmetic<T>::value && !std::is_same<T, bool>::value>
 CEREAL_LOAD_FUNCTION_NAME(wire_input_archive& ar, T& x) {
   ar.load_binary(std::addressof(x), sizeof(T));
+}
+
+/// Throws unless `byte`, the encoding of a bool, is 0 or 1: any other value
+/// copied into a bool is undefined behavior (found by fuzz/message).
+inline bool bool_from_byte(unsigned char byte) {
+  if (byte > 1)
+    throw wire_decode_error("a bool is encoded as 0 or 1, not "
+                            + std::to_string(byte));
+  return byte == 1;
+}
+
+inline void CEREAL_LOAD_FUNCTION_NAME(wire_input_archive& ar, bool& x) {
+  unsigned char byte = 0;
+  ar.load_binary(&byte, 1);
+  x = bool_from_byte(byte);
 }
 
 // -- name-value pairs: the name is dropped ------------------------------------
