@@ -3,11 +3,14 @@
 #
 #   bash scripts/quickstart.sh demo                  build the release preset, run `multiproc demo`
 #   bash scripts/quickstart.sh test [PRESET] [ARGS]  build PRESET (release, debug, asan, tsan;
-#                                                    default release), run ctest --preset PRESET [ARGS]
+#                                                    default release), run ctest --preset PRESET [ARGS],
+#                                                    then the fuzz pass (scripts/fuzz.sh)
 #
 # Both first make sure the Debian packages multiproc needs are installed: as root
 # they are installed with apt-get; otherwise the script prints the command to run.
 # Exits non-zero on the first failing step. Builds go to build/<preset>/ (CMakePresets.json).
+# The fuzz pass runs each harness FUZZ_SECONDS (default 60) over its corpus, two at a
+# time; MULTIPROC_FUZZ=0 skips it.
 set -euo pipefail
 
 readonly PACKAGES=(
@@ -17,6 +20,8 @@ readonly PACKAGES=(
   libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
   python3
 )
+# The fuzz pass of `test` (clang and its libFuzzer/sanitizer runtimes).
+readonly FUZZ_PACKAGES=(clang-14 libclang-rt-14-dev)
 readonly PRESETS=(release debug asan tsan)
 
 section() {
@@ -29,7 +34,7 @@ die() {
 }
 
 usage() {
-  sed -n '2,6s/^# \{0,1\}//p' "$0" >&2
+  sed -n '2,7s/^# \{0,1\}//p' "$0" >&2
   exit 2
 }
 
@@ -46,18 +51,19 @@ step() {
   printf -- '---- %s: done in %ds\n' "$title" $((SECONDS - start))
 }
 
+# ensure_dependencies PKG...: installs those of PKG that are missing.
 ensure_dependencies() {
   section "Dependencies"
   command -v dpkg-query >/dev/null 2>&1 ||
     die "dpkg-query not found: this script supports Debian 12 (bookworm); see docs/building.md"
   local missing=() pkg
-  for pkg in "${PACKAGES[@]}"; do
+  for pkg in "$@"; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
       missing+=("$pkg")
     fi
   done
   if ((${#missing[@]} == 0)); then
-    echo "all ${#PACKAGES[@]} packages are installed"
+    echo "all $# packages are installed"
     return
   fi
   echo "missing packages: ${missing[*]}"
@@ -85,7 +91,7 @@ configure_and_build() {
 }
 
 run_demo() {
-  ensure_dependencies
+  ensure_dependencies "${PACKAGES[@]}"
   configure_and_build release
   local tool=build/release/tools/multiproc
   [[ -x $tool ]] || die "$tool was not built"
@@ -96,9 +102,17 @@ run_tests() {
   local preset=${1:-release}
   shift || true
   check_preset "$preset"
-  ensure_dependencies
+  local fuzz=${MULTIPROC_FUZZ:-1}
+  if [[ $fuzz == 0 ]]; then
+    ensure_dependencies "${PACKAGES[@]}"
+  else
+    ensure_dependencies "${PACKAGES[@]}" "${FUZZ_PACKAGES[@]}"
+  fi
   configure_and_build "$preset"
   step "Test ($preset)" ctest --preset "$preset" "$@"
+  if [[ $fuzz != 0 ]]; then
+    step "Fuzz (${FUZZ_SECONDS:-60}s per target)" bash scripts/fuzz.sh
+  fi
 }
 
 main() {
