@@ -103,6 +103,9 @@ caf::error decode_error(std::string_view payload) {
     wire_input_archive in{payload};
     auto code = decode_from<uint32_t>(in);
     auto text = decode_from<std::string>(in);
+    if (code == 0) // would be no error at all: a failure must stay one
+      return make_error(errc::protocol_error,
+                        "an error reply without an error code: " + text);
     return make_error(static_cast<errc>(code), std::move(text));
   } catch (const std::exception& e) {
     return make_error(errc::protocol_error,

@@ -202,6 +202,9 @@ shared_state start_owner(shared_state_options opts = {}) {
 struct raw_client {
   int fd = -1;
 
+  explicit raw_client(int) {
+  }
+
   explicit raw_client(const std::string& address) {
     sockaddr_un sa{};
     sa.sun_family = AF_UNIX;
@@ -667,6 +670,40 @@ TEST(SharedState, ACallToAnOwnerThatDoesNotAnswerTimesOut) {
   auto twice = shared_state::start(opts);
   ASSERT_FALSE(twice);
   EXPECT_EQ(twice.error(), errc::invalid_argument);
+}
+
+TEST(SharedState, AnErrorReplyWithoutACodeStaysAFailure) {
+  // A fake owner that answers the first request with an error of code 0.
+  std::string address = "multiproc-test-code0-" + std::to_string(::getpid());
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  std::memcpy(sa.sun_path + 1, address.data(), address.size());
+  auto len = offsetof(sockaddr_un, sun_path) + 1 + address.size();
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&sa),
+                   static_cast<socklen_t>(len)),
+            0);
+  ASSERT_EQ(::listen(fd, 4), 0);
+  std::thread fake([fd] {
+    raw_client peer{-1};
+    peer.fd = ::accept4(fd, nullptr, nullptr, SOCK_CLOEXEC);
+    auto request = peer.receive();
+    if (request.size() < 9)
+      return;
+    uint64_t id;
+    std::memcpy(&id, request.data() + 1, 8);
+    auto reply = header(detail::shared_frame::reply, le64toh(id));
+    reply.push_back(1); // an error...
+    detail::wire_output_archive ar{reply};
+    ar(uint32_t{0}, std::string{"but no code"}); // ...of code 0
+    peer.send_frame(reply);
+  });
+  auto client = shared_client::connect(address, 5s);
+  auto v = client.value<int64_t>("x");
+  ASSERT_FALSE(v);
+  EXPECT_EQ(v.error(), errc::protocol_error) << describe(v.error());
+  fake.join();
+  ::close(fd);
 }
 
 // -- processes ----------------------------------------------------------------
