@@ -24,6 +24,7 @@
 #include <cstdio>
 #include <map>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -39,7 +40,9 @@
 #include <cereal/types/vector.hpp>
 
 #include "multiproc/pool.hpp"
+#include "multiproc/function.hpp"
 #include "multiproc/queue.hpp"
+#include "multiproc/shared_state.hpp"
 #include "multiproc/supervisor.hpp"
 #include "multiproc/worker.hpp"
 
@@ -580,7 +583,106 @@ bool run_supervised(caf::actor_system& sys, size_t n,
   return verified == n && lost == 0 && report->stream_complete;
 }
 
+// -- the shared-state stage -----------------------------------------------------
+
+/// A tallier: adds 1 to the shared counter `n` times (posts), then records
+/// its count under its name in the shared dict.
+int tally(multiproc::value<int64_t> counter,
+          multiproc::dict<std::string, int64_t> done, std::string name,
+          int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if (counter.add(1))
+      return 2;
+  if (auto err = counter.sync()) {
+    std::fprintf(stderr, "%s: %s\n", name.c_str(),
+                 multiproc::describe(err).c_str());
+    return 3;
+  }
+  return done.set(name, n) ? 4 : 0;
+}
+
+int64_t load_or(const multiproc::value<int64_t>& v, int64_t fallback) {
+  auto x = v.load();
+  return x ? *x : fallback;
+}
+
+/// Posts increments until it is killed.
+int tally_forever(multiproc::value<int64_t> counter) {
+  for (;;)
+    if (counter.add(1))
+      return 2;
+}
+
+bool run_shared(size_t n, multiproc::start_method method) {
+  auto start = std::chrono::steady_clock::now();
+  auto state = multiproc::shared_state::start();
+  if (!state) {
+    std::printf("shared: cannot start the owner: %s\n",
+                multiproc::describe(state.error()).c_str());
+    return false;
+  }
+  auto counter = state->value<int64_t>("counter", 0);
+  auto victim_count = state->value<int64_t>("victim", 0);
+  auto done = state->dict<std::string, int64_t>("done");
+  if (!counter || !victim_count || !done) {
+    std::printf("shared: cannot create the cells\n");
+    return false;
+  }
+  std::printf("shared: 3 processes add to one counter (no lock) while a "
+              "fourth, adding to another cell, is killed mid-stream\n");
+  multiproc::process_options opts;
+  opts.method = method;
+  std::vector<multiproc::process> children;
+  opts.name = "victim";
+  auto victim = multiproc::start_function("multiproc.demo.tally_forever",
+                                          opts, *victim_count);
+  for (int i = 1; i <= 3; ++i) {
+    opts.name = "tally-" + std::to_string(i);
+    auto p = multiproc::start_function("multiproc.demo.tally", opts, *counter,
+                                       *done, opts.name,
+                                       static_cast<int64_t>(n));
+    if (p)
+      children.push_back(std::move(*p));
+    else
+      std::printf("  cannot start %s: %s\n", opts.name.c_str(),
+                  multiproc::describe(p.error()).c_str());
+  }
+  if (victim) {
+    for (int i = 0; i < 200 && load_or(*victim_count, 0) < 1000; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds{5});
+    (void) victim->kill();
+    auto st = victim->join(std::chrono::milliseconds{5000});
+    std::printf("  victim[%d] %s after %lld increments\n",
+                static_cast<int>(victim->pid()),
+                st ? st->to_string().c_str()
+                   : multiproc::describe(st.error()).c_str(),
+                static_cast<long long>(load_or(*victim_count, -1)));
+  }
+  auto joined = multiproc::join_all(children, std::chrono::seconds{60});
+  if (joined)
+    std::printf("  %s\n", multiproc::describe(joined).c_str());
+  auto total = counter->load();
+  auto entries = done->size();
+  auto after = victim_count->fetch_add(1);
+  int64_t expected = 3 * static_cast<int64_t>(n);
+  bool ok = !joined && total && *total == expected && entries
+            && *entries == 3 && after;
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+              std::chrono::steady_clock::now() - start)
+              .count();
+  std::printf("shared: counter = %lld (expected %lld), %llu of 3 processes "
+              "recorded, the killed one's cell still works: %s (%lld ms)\n",
+              static_cast<long long>(total ? *total : -1),
+              static_cast<long long>(expected),
+              static_cast<unsigned long long>(entries ? *entries : 0),
+              after ? "yes" : "no", static_cast<long long>(ms));
+  return ok;
+}
+
 } // namespace demo
+
+MULTIPROC_FUNCTION("multiproc.demo.tally", demo::tally)
+MULTIPROC_FUNCTION("multiproc.demo.tally_forever", demo::tally_forever)
 
 int run_demo(const demo_options& opts) {
   using namespace demo;
@@ -672,14 +774,18 @@ int run_demo(const demo_options& opts) {
   // 9. A supervised producer/consumer pipeline; one consumer is killed.
   bool supervised_ok = opts.pipeline_blocks == 0
                        || run_supervised(sys, opts.pipeline_blocks, method);
+  // 10. Shared state: processes update one counter; one is killed.
+  bool shared_ok = opts.shared_increments == 0
+                   || run_shared(opts.shared_increments, method);
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
               std::chrono::steady_clock::now() - start)
               .count();
-  if (!ok || !pool_ok || !supervised_ok) {
-    std::printf("demo: FAILED: %zu/%zu tasks answered correctly%s%s\n",
+  if (!ok || !pool_ok || !supervised_ok || !shared_ok) {
+    std::printf("demo: FAILED: %zu/%zu tasks answered correctly%s%s%s\n",
                 pl.answered(), opts.tasks,
                 pool_ok ? "" : "; the pool lost tasks",
-                supervised_ok ? "" : "; the supervised pipeline lost blocks");
+                supervised_ok ? "" : "; the supervised pipeline lost blocks",
+                shared_ok ? "" : "; the shared counter is wrong");
     return 1;
   }
   std::printf("demo: %zu/%zu tasks answered by %zu workers (%zu crashed on "

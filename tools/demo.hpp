@@ -22,6 +22,8 @@ struct demo_options {
   size_t pool_tasks = 2000;
   /// Blocks for the supervised pipeline stage; 0: skip it.
   size_t pipeline_blocks = 600;
+  /// Increments per process for the shared-state stage; 0: skip it.
+  size_t shared_increments = 20000;
   /// How to start the workers; empty: multiproc::default_start_method().
   std::optional<multiproc::start_method> method;
 };

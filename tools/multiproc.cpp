@@ -43,6 +43,12 @@ int main(int argc, char** argv) {
     ->check(CLI::Range(size_t{0}, size_t{100000}))
     ->capture_default_str();
   demo_cmd
+    ->add_option("--shared-increments", demo.shared_increments,
+                 "Increments per process for the shared-state stage (0: skip "
+                 "it)")
+    ->check(CLI::Range(size_t{0}, size_t{10000000}))
+    ->capture_default_str();
+  demo_cmd
     ->add_option("--method", method,
                  "Start method (default: the library's default)")
     ->check(CLI::IsMember({"fork", "forkserver", "spawn"}));
