@@ -359,9 +359,17 @@ public:
     auto deadline = std::chrono::steady_clock::now() + timeout;
     std::string_view parts[2 * detail::gather_list::max_refs + 1];
     auto num_parts = gather.parts(buf, parts);
-    if (auto err = ch_->send(parts, num_parts, send_mode::immediate)) {
-      if (take(rid))
+    // A peer that does not read must not hold the caller past its timeout.
+    if (auto err = ch_->send_until(parts, num_parts, send_mode::immediate,
+                                   deadline)) {
+      if (take(rid)) {
+        if (err == errc::timeout)
+          return make_error(errc::timeout,
+                            "request to " + who() + " timed out after "
+                              + std::to_string(timeout.count()) + " ms ("
+                              + describe(err) + ")");
         return err;
+      }
     }
     if (!slot->wait_until(deadline)) {
       if (take(rid))
@@ -527,7 +535,10 @@ public:
       return;
     std::string buf(wire::envelope_size, '\0');
     finish_envelope(buf, wire::kind::shutdown, 0, 0);
-    if (ch_->send(buf, send_mode::deferred))
+    // A child that does not read gets no longer than a graceful stop takes.
+    if (ch_->send_until(buf, send_mode::deferred,
+                        std::chrono::steady_clock::now()
+                          + opts_.shutdown_timeout))
       kill_child();
   }
 

@@ -20,6 +20,8 @@ namespace {
 
 constexpr size_t initial_rbuf_size = 64 * 1024;
 constexpr size_t shrink_rbuf_above = 8u << 20;
+/// How far the receive buffer may grow past the bytes of a frame received.
+constexpr size_t max_read_ahead = size_t{1} << 20;
 constexpr int max_iov = 16;
 constexpr size_t large_frame = 64 * 1024;
 constexpr size_t deferred_batch_bytes = 32 * 1024;
@@ -134,7 +136,8 @@ iovec* advance(iovec* iov, int& iovcnt, size_t n) {
 
 } // namespace
 
-int frame_channel::write_iov(iovec*& iov, int& iovcnt, bool may_block) {
+int frame_channel::write_iov(iovec*& iov, int& iovcnt, bool may_block,
+                             time_point deadline) {
   while (iovcnt > 0) {
     auto n = write_some(iov, iovcnt);
     if (n >= 0) {
@@ -145,7 +148,15 @@ int frame_channel::write_iov(iovec*& iov, int& iovcnt, bool may_block) {
       return errno;
     if (!may_block)
       return 0;
-    if (poll_one(fd_.get(), POLLOUT, -1) < 0)
+    int wait_ms = -1;
+    if (deadline != time_point::max()) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0)
+        return 0; // the caller's deadline: the rest stays queued
+      wait_ms = static_cast<int>(std::min<int64_t>(left.count() + 1, 1 << 30));
+    }
+    if (poll_one(fd_.get(), POLLOUT, wait_ms) < 0)
       return errno;
   }
   return 0;
@@ -169,6 +180,12 @@ void frame_channel::break_writes(caf::error err) {
 
 caf::error frame_channel::send(const std::string_view* parts, size_t num_parts,
                                send_mode mode) {
+  return send_until(parts, num_parts, mode, time_point::max());
+}
+
+caf::error frame_channel::send_until(const std::string_view* parts,
+                                     size_t num_parts, send_mode mode,
+                                     time_point deadline) {
   size_t total = 0;
   for (size_t i = 0; i < num_parts; ++i)
     total += parts[i].size();
@@ -178,18 +195,19 @@ caf::error frame_channel::send(const std::string_view* parts, size_t num_parts,
   char hdr[frame_header_size];
   write_frame_header(total, hdr);
   return send_bytes(std::string_view{hdr, sizeof(hdr)}, parts, num_parts,
-                    total, mode);
+                    total, mode, deadline);
 }
 
 caf::error frame_channel::send_framed(std::string_view frames,
                                       send_mode mode) {
-  return send_bytes(std::string_view{}, &frames, 1, frames.size(), mode);
+  return send_bytes(std::string_view{}, &frames, 1, frames.size(), mode,
+                    time_point::max());
 }
 
 caf::error frame_channel::send_bytes(std::string_view hdr,
                                      const std::string_view* parts,
                                      size_t num_parts, size_t total,
-                                     send_mode mode) {
+                                     send_mode mode, time_point deadline) {
   bool has_io = io_running_.load(std::memory_order_acquire);
   bool on_io = on_io_thread();
   bool may_block = !on_io;
@@ -213,7 +231,7 @@ caf::error frame_channel::send_bytes(std::string_view hdr,
       storage[iovcnt++] = iovec{const_cast<char*>(parts[i].data()),
                                 parts[i].size()};
     iovec* iov = storage;
-    int err = write_iov(iov, iovcnt, may_block);
+    int err = write_iov(iov, iovcnt, may_block, deadline);
     lk.lock();
     flushing_ = false;
     if (err != 0) {
@@ -235,10 +253,12 @@ caf::error frame_channel::send_bytes(std::string_view hdr,
           wake();
         }
       } else if (!has_io) {
-        flush_locked(lk, true);
+        flush_locked(lk, true, deadline);
       }
     }
     wcv_.notify_all();
+    if (!wr_error_ && !has_io && has_pending_locked())
+      return send_timeout(); // the deadline passed (see below)
     return wr_error_;
   }
   pending_.append(hdr.data(), hdr.size());
@@ -246,7 +266,7 @@ caf::error frame_channel::send_bytes(std::string_view hdr,
     pending_.append(parts[i].data(), parts[i].size());
   if (!flushing_) {
     if (mode == send_mode::immediate) {
-      flush_locked(lk, may_block);
+      flush_locked(lk, may_block, deadline);
     } else if (!on_io) {
       ++deferred_appends_;
       if (pending_.size() >= deferred_batch_bytes) {
@@ -260,23 +280,40 @@ caf::error frame_channel::send_bytes(std::string_view hdr,
       }
     }
   }
+  auto wait = [&](auto ready) {
+    if (deadline == time_point::max()) {
+      wcv_.wait(lk, ready);
+      return true;
+    }
+    return wcv_.wait_until(lk, deadline, ready);
+  };
   if (may_block && has_io) {
     // Backpressure: wait while too much output is queued.
-    wcv_.wait(lk, [this] {
-      return wr_error_ || pending_bytes_locked() <= opts_.send_high_watermark
-             || stopping_.load();
-    });
+    if (!wait([this] {
+          return wr_error_
+                 || pending_bytes_locked() <= opts_.send_high_watermark
+                 || stopping_.load();
+        }))
+      return send_timeout();
   } else if (may_block && !has_io) {
     // Without an I/O thread, a send returns once its frame is written.
-    wcv_.wait(lk, [this] {
-      return wr_error_ || (!flushing_ && !has_pending_locked());
-    });
+    if (!wait([this] {
+          return wr_error_ || (!flushing_ && !has_pending_locked());
+        }))
+      return send_timeout();
   }
   return wr_error_;
 }
 
+caf::error frame_channel::send_timeout() const {
+  return make_error(errc::timeout,
+                    "the peer does not read: "
+                      + std::to_string(pending_bytes_locked())
+                      + " bytes are queued on the channel");
+}
+
 void frame_channel::flush_locked(std::unique_lock<std::mutex>& lk,
-                                 bool may_block) {
+                                 bool may_block, time_point deadline) {
   // The flusher owns out_: what is being written, in order before pending_.
   flushing_ = true;
   while (!wr_error_) {
@@ -291,7 +328,7 @@ void frame_channel::flush_locked(std::unique_lock<std::mutex>& lk,
     iovec one{out_.data() + out_off_, out_.size() - out_off_};
     iovec* iov = &one;
     int iovcnt = 1;
-    int err = write_iov(iov, iovcnt, may_block);
+    int err = write_iov(iov, iovcnt, may_block, deadline);
     size_t off = out_.size() - (iovcnt > 0 ? iov->iov_len : 0);
     lk.lock();
     out_off_ = off;
@@ -338,31 +375,38 @@ bool frame_channel::read_some() {
       rbuf_.shrink_to_fit();
     }
   }
-  // Make room: a whole announced frame fits after compaction.
-  size_t want = 0;
-  if (rend_ - rpos_ >= frame_header_size) {
+  // The frame at the front, header included, once its header is in.
+  size_t have = rend_ - rpos_;
+  size_t frame_end = 0;
+  if (have >= frame_header_size) {
     auto len = read_frame_header(rbuf_.data() + rpos_);
     if (len <= opts_.max_frame_size)
-      want = frame_header_size + len;
+      frame_end = frame_header_size + len;
   }
-  if (rend_ == rbuf_.size() || rpos_ + want > rbuf_.size()) {
+  // Make room for that frame, but only as far as its bytes arrive: a peer
+  // that announces a large frame and sends little of it must not make the
+  // channel hold the announced size (up to max_frame_size per channel).
+  // The buffer grows by at most max_read_ahead past what was received (or
+  // doubles, when full), so a large frame still costs only a few moves.
+  size_t room = std::min(frame_end, have + max_read_ahead);
+  if (rend_ == rbuf_.size() || rpos_ + room > rbuf_.size()) {
     if (rpos_ > 0) {
-      std::memmove(rbuf_.data(), rbuf_.data() + rpos_, rend_ - rpos_);
-      rend_ -= rpos_;
+      std::memmove(rbuf_.data(), rbuf_.data() + rpos_, have);
+      rend_ = have;
       rpos_ = 0;
     }
-    if (rend_ == rbuf_.size() || want > rbuf_.size())
-      rbuf_.resize(std::max(rbuf_.size() * 2, want));
+    if (rend_ == rbuf_.size() || room > rbuf_.size())
+      rbuf_.resize(std::max(rbuf_.size() * 2, room));
   }
   // Read a large frame up to its last byte only, and after a large frame
   // read just the next header first: the next frame then starts at the front
   // of the buffer and nothing has to be moved. Small frames are read in as
   // big chunks as the buffer allows.
   size_t max_read = rbuf_.size() - rend_;
-  if (want >= large_frame)
-    max_read = std::min(max_read, rpos_ + want - rend_);
-  else if (want == 0 && last_frame_large_)
-    max_read = std::min(max_read, frame_header_size - (rend_ - rpos_));
+  if (frame_end >= large_frame)
+    max_read = std::min(max_read, rpos_ + frame_end - rend_);
+  else if (have < frame_header_size && last_frame_large_)
+    max_read = std::min(max_read, frame_header_size - have);
   for (;;) {
     auto n = ::recv(fd_.get(), rbuf_.data() + rend_, max_read, MSG_DONTWAIT);
     if (n > 0) {

@@ -123,6 +123,18 @@ public:
                   send_mode mode = send_mode::immediate) {
     return send(&body, 1, mode);
   }
+  /// As send(), but waits for room only until `deadline`; the default
+  /// (shm_channel) waits as long as send() does.
+  virtual caf::error
+  send_until(const std::string_view* parts, size_t num_parts, send_mode mode,
+             std::chrono::steady_clock::time_point deadline) {
+    (void) deadline;
+    return send(parts, num_parts, mode);
+  }
+  caf::error send_until(std::string_view body, send_mode mode,
+                        std::chrono::steady_clock::time_point deadline) {
+    return send_until(&body, 1, mode, deadline);
+  }
   virtual caf::error send_framed(std::string_view frames,
                                  send_mode mode = send_mode::immediate) = 0;
   virtual void flush() = 0;
@@ -137,6 +149,8 @@ public:
 
 class frame_channel : public frame_link {
 public:
+  using time_point = std::chrono::steady_clock::time_point;
+
   explicit frame_channel(unique_fd socket, channel_options opts = {});
   ~frame_channel() override;
   frame_channel(const frame_channel&) = delete;
@@ -155,6 +169,15 @@ public:
   caf::error send(const std::string_view* parts, size_t num_parts,
                   send_mode mode = send_mode::immediate) override;
   using frame_link::send;
+
+  /// As send(), but a sender that has to wait (a full socket, queued output
+  /// above send_high_watermark: the peer does not read) waits only until
+  /// `deadline`, then fails with errc::timeout ("the peer does not read:
+  /// <n> bytes are queued on the channel"). The frame is queued whole by
+  /// then and may still be sent later.
+  caf::error send_until(const std::string_view* parts, size_t num_parts,
+                        send_mode mode, time_point deadline) override;
+  using frame_link::send_until;
 
   /// Sends frames already laid out as on the wire (header, body, header,
   /// body, ...), e.g. many small frames built in one buffer: one lock and
@@ -214,14 +237,21 @@ private:
   bool next_frame(std::string_view& out);
   // Sends `hdr` (may be empty) followed by `parts` (`total` bytes of them).
   caf::error send_bytes(std::string_view hdr, const std::string_view* parts,
-                        size_t num_parts, size_t total, send_mode mode);
-  // Writes queued output; lock held on entry and exit.
-  void flush_locked(std::unique_lock<std::mutex>& lk, bool may_block);
+                        size_t num_parts, size_t total, send_mode mode,
+                        time_point deadline);
+  // The error of a send that waited until its deadline; lock held.
+  caf::error send_timeout() const;
+  // Writes queued output, waiting for the socket at most until `deadline`
+  // if may_block; lock held on entry and exit.
+  void flush_locked(std::unique_lock<std::mutex>& lk, bool may_block,
+                    time_point deadline = time_point::max());
   // Writes from an iovec array until done, EAGAIN or error.
   ssize_t write_some(::iovec* iov, int iovcnt);
-  // Writes until done, EAGAIN (returns 0 with iovcnt > 0 unless may_block)
-  // or an error (returns errno); advances iov and iovcnt.
-  int write_iov(::iovec*& iov, int& iovcnt, bool may_block);
+  // Writes until done, EAGAIN (returns 0 with iovcnt > 0 unless may_block;
+  // if may_block, when `deadline` passes) or an error (returns errno);
+  // advances iov and iovcnt.
+  int write_iov(::iovec*& iov, int& iovcnt, bool may_block,
+                time_point deadline);
   static caf::error write_error(int err);
   void break_writes(caf::error err);
   size_t pending_bytes_locked() const noexcept {
