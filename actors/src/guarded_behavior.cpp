@@ -13,6 +13,7 @@
 #include <caf/detail/invoke_result_visitor.hpp>
 
 #include "multiproc/error.hpp"
+#include "multiproc/faults.hpp"
 
 namespace multiproc {
 const std::string& this_worker_name();
@@ -42,6 +43,7 @@ public:
   caf::match_case::result invoke(caf::detail::invoke_result_visitor& f,
                                  caf::type_erased_tuple& xs) override {
     try {
+      faults::check_throw(faults::point::worker_run_task);
       return inner_->invoke(f, xs);
     } catch (const std::exception& e) {
       auto err = make_error(errc::worker_exception,

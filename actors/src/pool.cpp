@@ -29,6 +29,7 @@
 #include <caf/monitorable_actor.hpp>
 
 #include "multiproc/envelope.hpp"
+#include "multiproc/faults.hpp"
 
 namespace multiproc::detail {
 
@@ -47,6 +48,8 @@ void prefer_huge_pages(void* data, size_t size) noexcept {
 void materialize(task_result& r) {
   if (r.type == 0)
     return;
+  if (!r.err)
+    r.err = faults::check(faults::point::parent_decode_result);
   if (!r.err) {
     auto msg = multiproc::decode_message(r.type, r.bytes);
     if (msg)

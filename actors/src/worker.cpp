@@ -43,6 +43,7 @@
 #include "direct_delivery.hpp"
 #include "inline_unit.hpp"
 #include "multiproc/envelope.hpp"
+#include "multiproc/faults.hpp"
 
 namespace multiproc {
 
@@ -336,6 +337,8 @@ public:
                         "a blocking request to " + who()
                           + " from its own I/O thread would deadlock; use "
                             "self->request(...).then(...) in handlers");
+    if (auto err = faults::check(faults::point::parent_encode_task))
+      return err;
     auto& buf = frame_buffer();
     detail::gather_list gather;
     try {
@@ -511,6 +514,8 @@ public:
   caf::error async_send(type_id type, detail::encode_fn encode,
                         const void* value) {
     if (auto err = death_error())
+      return err;
+    if (auto err = faults::check(faults::point::parent_encode_task))
       return err;
     auto& buf = frame_buffer();
     detail::gather_list gather;
@@ -825,6 +830,10 @@ private:
       if (entry.sink->on_reply_bytes(entry.tag, entry.item, type, payload))
         return;
     }
+    if (auto err = faults::check(faults::point::parent_decode_result)) {
+      deliver(entry, {}, std::move(err));
+      return;
+    }
     auto msg = decode_message(type, payload);
     if (!msg)
       deliver(entry, {}, std::move(msg.error()));
@@ -1136,7 +1145,9 @@ public:
         return;
       }
       auto& buf = frame_buffer();
-      auto err = encode_frame(buf, wire::kind::response, rid, content);
+      auto err = faults::check(faults::point::worker_encode_result);
+      if (!err)
+        err = encode_frame(buf, wire::kind::response, rid, content);
       if (!err)
         err = ch_->send(buf, mode);
       // A result that cannot be encoded or is too large for a frame fails
@@ -1299,7 +1310,10 @@ public:
       out += encode_error(err);
     };
     // A result that cannot be encoded fails that item only.
-    if (auto err = fill(out, type))
+    auto err = fill(out, type);
+    if (!err)
+      err = faults::check(faults::point::worker_encode_result);
+    if (err)
       fail_with(err);
     if (out.size() - mark > frame_limit_)
       fail_with(make_error(errc::frame_too_large,
@@ -1318,6 +1332,7 @@ public:
   caf::error run_task(std::string_view payload, std::string& out,
                       type_id& type) {
     try {
+      faults::check_throw(faults::point::worker_run_task);
       return fast_->run(payload, out, type);
     } catch (const std::exception& e) {
       return make_error(errc::worker_exception,
@@ -1404,6 +1419,11 @@ public:
     for (auto& it : items_) {
       if (ticks() - last_flush_ > chunk_flush_after_cycles)
         flush_chunk(slot);
+      if (auto fault = faults::check(faults::point::worker_decode_task)) {
+        add_outcome(chunk_item_flag | slot << chunk_index_bits | it.index,
+                    nullptr, &fault);
+        continue;
+      }
       // A task worker's items run its function right here, in order, while
       // its actor is held (idle, nothing queued before them).
       if (fast_type_ != 0 && it.type == fast_type_ && delivery_->hold()) {
@@ -1454,7 +1474,8 @@ public:
           ch_.flush();
           last_flush_ = now;
         }
-        if (auto err = delivery_->deliver(env->type, payload, mid)) {
+        auto err = faults::check(faults::point::worker_decode_task);
+        if (err || (err = delivery_->deliver(env->type, payload, mid))) {
           // The frame boundary is intact: a request that cannot be decoded
           // fails alone; a message nobody waits for breaks the channel.
           if (env->what == wire::kind::request) {

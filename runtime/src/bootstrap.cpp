@@ -18,6 +18,7 @@
 
 #include "multiproc/detail/bootstrap_seam.hpp"
 #include "multiproc/error.hpp"
+#include "multiproc/faults.hpp"
 #include "process_internal.hpp"
 
 namespace multiproc {
@@ -198,6 +199,7 @@ void bootstrap(int, char**, const bootstrap_options& opts) {
   auto& st = detail::state();
   if (st.bootstrapped)
     return;
+  faults::detail::init_from_environment();
   // Worker mode: never returns.
   detail::run_child_if_spawned();
   auto lifeline = detail::lifeline_read_fd();

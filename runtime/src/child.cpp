@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "multiproc/error.hpp"
+#include "multiproc/faults.hpp"
 #include "process_internal.hpp"
 
 namespace multiproc::detail {
@@ -72,13 +73,15 @@ bool setup_child_fds(int out, int err, int channel, int lifeline,
 namespace {
 
 // Layout (native byte order, both ends are the same program on one machine):
-// magic "MPB1", u32 entry size, u32 name size, u32 descriptor count,
-// u64 args size, then entry, name and args bytes. The descriptors travel
+// magic "MPB2", u32 entry size, u32 name size, u32 descriptor count,
+// u64 args size, u32 faults size, then entry, name, args and faults bytes
+// (faults.hpp: the rules the child takes over). The descriptors travel
 // (SCM_RIGHTS) with the first bytes of the record. See docs/processes.md.
-constexpr size_t header_size = 24;
-constexpr char magic[4] = {'M', 'P', 'B', '1'};
+constexpr size_t header_size = 28;
+constexpr char magic[4] = {'M', 'P', 'B', '2'};
 constexpr uint32_t max_name_size = 4096;
 constexpr uint64_t max_args_size = uint64_t{1} << 32;
+constexpr uint32_t max_faults_size = 65536;
 
 /// Room for max_passed_fds descriptors in a control message.
 constexpr size_t fds_space = CMSG_SPACE(sizeof(int) * max_passed_fds);
@@ -152,9 +155,12 @@ caf::error write_boot_record(int fd, const boot_record& rec,
   std::memcpy(&buf[8], &name_size, 4);
   std::memcpy(&buf[12], &fd_count, 4);
   std::memcpy(&buf[16], &args_size, 8);
+  auto faults_size = static_cast<uint32_t>(rec.faults.size());
+  std::memcpy(&buf[24], &faults_size, 4);
   buf += rec.entry;
   buf += rec.name;
   buf += rec.args;
+  buf += rec.faults;
   auto deadline = clock::now() + timeout;
   size_t done = 0;
   while (done < buf.size()) {
@@ -238,9 +244,11 @@ caf::expected<boot_record> read_boot_record(int fd,
   std::memcpy(&name_size, header + 8, 4);
   std::memcpy(&fd_count, header + 12, 4);
   std::memcpy(&args_size, header + 16, 8);
+  uint32_t faults_size = 0;
+  std::memcpy(&faults_size, header + 24, 4);
   if (std::memcmp(header, magic, 4) != 0 || entry_size > max_name_size
       || name_size > max_name_size || fd_count > max_passed_fds
-      || args_size > max_args_size)
+      || args_size > max_args_size || faults_size > max_faults_size)
     return make_error(errc::protocol_error, "malformed boot record");
   if (rec.fds.size() != fd_count)
     return make_error(errc::protocol_error,
@@ -250,7 +258,8 @@ caf::expected<boot_record> read_boot_record(int fd,
   rec.entry.resize(entry_size);
   rec.name.resize(name_size);
   rec.args.resize(static_cast<size_t>(args_size));
-  for (auto* str : {&rec.entry, &rec.name, &rec.args})
+  rec.faults.resize(faults_size);
+  for (auto* str : {&rec.entry, &rec.name, &rec.args, &rec.faults})
     if (!str->empty())
       if (auto err = read_exactly(fd, &(*str)[0], str->size(), deadline))
         return err;
@@ -311,6 +320,7 @@ void run_child(boot_record rec, start_method method, bool exec_child) {
   static char stdout_buf[BUFSIZ];
   std::setvbuf(stdout, stdout_buf, _IOLBF, sizeof(stdout_buf));
   std::thread{watch_lifeline}.detach();
+  faults::detail::on_child_start(rec.faults);
   auto fn = find_entry(rec.entry);
   if (fn == nullptr) {
     std::fprintf(stderr,

@@ -16,6 +16,7 @@
 
 #include "multiproc/bootstrap.hpp"
 #include "multiproc/error.hpp"
+#include "multiproc/faults.hpp"
 #include "process_internal.hpp"
 
 extern char** environ;
@@ -453,6 +454,9 @@ caf::expected<process> start_process(const std::string& entry,
                       "no entry is registered as '" + entry
                         + "' (register it at namespace scope with "
                           "MULTIPROC_REGISTER_ENTRY)");
+  std::string child_faults; // the fault rules the child takes over
+  if (auto err = faults::detail::on_spawn(child_faults))
+    return err;
   auto passed = duplicate_fds(opts.fds);
   if (!passed)
     return std::move(passed.error());
@@ -480,7 +484,7 @@ caf::expected<process> start_process(const std::string& entry,
   st->name = opts.name.empty() ? entry : std::move(opts.name);
   st->method = method;
   detail::boot_record rec{entry, st->name, std::move(args),
-                          std::move(*passed)};
+                          std::move(*passed), std::move(child_faults)};
   switch (method) {
     case start_method::spawn: {
       auto pid = spawn_child(opts.executable, fds, *lifeline);

@@ -116,6 +116,8 @@ struct boot_record {
   /// Becomes child_context::fds. In the parent: close-on-exec duplicates of
   /// process_options::fds; in the child: the received descriptors.
   std::vector<unique_fd> fds;
+  /// The fault rules the child takes over (faults.hpp); empty: none.
+  std::string faults;
 };
 
 /// Writes `rec` to `fd` (blocking socket) within `timeout`, its descriptors

@@ -48,6 +48,7 @@
 #include "multiproc/detail/flat_archive.hpp"
 #include "multiproc/detail/result_slot.hpp"
 #include "multiproc/error.hpp"
+#include "multiproc/faults.hpp"
 #include "multiproc/message_registry.hpp"
 #include "multiproc/output.hpp"
 #include "multiproc/start_method.hpp"
@@ -182,6 +183,8 @@ class pool_core;
 /// archive: detail/flat_archive.hpp), else Cereal's. Errors as encode().
 template <class T>
 caf::error encode_fast(const T& value, std::string& out) {
+  if (auto err = faults::check(faults::point::parent_encode_task))
+    return err;
   auto mark = out.size();
   if (flat_encode(value, out))
     return caf::none;
@@ -192,6 +195,8 @@ caf::error encode_fast(const T& value, std::string& out) {
 /// Decodes a T like decode<T>(), through the flat archive when it can.
 template <class T>
 caf::expected<T> decode_fast(std::string_view bytes) {
+  if (auto err = faults::check(faults::point::parent_decode_result))
+    return err;
   if constexpr (std::is_default_constructible<T>::value) {
     T value{};
     if (flat_decode(bytes, value))
@@ -453,6 +458,8 @@ task_encoder encoder_of(const std::vector<T>& tasks) {
   e.append_flat = [](const void* all, size_t i, std::string& out) {
     return flat_encode((*static_cast<const std::vector<T>*>(all))[i], out);
   };
+  if (faults::enabled())
+    e.append_flat = nullptr; // every task through encode_fast's fault hook
   e.tasks = &tasks;
   return e;
 }

@@ -30,6 +30,7 @@
 #include <caf/expected.hpp>
 
 #include "multiproc/detail/flat_archive.hpp"
+#include "multiproc/faults.hpp"
 #include "multiproc/message_registry.hpp"
 #include "multiproc/shm_queue.hpp"
 
@@ -109,6 +110,8 @@ public:
   /// Errors: encode_failed (nothing is put), frame_too_large, full (timeout
   /// zero), timeout, closed.
   caf::error put(const T& value, timeout_type timeout = std::nullopt) {
+    if (auto err = faults::check(faults::point::queue_put))
+      return err;
     thread_local std::string buf;
     buf.clear();
     // The bytes of Cereal's binary archive either way; the flat archive
@@ -134,6 +137,8 @@ public:
     if (!msg)
       return std::move(msg.error());
     last_deliveries_ = msg->deliveries;
+    if (auto err = faults::check(faults::point::queue_get))
+      return err;
     T value{};
     if (detail::flat_decode(msg->bytes, value))
       return value;
