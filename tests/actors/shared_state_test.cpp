@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstring>
 #include <future>
+#include <limits>
 #include <set>
 #include <string>
 #include <thread>
@@ -330,6 +331,18 @@ TEST(SharedState, ValueOperationsAreAppliedByTheOwner) {
   auto again = state.value<int64_t>("counter", 0);
   ASSERT_TRUE(again);
   EXPECT_EQ(*again->load(), 111);
+  // Integers wrap around as std::atomic's do (found by the fuzzer: signed
+  // overflow was undefined behavior).
+  auto big = state.value<int64_t>("big", std::numeric_limits<int64_t>::max());
+  ASSERT_TRUE(big);
+  EXPECT_EQ(*big->fetch_add(1), std::numeric_limits<int64_t>::max());
+  EXPECT_EQ(*big->load(), std::numeric_limits<int64_t>::min());
+  EXPECT_EQ(*big->fetch_sub(1), std::numeric_limits<int64_t>::min());
+  EXPECT_EQ(*big->load(), std::numeric_limits<int64_t>::max());
+  auto small = state.value<int8_t>("small", 127);
+  ASSERT_TRUE(small);
+  EXPECT_EQ(*small->fetch_add(int8_t{1}), 127);
+  EXPECT_EQ(*small->load(), -128);
   auto s = state.value<std::string>("name", "ann");
   ASSERT_TRUE(s);
   EXPECT_EQ(*s->exchange("bob"), "ann");

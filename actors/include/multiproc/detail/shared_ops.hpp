@@ -352,10 +352,17 @@ void apply_here(T& node, node_context& ctx, wire_input_archive& in,
                     && !std::is_same<T, bool>::value) {
         T delta = decode_from<T>(in);
         encode_to(node, out);
-        if (ctx.op == op::fetch_add)
-          node = static_cast<T>(node + delta);
-        else
-          node = static_cast<T>(node - delta);
+        bool add = ctx.op == op::fetch_add;
+        if constexpr (std::is_integral<T>::value) {
+          // Integers wrap around, as std::atomic's fetch_add does (signed
+          // overflow would be undefined behavior).
+          using bits = std::make_unsigned_t<T>;
+          auto x = static_cast<bits>(node);
+          auto d = static_cast<bits>(delta);
+          node = static_cast<T>(static_cast<bits>(add ? x + d : x - d));
+        } else {
+          node = add ? node + delta : node - delta;
+        }
         return;
       } else {
         fail_op(ctx, type_key<T>());
