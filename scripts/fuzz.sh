@@ -7,6 +7,9 @@
 # Environment: FUZZ_SECONDS   seconds per target (default 60)
 #              FUZZ_JOBS      targets run at once (default 2)
 #              FUZZ_ARGS      extra libFuzzer flags, e.g. "-max_len=65536"
+#              FUZZ_SEED      libFuzzer's random seed (default 1, so that CI runs
+#                             the same mutations each time and a landing is not
+#                             failed by luck; 0: a new seed each run, for hunting)
 # New inputs go to build/fuzz/corpus/<target>/ (fuzz/corpus/ stays as committed);
 # a crash leaves its input in build/fuzz/artifacts/<target>/ and fails the script.
 # docs/reliability.md ("Fuzzing") explains long runs and turning crashes into tests.
@@ -16,6 +19,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 readonly TARGETS_ALL=(frame_reader envelope message shared_owner)
 readonly SECONDS_PER_TARGET=${FUZZ_SECONDS:-60}
 readonly JOBS=${FUZZ_JOBS:-2}
+readonly SEED=${FUZZ_SEED:-1}
 readonly BUILD=build/fuzz
 
 targets=("$@")
@@ -38,8 +42,8 @@ run_target() {
   local dict=()
   [[ -f fuzz/corpus/$t.dict ]] && dict=("-dict=fuzz/corpus/$t.dict")
   # shellcheck disable=SC2086 # FUZZ_ARGS is a list of flags
-  "$exe" -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 \
-    -print_final_stats=1 -artifact_prefix="$artifacts/" "${dict[@]}" \
+  "$exe" -max_total_time="$SECONDS_PER_TARGET" -seed="$SEED" -timeout=10 \
+    -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$artifacts/" "${dict[@]}" \
     ${FUZZ_ARGS:-} "$work" "fuzz/corpus/$t" >"$BUILD/logs/$t.log" 2>&1
 }
 
