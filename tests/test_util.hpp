@@ -1,17 +1,23 @@
 #pragma once
 
 // Helpers shared by the test files: reading a child's channel with a bound,
-// and counting what a queue leaves behind in this process.
+// counting what a queue leaves behind in this process, and raw frames on
+// abstract Unix sockets.
 
 #include <cerrno>
 #include <chrono>
+#include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <fstream>
 #include <sstream>
 #include <string>
 
 #include <dirent.h>
+#include <endian.h>
 #include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 namespace multiproc::test {
@@ -86,6 +92,69 @@ inline int queue_descriptors() {
   }
   ::closedir(dir);
   return n;
+}
+
+// -- raw frames on abstract Unix sockets (the shared-state owner's) -----------
+
+/// Fills `sa` for the abstract socket `name`; returns its length.
+inline socklen_t abstract_socket_address(const std::string& name,
+                                         sockaddr_un& sa) {
+  sa = sockaddr_un{};
+  sa.sun_family = AF_UNIX;
+  std::memcpy(sa.sun_path + 1, name.data(), name.size());
+  return static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1
+                                + name.size());
+}
+
+/// A socket connected to the abstract socket `name`; -1 on failure.
+inline int connect_abstract(const std::string& name) {
+  sockaddr_un sa;
+  auto len = abstract_socket_address(name, sa);
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd >= 0 && ::connect(fd, reinterpret_cast<sockaddr*>(&sa), len) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+/// A socket listening on the abstract socket `name`; -1 on failure.
+inline int listen_abstract(const std::string& name) {
+  sockaddr_un sa;
+  auto len = abstract_socket_address(name, sa);
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd >= 0
+      && (::bind(fd, reinterpret_cast<sockaddr*>(&sa), len) != 0
+          || ::listen(fd, 4) != 0)) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+/// The body of the next frame on `fd` ("" on EOF or after `timeout`).
+inline std::string receive_frame(int fd, std::chrono::milliseconds timeout
+                                         = std::chrono::seconds{5}) {
+  std::string got;
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (got.size() >= 4) {
+      uint32_t len;
+      std::memcpy(&len, got.data(), 4);
+      len = le32toh(len);
+      if (got.size() >= 4 + len)
+        return got.substr(4, len);
+    }
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 100) <= 0)
+      continue;
+    char buf[4096];
+    auto n = ::recv(fd, buf, sizeof(buf), 0);
+    if (n <= 0)
+      return {};
+    got.append(buf, static_cast<size_t>(n));
+  }
+  return {};
 }
 
 } // namespace multiproc::test

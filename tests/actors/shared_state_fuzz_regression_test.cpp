@@ -17,50 +17,17 @@
 
 #include "multiproc/error.hpp"
 #include "multiproc/shared_state.hpp"
+#include "test_util.hpp"
 
 using namespace std::chrono_literals;
 using namespace multiproc;
 
 namespace {
 
-// Connects to the owner's abstract socket; -1 on failure.
-int connect_raw(const std::string& address) {
-  sockaddr_un sa{};
-  sa.sun_family = AF_UNIX;
-  std::memcpy(sa.sun_path + 1, address.data(), address.size());
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  auto len = offsetof(sockaddr_un, sun_path) + 1 + address.size();
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&sa),
-                static_cast<socklen_t>(len))
-      != 0) {
-    ::close(fd);
-    return -1;
-  }
-  return fd;
-}
+using test::receive_frame;
 
-// The body of the next frame ("" on EOF or after 5 s).
-std::string receive_frame(int fd) {
-  std::string got;
-  auto deadline = std::chrono::steady_clock::now() + 5s;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (got.size() >= 4) {
-      uint32_t len;
-      std::memcpy(&len, got.data(), 4);
-      len = le32toh(len);
-      if (got.size() >= 4 + len)
-        return got.substr(4, len);
-    }
-    pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, 100) <= 0)
-      continue;
-    char buf[4096];
-    auto n = ::recv(fd, buf, sizeof(buf), 0);
-    if (n <= 0)
-      return {};
-    got.append(buf, static_cast<size_t>(n));
-  }
-  return {};
+int connect_raw(const std::string& address) {
+  return test::connect_abstract(address);
 }
 
 } // namespace

@@ -36,6 +36,7 @@
 #include "multiproc/start_method.hpp"
 #include "multiproc/supervisor.hpp"
 #include "multiproc/worker.hpp"
+#include "test_util.hpp"
 
 using namespace std::chrono_literals;
 using namespace multiproc;
@@ -206,15 +207,9 @@ struct raw_client {
   explicit raw_client(int) {
   }
 
-  explicit raw_client(const std::string& address) {
-    sockaddr_un sa{};
-    sa.sun_family = AF_UNIX;
-    std::memcpy(sa.sun_path + 1, address.data(), address.size());
-    fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    auto len = offsetof(sockaddr_un, sun_path) + 1 + address.size();
-    EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&sa),
-                        static_cast<socklen_t>(len)),
-              0);
+  explicit raw_client(const std::string& address)
+    : fd(test::connect_abstract(address)) {
+    EXPECT_GE(fd, 0);
   }
   ~raw_client() {
     ::close(fd);
@@ -233,26 +228,7 @@ struct raw_client {
 
   /// The next frame's body ("" on timeout or EOF).
   std::string receive() {
-    std::string got;
-    auto deadline = std::chrono::steady_clock::now() + 5s;
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (got.size() >= 4) {
-        uint32_t len;
-        std::memcpy(&len, got.data(), 4);
-        len = le32toh(len);
-        if (got.size() >= 4 + len)
-          return got.substr(4, len);
-      }
-      pollfd p{fd, POLLIN, 0};
-      if (::poll(&p, 1, 100) <= 0)
-        continue;
-      char buf[4096];
-      auto n = ::recv(fd, buf, sizeof(buf), 0);
-      if (n <= 0)
-        return {};
-      got.append(buf, static_cast<size_t>(n));
-    }
-    return {};
+    return test::receive_frame(fd);
   }
 };
 
@@ -660,15 +636,8 @@ TEST(SharedState, MalformedFramesGetErrorsAndTheOwnerKeepsServing) {
 TEST(SharedState, ACallToAnOwnerThatDoesNotAnswerTimesOut) {
   // A listener that accepts and never answers.
   std::string address = "multiproc-test-silent-" + std::to_string(::getpid());
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un sa{};
-  sa.sun_family = AF_UNIX;
-  std::memcpy(sa.sun_path + 1, address.data(), address.size());
-  auto len = offsetof(sockaddr_un, sun_path) + 1 + address.size();
-  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&sa),
-                   static_cast<socklen_t>(len)),
-            0);
-  ASSERT_EQ(::listen(fd, 4), 0);
+  int fd = test::listen_abstract(address);
+  ASSERT_GE(fd, 0);
   auto client = shared_client::connect(address, 300ms);
   auto t0 = std::chrono::steady_clock::now();
   auto v = client.value<int64_t>("x");
@@ -688,15 +657,8 @@ TEST(SharedState, ACallToAnOwnerThatDoesNotAnswerTimesOut) {
 TEST(SharedState, AnErrorReplyWithoutACodeStaysAFailure) {
   // A fake owner that answers the first request with an error of code 0.
   std::string address = "multiproc-test-code0-" + std::to_string(::getpid());
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un sa{};
-  sa.sun_family = AF_UNIX;
-  std::memcpy(sa.sun_path + 1, address.data(), address.size());
-  auto len = offsetof(sockaddr_un, sun_path) + 1 + address.size();
-  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&sa),
-                   static_cast<socklen_t>(len)),
-            0);
-  ASSERT_EQ(::listen(fd, 4), 0);
+  int fd = test::listen_abstract(address);
+  ASSERT_GE(fd, 0);
   std::thread fake([fd] {
     raw_client peer{-1};
     peer.fd = ::accept4(fd, nullptr, nullptr, SOCK_CLOEXEC);
