@@ -401,11 +401,29 @@ caf::expected<client_conn*> conn_for(const std::string& address) {
   return last = raw;
 }
 
-/// Sends `body` as frame `kind` and waits for its reply.
+/// "fetch_add on cell 'c'" for the operation in `body` (error texts only).
+std::string describe_op(const std::string& body) {
+  try {
+    wire_input_archive in{std::string_view{body}.substr(shared_frame_prefix)};
+    std::string cell;
+    std::vector<std::string> path;
+    std::string type;
+    uint8_t code = 0;
+    in(cell, path, type, code);
+    return std::string{to_string(static_cast<shared_op>(code))} + " on cell '"
+           + cell + "'";
+  } catch (const std::exception&) {
+    return "an operation";
+  }
+}
+
+/// Sends `body` as frame `kind` and waits for its reply. `what` names the
+/// call in a timeout's text; empty: the operation in `body`, decoded only
+/// then.
 caf::expected<std::string> round_trip(const std::string& address,
                                       std::chrono::milliseconds timeout,
                                       shared_frame kind, std::string body,
-                                      const std::string& what) {
+                                      const std::string& what = {}) {
   auto c = conn_for(address);
   if (!c)
     return std::move(c.error());
@@ -433,33 +451,20 @@ caf::expected<std::string> round_trip(const std::string& address,
                                        "at '"
                                          + address + "' within "
                                          + std::to_string(timeout.count())
-                                         + " ms (" + what + ")");
+                                         + " ms ("
+                                         + (what.empty() ? describe_op(body)
+                                                         : what)
+                                         + ")");
   }
   return reply;
-}
-
-std::string describe_op(const std::string& body) {
-  try {
-    wire_input_archive in{std::string_view{body}.substr(shared_frame_prefix)};
-    std::string cell;
-    std::vector<std::string> path;
-    std::string type;
-    uint8_t code = 0;
-    in(cell, path, type, code);
-    return std::string{to_string(static_cast<shared_op>(code))} + " on cell '"
-           + cell + "'";
-  } catch (const std::exception&) {
-    return "an operation";
-  }
 }
 
 } // namespace
 
 caf::expected<std::string> blocking_call(const cell_ref& ref,
                                          std::string body) {
-  auto what = describe_op(body);
   return round_trip(ref.address, ref.timeout, shared_frame::request,
-                    std::move(body), what);
+                    std::move(body));
 }
 
 caf::error blocking_post(const cell_ref& ref, std::string body) {
