@@ -1,14 +1,17 @@
 // The `multiproc` command: `demo` runs a small pipeline over worker processes,
-// `info` prints what this build and machine offer, `bench` runs benchmarks.
+// `info` prints what this build and machine offer, `bench` runs benchmarks,
+// `chaos` puts a pool and a queue pipeline under random SIGKILL and SIGSTOP.
 // The executable is also its own child process: bootstrap() comes first.
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <vector>
 
 #include <CLI/CLI.hpp>
 
 #include "bench.hpp"
+#include "chaos.hpp"
 #include "demo.hpp"
 #include "info.hpp"
 #include "multiproc/bootstrap.hpp"
@@ -83,6 +86,52 @@ int main(int argc, char** argv) {
     if (what.empty())
       what.emplace_back("all");
     rc = run_bench(what, json);
+  });
+
+  chaos_options chaos;
+  std::string chaos_method;
+  uint64_t chaos_seed = 0;
+  bool chaos_json = false;
+  auto* chaos_cmd = app.add_subcommand(
+    "chaos", "Run a pool and a supervised queue pipeline in rounds while "
+             "their workers get random SIGKILL and SIGSTOP; check that "
+             "nothing is lost or duplicated and nothing leaks");
+  chaos_cmd
+    ->add_option("--seconds", chaos.seconds,
+                 "Start rounds until this many seconds have passed")
+    ->check(CLI::Range(0.0, 86400.0))
+    ->capture_default_str();
+  chaos_cmd
+    ->add_option("--workers", chaos.workers,
+                 "Pool workers (the pipeline has max(2, workers / 2) "
+                 "consumers)")
+    ->check(CLI::Range(size_t{1}, size_t{64}))
+    ->capture_default_str();
+  auto* seed_opt = chaos_cmd->add_option(
+    "--seed", chaos_seed,
+    "Seed of the monkeys' choices (default: a random one, printed)");
+  chaos_cmd
+    ->add_option("--method", chaos_method,
+                 "Start method (default: the library's default; fork is "
+                 "refused: the run has threads)")
+    ->check(CLI::IsMember({"fork", "forkserver", "spawn"}));
+  chaos_cmd
+    ->add_option("--pool-tasks", chaos.pool_tasks, "Pool tasks per round")
+    ->check(CLI::Range(size_t{1}, size_t{10000000}))
+    ->capture_default_str();
+  chaos_cmd
+    ->add_option("--queue-items", chaos.queue_items,
+                 "Pipeline items per round")
+    ->check(CLI::Range(size_t{1}, size_t{10000000}))
+    ->capture_default_str();
+  chaos_cmd->add_flag("--json", chaos_json, "Print one JSON object");
+  chaos_cmd->callback([&] {
+    if (!chaos_method.empty())
+      chaos.method = *multiproc::parse_start_method(chaos_method);
+    if (seed_opt->count() > 0)
+      chaos.seed = chaos_seed;
+    chaos.json = chaos_json;
+    rc = run_chaos(chaos);
   });
 
   CLI11_PARSE(app, argc, argv);

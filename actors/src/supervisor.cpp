@@ -244,6 +244,9 @@ struct supervisor_shared {
   bool settled = false;
   /// The supervisor stopped (by stop(), or after giving up).
   bool stopped = false;
+  /// The actor's state is gone: the queues' mappings, the children's
+  /// channels and the exit watcher's descriptors are closed.
+  bool released = false;
   caf::error error;
   supervisor_report report;
   /// Running worker actor children by id ("a/b" below the top).
@@ -836,12 +839,23 @@ private:
 
 struct supervisor_state {
   std::unique_ptr<supervisor_core> core;
+  std::shared_ptr<detail::supervisor_shared> shared;
   static inline const char* name = "multiproc.supervisor";
+
+  // Runs when the actor exits (CAF destroys a stateful actor's state in
+  // on_exit), after `stopped` was published: supervisor::stop() waits for
+  // this, so that it returns with every descriptor and mapping closed.
+  ~supervisor_state() {
+    core.reset();
+    if (shared)
+      shared->update([this] { shared->released = true; });
+  }
 };
 
 caf::behavior supervisor_actor(caf::stateful_actor<supervisor_state>* self,
                                std::shared_ptr<detail::supervisor_shared> sh) {
   auto& core = self->state.core;
+  self->state.shared = sh;
   core = std::make_unique<supervisor_core>(self->home_system(), sh,
                                            self->address());
   auto err = core->start();
@@ -1022,7 +1036,9 @@ caf::expected<supervisor_report> supervisor::stop() {
   caf::anon_send(actor_, caf::close_atom::value);
   auto& sh = *shared_;
   std::unique_lock<std::mutex> guard{sh.mtx};
-  sh.cv.wait(guard, [&] { return sh.stopped; });
+  // Until the actor is gone, not only stopped: its state still holds the
+  // queues' mappings and descriptors a moment after `stopped`.
+  sh.cv.wait(guard, [&] { return sh.stopped && sh.released; });
   if (sh.error)
     return sh.error;
   return sh.report;

@@ -234,7 +234,8 @@ public:
 
   /// Stops every child in reverse order (graceful stop, SIGTERM, SIGKILL)
   /// and the supervisor; returns the final report, or the error it gave up
-  /// with. Idempotent.
+  /// with, once the supervisor's actor is gone (its queue mappings, channels
+  /// and descriptors closed). Idempotent.
   caf::expected<supervisor_report> stop();
 
   /// A snapshot of the children and totals (OTP's which_children).
