@@ -2,15 +2,17 @@
 # quickstart.sh: from a fresh Debian 12 checkout to a running demo or a tested build.
 #
 #   bash scripts/quickstart.sh demo                  build the release preset, run `multiproc demo`
-#   bash scripts/quickstart.sh test [PRESET] [ARGS]  build PRESET (release, debug, asan, tsan;
-#                                                    default release), run ctest --preset PRESET [ARGS],
-#                                                    then the fuzz pass (scripts/fuzz.sh)
+#   bash scripts/quickstart.sh test                  the full check (what CI runs): the whole suite
+#                                                    on the release and asan presets, the tsan
+#                                                    preset's suite, then the fuzz pass
+#   bash scripts/quickstart.sh test PRESET [ARGS]    build PRESET (release, debug, asan, tsan) and
+#                                                    run ctest --preset PRESET [ARGS] only
 #
 # Both first make sure the Debian packages multiproc needs are installed: as root
 # they are installed with apt-get; otherwise the script prints the command to run.
 # Exits non-zero on the first failing step. Builds go to build/<preset>/ (CMakePresets.json).
-# The fuzz pass runs each harness FUZZ_SECONDS (default 60) over its corpus, two at a
-# time; MULTIPROC_FUZZ=0 skips it.
+# The full check's parts can be skipped: MULTIPROC_SANITIZERS=0 (asan, tsan), MULTIPROC_FUZZ=0.
+# The fuzz pass runs each harness FUZZ_SECONDS (default 60) over its corpus, two at a time.
 set -euo pipefail
 
 readonly PACKAGES=(
@@ -34,7 +36,7 @@ die() {
 }
 
 usage() {
-  sed -n '2,7s/^# \{0,1\}//p' "$0" >&2
+  sed -n '2,9s/^# \{0,1\}//p' "$0" >&2
   exit 2
 }
 
@@ -98,18 +100,32 @@ run_demo() {
   step "Demo: $tool demo" "$tool" demo
 }
 
+# test_preset PRESET [CTEST ARGS...]: configure, build and test one preset.
+test_preset() {
+  local preset=$1
+  shift
+  configure_and_build "$preset"
+  step "Test ($preset)" ctest --preset "$preset" "$@"
+}
+
 run_tests() {
-  local preset=${1:-release}
-  shift || true
-  check_preset "$preset"
-  local fuzz=${MULTIPROC_FUZZ:-1}
+  if (($# >= 1)); then
+    check_preset "$1"
+    ensure_dependencies "${PACKAGES[@]}"
+    test_preset "$@"
+    return
+  fi
+  local sanitizers=${MULTIPROC_SANITIZERS:-1} fuzz=${MULTIPROC_FUZZ:-1}
   if [[ $fuzz == 0 ]]; then
     ensure_dependencies "${PACKAGES[@]}"
   else
     ensure_dependencies "${PACKAGES[@]}" "${FUZZ_PACKAGES[@]}"
   fi
-  configure_and_build "$preset"
-  step "Test ($preset)" ctest --preset "$preset" "$@"
+  test_preset release
+  if [[ $sanitizers != 0 ]]; then
+    test_preset asan
+    test_preset tsan
+  fi
   if [[ $fuzz != 0 ]]; then
     step "Fuzz (${FUZZ_SECONDS:-60}s per target)" bash scripts/fuzz.sh
   fi
