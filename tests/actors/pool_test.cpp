@@ -141,6 +141,19 @@ struct nap {
   }
 };
 
+/// Logs "<pid> <value>" to `log` when it starts, then waits until the file
+/// `release` exists (at most 60 s) and replies tagged{value, pid}: a task
+/// that ends when the test says so.
+struct gate {
+  int32_t value = 0;
+  std::string log;
+  std::string release;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(value, log, release);
+  }
+};
+
 /// Answered by a helper actor the handler delegates to (a response that
 /// reaches the parent later, from another thread of the worker).
 struct later {
@@ -304,6 +317,7 @@ MULTIPROC_MESSAGE(pool_test::add, "pool_test.add")
 MULTIPROC_MESSAGE(pool_test::tagged, "pool_test.tagged")
 MULTIPROC_MESSAGE(pool_test::whoami, "pool_test.whoami")
 MULTIPROC_MESSAGE(pool_test::nap, "pool_test.nap")
+MULTIPROC_MESSAGE(pool_test::gate, "pool_test.gate")
 MULTIPROC_MESSAGE(pool_test::later, "pool_test.later")
 MULTIPROC_MESSAGE(pool_test::big_result, "pool_test.big_result")
 MULTIPROC_MESSAGE(pool_test::run_fault, "pool_test.run_fault")
@@ -325,6 +339,16 @@ tagged do_nap(const nap& x) {
     append_line(x.log, std::to_string(::getpid()) + " "
                          + std::to_string(x.value));
   std::this_thread::sleep_for(std::chrono::milliseconds{x.ms});
+  return tagged{x.value, static_cast<int32_t>(::getpid())};
+}
+
+tagged do_gate(const gate& x) {
+  append_line(x.log, std::to_string(::getpid()) + " "
+                       + std::to_string(x.value));
+  auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds{60};
+  while (::access(x.release.c_str(), F_OK) != 0
+         && std::chrono::steady_clock::now() < give_up)
+    std::this_thread::sleep_for(std::chrono::milliseconds{2});
   return tagged{x.value, static_cast<int32_t>(::getpid())};
 }
 
@@ -351,6 +375,7 @@ caf::behavior tester(caf::event_based_actor* self) {
       return tagged{x.value * x.value, static_cast<int32_t>(::getpid())};
     },
     [](const nap& x) { return do_nap(x); },
+    [](const gate& x) { return do_gate(x); },
     [](const run_fault& x) {
       commit_fault(x.mode, x.note);
       return x.value * x.value;
@@ -438,6 +463,7 @@ MULTIPROC_TASK_WORKER("pool_test.checked_square_fn",
 using pool_test::add;
 using pool_test::decode_fault;
 using pool_test::fragile;
+using pool_test::gate;
 using pool_test::init_msg;
 using pool_test::make_fragile;
 using pool_test::nap;
@@ -1590,23 +1616,31 @@ TEST_F(PoolBasics, SlowTasksSpreadOverTheWorkers) {
 }
 
 TEST_F(PoolBasics, DeliversEachResultWhenItsTaskFinishes) {
-  // One worker runs the tasks one after the other: the first result must
-  // not wait for the second task to end.
-  auto p = start(options(1));
+  // One worker holds both tasks and runs them one after the other; the
+  // second does not end until the test creates `release`. The first result
+  // must arrive while the second task is still running.
+  auto opts = options(1);
+  opts.window = 2; // both tasks in flight on the worker
+  auto p = start(opts);
   ASSERT_TRUE(p) << describe(p.error());
-  auto t0 = clock_type::now();
-  auto f1 = p->submit<tagged>(nap{300, 1, "", 0});
-  auto f2 = p->submit<tagged>(nap{300, 2, "", 0});
-  ASSERT_TRUE(is_ready(f1, kBound));
-  auto first = ms_since(t0);
+  auto log = path("runs");
+  auto release = path("release");
+  auto f1 = p->submit<tagged>(nap{0, 1, log, 0});
+  auto f2 = p->submit<tagged>(gate{2, log, release});
+  ASSERT_NE(wait_started(log, 2), 0) << "the second task did not start";
+  EXPECT_TRUE(is_ready(f1, kBound))
+    << "the first result waited for the second task";
+  EXPECT_FALSE(is_ready(f2, 0ms)) << "the second task ended unreleased";
+  pool_test::append_line(release, "go");
   ASSERT_TRUE(is_ready(f2, kBound));
-  auto second = ms_since(t0);
-  std::printf("[   info   ] results after %lld ms and %lld ms\n", first,
-              second);
-  EXPECT_TRUE(f1.get());
-  EXPECT_TRUE(f2.get());
-  EXPECT_LT(first, 550) << "the first result waited for the second task";
-  EXPECT_GE(second, 550);
+  auto r1 = f1.get();
+  auto r2 = f2.get();
+  ASSERT_TRUE(r1) << describe(r1.error());
+  ASSERT_TRUE(r2) << describe(r2.error());
+  EXPECT_EQ(r1->value, 1);
+  EXPECT_EQ(r2->value, 2);
+  EXPECT_EQ(r1->pid, r2->pid) << "the tasks ran on different workers";
+  remember(*p);
 }
 
 TEST_F(PoolBasics, RejectsAnUnknownEntry) {
