@@ -1636,9 +1636,13 @@ TEST_F(PoolBasics, SlowTasksSpreadOverTheWorkers) {
     if (i % 2 == 0)
       ++slow_per_pid[rs[i]->pid];
   }
+  // Dealt out in turn, one worker would get all 20. A fair share is 10; a
+  // loaded machine skews it (a worker that starts late, or a sanitizer
+  // build's slow first task, leaves more to the other; 4 was seen under
+  // TSan), so the test asks only for more than a token share.
   ASSERT_EQ(slow_per_pid.size(), 2u) << "one worker ran every slow task";
   for (auto& [pid, n] : slow_per_pid)
-    EXPECT_GE(n, 5) << "worker " << pid << " ran only " << n
+    EXPECT_GE(n, 3) << "worker " << pid << " ran only " << n
                     << " of the 20 slow tasks";
   remember(*p);
 }
