@@ -1618,32 +1618,53 @@ TEST_F(PoolBasics, KeepsExactlyTheRequestedNumberOfWorkers) {
   }
 }
 
-TEST_F(PoolBasics, SlowTasksSpreadOverTheWorkers) {
-  // Every other task is slow. Dealt out in turn up to a large window, all
-  // slow ones would queue on one worker while the other idles; the adaptive
-  // window keeps few slow tasks per worker, so both run a share of them.
+TEST_F(PoolBasics, TasksBehindASlowOneGoToTheIdleWorker) {
+  // One worker holds a task that does not end until the test releases it.
+  // Dealt out in turn up to a large window, half of the tasks submitted
+  // after it would queue behind it while the other worker idles; the
+  // adaptive window (4 at start) lets the busy worker hold at most 3 more,
+  // so the idle one runs the rest while the slow task still runs. Nothing
+  // here depends on speed: the slow task ends only when released.
   auto p = start(options(2));
   ASSERT_TRUE(p) << describe(p.error());
-  std::vector<nap> tasks;
-  for (int32_t i = 0; i < 40; ++i)
-    tasks.push_back(nap{i % 2 == 0 ? 25 : 0, i, "", 0});
-  auto rs = p->map<tagged>(tasks, 1);
-  ASSERT_EQ(rs.size(), tasks.size());
-  std::map<int32_t, int> slow_per_pid;
-  for (size_t i = 0; i < rs.size(); ++i) {
-    ASSERT_TRUE(rs[i]) << describe(rs[i].error());
-    EXPECT_EQ(rs[i]->value, static_cast<int32_t>(i));
-    if (i % 2 == 0)
-      ++slow_per_pid[rs[i]->pid];
-  }
-  // Dealt out in turn, one worker would get all 20. A fair share is 10; a
-  // loaded machine skews it (a worker that starts late, or a sanitizer
-  // build's slow first task, leaves more to the other; 4 was seen under
-  // TSan), so the test asks only for more than a token share.
-  ASSERT_EQ(slow_per_pid.size(), 2u) << "one worker ran every slow task";
-  for (auto& [pid, n] : slow_per_pid)
-    EXPECT_GE(n, 3) << "worker " << pid << " ran only " << n
-                    << " of the 20 slow tasks";
+  auto log = path("runs");
+  auto release = path("release");
+  auto slow = p->submit<tagged>(gate{-1, log, release});
+  pid_t busy = wait_started(log, -1);
+  ASSERT_NE(busy, 0) << "the slow task did not start";
+  std::vector<multiproc::task_future<tagged>> fs;
+  for (int32_t i = 0; i < 20; ++i)
+    fs.push_back(p->submit<tagged>(nap{0, i, "", 0}));
+  constexpr size_t most_held = 3; // initial window 4, less the slow task
+  auto ready = [&] {
+    return static_cast<size_t>(std::count_if(
+      fs.begin(), fs.end(), [](auto& f) { return is_ready(f, 0ms); }));
+  };
+  auto deadline = clock_type::now() + kBound;
+  while (ready() < fs.size() - most_held && clock_type::now() < deadline)
+    std::this_thread::sleep_for(2ms);
+  size_t done_while_held = ready();
+  EXPECT_GE(done_while_held, fs.size() - most_held)
+    << "tasks waited behind the slow one while the other worker idled";
+  EXPECT_FALSE(is_ready(slow, 0ms)) << "the slow task ended unreleased";
+  for (auto& f : fs)
+    if (is_ready(f, 0ms)) {
+      auto r = f.get();
+      ASSERT_TRUE(r) << describe(r.error());
+      EXPECT_NE(r->pid, busy) << "task " << r->value
+                              << " ran on the busy worker";
+    }
+  pool_test::append_line(release, "go");
+  ASSERT_TRUE(is_ready(slow, kBound));
+  auto r = slow.get();
+  ASSERT_TRUE(r) << describe(r.error());
+  EXPECT_EQ(r->pid, busy);
+  for (auto& f : fs)
+    if (f.valid()) {
+      ASSERT_TRUE(is_ready(f, kBound)) << "a held task did not finish";
+      auto x = f.get();
+      ASSERT_TRUE(x) << describe(x.error());
+    }
   remember(*p);
 }
 
