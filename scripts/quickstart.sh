@@ -17,7 +17,7 @@ set -euo pipefail
 
 readonly PACKAGES=(
   cmake ninja-build g++
-  libcaf-dev libcereal-dev
+  libcaf-dev libcereal-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
   python3

@@ -30,6 +30,7 @@
 
 #include "multiproc/envelope.hpp"
 #include "multiproc/faults.hpp"
+#include "network_impl.hpp"
 
 namespace multiproc::detail {
 
@@ -341,6 +342,8 @@ public:
   ~pool_core();
 
   caf::error start_all();
+  /// Listens for remote workers (pool::publish).
+  caf::expected<uint16_t> publish(network_options opts);
   void submit(encoded_task task, std::shared_ptr<task_group> group,
               size_t index, const task_options& topts);
   void submit_many(size_t n, const task_encoder& encode,
@@ -423,6 +426,12 @@ private:
   /// Starts one worker (no lock held); returns it ready, or the error.
   caf::expected<std::shared_ptr<worker_rec>> start_worker(size_t slot);
   void supervise();
+  /// Adopts a remote worker that authenticated (a gateway thread).
+  void add_remote(joined_worker j);
+  /// The options of a worker's bridge, with its exit reported to on_exit().
+  worker_options bridge_options(worker_rec& w, std::string name);
+  /// Stops listening for remote workers (waits for adoptions under way).
+  void stop_gateway();
   /// Calls on_progress if the counters changed (lock held; released around
   /// the call).
   void report_progress(lock_type& lk);
@@ -457,6 +466,8 @@ private:
   pool_stats reported_; // what on_progress saw last
   clock_type::time_point last_progress_{}; // when it was called last
   std::thread supervisor_;
+  std::mutex gateway_mu_; // publish() and stop_gateway()
+  std::unique_ptr<gateway> gateway_;
 };
 
 /// Receives the initializer's outcome (lives as long as its worker_rec).
@@ -531,6 +542,7 @@ public:
   clock_type::time_point kill_at = clock_type::time_point::max();
   bool dead = false;
   bool solo = false; // runs a group of suspects and nothing else
+  bool remote = false; // joined over the network: not replaced when it dies
   // Which op of the current dispatch() call sends to this worker.
   uint64_t op_round = 0;
   size_t op_index = 0;
@@ -550,6 +562,9 @@ pool_core::pool_core(caf::actor_system& sys, std::string entry,
 
 pool_core::~pool_core() {
   terminate();
+  // The remote workers' links are gone with their worker_recs: the node's
+  // actor system may end now.
+  gateway_.reset();
 }
 
 caf::expected<std::shared_ptr<worker_rec>>
@@ -560,29 +575,7 @@ pool_core::start_worker(size_t slot) {
     id = next_worker_++;
   }
   auto w = std::make_shared<worker_rec>(this, id, slot);
-  w->window = window_;
-  w->tail->keep = opts_.stderr_tail;
-  worker_options wopts;
-  wopts.method = opts_.method;
-  wopts.name = opts_.name + "-" + std::to_string(slot);
-  wopts.start_timeout = opts_.start_timeout;
-  wopts.shutdown_timeout = std::chrono::milliseconds{2000};
-  wopts.busy_poll = opts_.busy_poll;
-  wopts.transport = opts_.transport;
-  auto user_sink = opts_.sink ? opts_.sink : default_output_sink();
-  wopts.sink = [tail = w->tail, user_sink](const output_line& line) {
-    if (line.is_stderr)
-      tail->add(line.text);
-    user_sink(line);
-  };
-  std::weak_ptr<pool_core> weak = shared_from_this();
-  worker_rec* raw = w.get();
-  // The worker_rec outlives its bridge's callbacks: the pool keeps it until
-  // the supervisor has reaped the worker (after its last callback).
-  wopts.on_exit = [weak, raw](const caf::expected<exit_status>& st) {
-    if (auto core = weak.lock())
-      core->on_exit(*raw, st);
-  };
+  auto wopts = bridge_options(*w, opts_.name + "-" + std::to_string(slot));
   auto handle = spawn_worker(sys_, entry_, std::move(wopts));
   if (!handle)
     return std::move(handle.error());
@@ -612,6 +605,101 @@ pool_core::start_worker(size_t slot) {
     }
   }
   return w;
+}
+
+worker_options pool_core::bridge_options(worker_rec& w, std::string name) {
+  w.window = window_;
+  w.tail->keep = opts_.stderr_tail;
+  worker_options wopts;
+  wopts.method = opts_.method;
+  wopts.name = std::move(name);
+  wopts.start_timeout = opts_.start_timeout;
+  wopts.shutdown_timeout = std::chrono::milliseconds{2000};
+  wopts.busy_poll = opts_.busy_poll;
+  wopts.transport = opts_.transport;
+  auto user_sink = opts_.sink ? opts_.sink : default_output_sink();
+  wopts.sink = [tail = w.tail, user_sink](const output_line& line) {
+    if (line.is_stderr)
+      tail->add(line.text);
+    user_sink(line);
+  };
+  std::weak_ptr<pool_core> weak = shared_from_this();
+  worker_rec* raw = &w;
+  // The worker_rec outlives its bridge's callbacks: the pool keeps it until
+  // the supervisor has reaped the worker (after its last callback).
+  wopts.on_exit = [weak, raw](const caf::expected<exit_status>& st) {
+    if (auto core = weak.lock())
+      core->on_exit(*raw, st);
+  };
+  return wopts;
+}
+
+caf::expected<uint16_t> pool_core::publish(network_options opts) {
+  std::lock_guard<std::mutex> guard{gateway_mu_};
+  {
+    std::lock_guard<std::mutex> lk{mu_};
+    if (closing_)
+      return make_error(errc::closed, "the pool " + opts_.name
+                                        + " is closing: it cannot publish");
+  }
+  if (gateway_)
+    return make_error(errc::invalid_argument,
+                      "the pool " + opts_.name + " is published already, on "
+                        "port " + std::to_string(gateway_->port()));
+  std::weak_ptr<pool_core> weak = shared_from_this();
+  auto g = gateway::start(std::move(opts), entry_, opts_.name,
+                          channel_options{}, [weak](joined_worker j) {
+                            if (auto core = weak.lock())
+                              core->add_remote(std::move(j));
+                          });
+  if (!g)
+    return std::move(g.error());
+  gateway_ = std::move(*g);
+  return gateway_->port();
+}
+
+void pool_core::add_remote(joined_worker j) {
+  uint64_t id;
+  {
+    std::lock_guard<std::mutex> guard{mu_};
+    id = next_worker_++;
+  }
+  auto w = std::make_shared<worker_rec>(this, id, size_t{0});
+  w->remote = true;
+  auto wopts = bridge_options(*w, j.info.name);
+  auto who = j.info.name + "[" + std::to_string(j.info.pid) + "] on "
+             + j.info.node;
+  auto link = j.link;
+  auto handle = detail::adopt_worker(sys_, std::make_unique<remote_peer>(link),
+                                     std::make_unique<actor_link>(link),
+                                     std::move(wopts), j.info);
+  if (!handle) {
+    gateway_->log("rejected worker " + who + ": " + describe(handle.error()));
+    return;
+  }
+  w->handle = *handle;
+  w->info = j.info;
+  std::vector<send_op> ops;
+  {
+    std::lock_guard<std::mutex> guard{mu_};
+    ++stats_.workers_started;
+    if (closing_ || stopping_ || w->dead) {
+      w->stopping = true;
+      dead_.push_back(std::move(w));
+      sup_cv_.notify_all();
+    } else {
+      live_.push_back(std::move(w));
+      dispatch(ops);
+    }
+  }
+  gateway_->log("worker " + who + " joined");
+  perform(ops);
+}
+
+void pool_core::stop_gateway() {
+  std::lock_guard<std::mutex> guard{gateway_mu_};
+  if (gateway_)
+    gateway_->stop_listening();
 }
 
 caf::error pool_core::start_all() {
@@ -1408,9 +1496,9 @@ void pool_core::supervise() {
       }
     }
     // Replace missing workers.
-    size_t active = 0;
+    size_t active = 0; // remote workers come and go on their own
     for (auto& w : live_)
-      if (!w->stopping)
+      if (!w->stopping && !w->remote)
         ++active;
     if (!broken_ && active < opts_.workers
         && (!closing_ || !tasks_.empty())) {
@@ -1494,6 +1582,7 @@ caf::error pool_core::close(std::chrono::milliseconds timeout) {
       w->stopping = true;
     sup_cv_.notify_all();
   }
+  stop_gateway();
   if (supervisor_.joinable())
     supervisor_.join();
   std::vector<std::shared_ptr<worker_rec>> all;
@@ -1536,6 +1625,7 @@ void pool_core::terminate() {
     sup_cv_.notify_all();
   }
   deliver(done);
+  stop_gateway();
   if (supervisor_.joinable() && supervisor_.get_id() != std::this_thread::get_id())
     supervisor_.join();
   {
@@ -1712,6 +1802,12 @@ caf::error pool::close(std::chrono::milliseconds timeout) {
 void pool::terminate() {
   if (core_)
     core_->terminate();
+}
+
+caf::expected<uint16_t> pool::publish(network_options opts) {
+  if (!core_)
+    return make_error(errc::closed, "the pool was moved from");
+  return core_->publish(std::move(opts));
 }
 
 caf::actor pool::handle() const {

@@ -41,6 +41,7 @@
 #include <cereal/types/vector.hpp>
 
 #include "direct_delivery.hpp"
+#include "remote.hpp"
 #include "inline_unit.hpp"
 #include "multiproc/envelope.hpp"
 #include "multiproc/faults.hpp"
@@ -262,20 +263,42 @@ static_assert(detail::max_chunk_items < batch_capacity);
 
 class worker_proxy;
 
+/// The child process a worker runs in.
+class child_peer : public detail::worker_peer {
+public:
+  explicit child_peer(process proc) : proc_(std::move(proc)) {
+  }
+  int exit_fd() const noexcept override {
+    return proc_.exit_fd();
+  }
+  caf::error signal(int sig) override {
+    return proc_.signal(sig);
+  }
+  caf::error kill() override {
+    return proc_.kill();
+  }
+  caf::expected<exit_status> join(std::chrono::milliseconds grace) override {
+    return proc_.join(grace);
+  }
+
+private:
+  process proc_;
+};
+
 /// Owns the child process and its channel; the I/O thread delivers replies.
 class worker_bridge : public frame_handler,
                       public std::enable_shared_from_this<worker_bridge> {
 public:
-  worker_bridge(caf::actor_system& sys, process proc,
-                std::unique_ptr<frame_link> ch, worker_options opts)
+  worker_bridge(caf::actor_system& sys,
+                std::unique_ptr<detail::worker_peer> peer,
+                std::unique_ptr<frame_link> ch, worker_options opts,
+                worker_info info)
     : sys_(sys),
-      proc_(std::move(proc)),
+      peer_(std::move(peer)),
       ch_(std::move(ch)),
       opts_(std::move(opts)),
+      info_(std::move(info)),
       unit_(&sys) {
-    info_.name = opts_.name;
-    info_.pid = proc_.pid();
-    info_.method = proc_.method();
   }
 
   const worker_info& info() const noexcept {
@@ -283,13 +306,14 @@ public:
   }
 
   std::string who() const {
-    return "worker " + info_.name + "[" + std::to_string(info_.pid) + "]";
+    return "worker " + info_.name + "[" + std::to_string(info_.pid) + "]"
+           + (info_.node.empty() ? "" : " on " + info_.node);
   }
 
   void start(caf::weak_actor_ptr proxy) {
     proxy_ = std::move(proxy);
     keep_alive_ = shared_from_this();
-    ch_->start(this, proc_.exit_fd());
+    ch_->start(this, peer_->exit_fd());
   }
 
   // -- sending ----------------------------------------------------------------
@@ -508,7 +532,7 @@ public:
   }
 
   caf::error signal(int sig) {
-    return proc_.signal(sig);
+    return peer_->signal(sig);
   }
 
   caf::error async_send(type_id type, detail::encode_fn encode,
@@ -548,7 +572,7 @@ public:
   }
 
   void kill_child() {
-    [[maybe_unused]] auto err = proc_.kill();
+    [[maybe_unused]] auto err = peer_->kill();
   }
 
   /// Waits until the I/O thread has seen the end of the child.
@@ -642,10 +666,10 @@ public:
     bool clean_eof = reason == errc::peer_closed || reason == errc::closed;
     auto grace = clean_eof ? opts_.shutdown_timeout
                            : std::chrono::milliseconds{0};
-    auto st = proc_.join(grace);
-    if (!st) {
+    auto st = peer_->join(grace);
+    if (!st && st.error() != errc::connection_lost) {
       kill_child();
-      st = proc_.join(std::chrono::milliseconds{5000});
+      st = peer_->join(std::chrono::milliseconds{5000});
     }
     if (batch_sink_ != nullptr) {
       batch_sink_->on_batch_end();
@@ -657,6 +681,9 @@ public:
     std::string how = st ? st->to_string() : describe(st.error());
     if (clean_eof)
       death = make_error(errc::worker_died, who() + " " + how);
+    else if (reason == errc::connection_lost)
+      death = make_error(errc::worker_died, who() + " is gone: "
+                                              + describe(reason));
     else
       death = make_error(errc::worker_died, who() + " broke the channel ("
                                               + describe(reason)
@@ -871,7 +898,7 @@ private:
   }
 
   caf::actor_system& sys_;
-  process proc_;
+  std::unique_ptr<detail::worker_peer> peer_;
   std::unique_ptr<frame_link> ch_;
   worker_options opts_;
   worker_info info_;
@@ -987,17 +1014,33 @@ caf::expected<caf::actor> spawn_worker(caf::actor_system& sys,
   auto proc = start_process(worker_entry_name, std::move(args), popts);
   if (!proc)
     return std::move(proc.error());
-  auto who = "worker " + opts.name + "[" + std::to_string(proc->pid()) + "]";
+  worker_info info;
+  info.name = opts.name;
+  info.pid = proc->pid();
+  info.method = proc->method();
   std::unique_ptr<frame_link> ch;
   if (queues)
     ch = std::make_unique<shm_channel>(std::move(queues->second),
                                        std::move(queues->first), opts.channel);
   else
     ch = std::make_unique<frame_channel>(proc->take_channel(), opts.channel);
+  return detail::adopt_worker(
+    sys, std::make_unique<child_peer>(std::move(*proc)), std::move(ch),
+    std::move(opts), std::move(info));
+}
+
+namespace detail {
+
+caf::expected<caf::actor> adopt_worker(caf::actor_system& sys,
+                                       std::unique_ptr<worker_peer> peer,
+                                       std::unique_ptr<frame_link> ch,
+                                       worker_options opts, worker_info info) {
+  auto who = "worker " + info.name + "[" + std::to_string(info.pid) + "]"
+             + (info.node.empty() ? "" : " on " + info.node);
   // Handshake: both ends send their hello first, then check the other's.
   auto fail = [&](caf::error err) -> caf::expected<caf::actor> {
-    [[maybe_unused]] auto kerr = proc->kill();
-    [[maybe_unused]] auto st = proc->join(std::chrono::milliseconds{5000});
+    [[maybe_unused]] auto kerr = peer->kill();
+    [[maybe_unused]] auto st = peer->join(std::chrono::milliseconds{5000});
     return err;
   };
   if (auto err = send_hello(*ch, "parent"))
@@ -1010,21 +1053,23 @@ caf::expected<caf::actor> spawn_worker(caf::actor_system& sys,
                                + std::to_string(opts.start_timeout.count())
                                + " ms"));
     if (err == errc::peer_closed || err == errc::truncated_frame) {
-      auto st = proc->join(std::chrono::milliseconds{5000});
+      auto st = peer->join(std::chrono::milliseconds{5000});
       return make_error(errc::spawn_failed,
                         who + " ended before it was ready: "
                           + (st ? st->to_string() : describe(err)));
     }
     return fail(err);
   }
-  auto bridge = std::make_shared<worker_bridge>(sys, std::move(*proc),
-                                                std::move(ch), opts);
+  auto bridge = std::make_shared<worker_bridge>(
+    sys, std::move(peer), std::move(ch), std::move(opts), std::move(info));
   caf::actor_config cfg;
   auto handle = caf::make_actor<worker_proxy, caf::actor>(
     sys.next_actor_id(), sys.node(), &sys, cfg, bridge);
   bridge->start(caf::actor_cast<caf::weak_actor_ptr>(handle));
   return handle;
 }
+
+} // namespace detail
 
 std::optional<worker_info> info_of(const caf::actor& worker) {
   if (auto* b = bridge_of(worker))
@@ -1631,6 +1676,43 @@ void configure_child_system(caf::actor_system_config& cfg) {
   cfg.set("scheduler.policy", caf::atom("sharing"));
 }
 
+/// Runs the worker of `reg` on `ch`, greeted already, until the parent
+/// shuts it down or the channel ends; returns the exit code.
+int serve(frame_link& ch, caf::actor_system& sys,
+          const worker_registration& reg, const std::string& entry) {
+  int code = 0;
+  {
+    auto worker = reg.factory(sys);
+    child_bridge bridge{sys, ch, worker,
+                        reg.fast ? &*reg.fast : nullptr,
+                        entry};
+    // The worker's end tells the bridge, unless the bridge is gone: CAF may
+    // run this on a scheduler thread after await_all_actors_done() returned.
+    struct bridge_link {
+      std::mutex mu;
+      child_bridge* bridge = nullptr;
+    };
+    auto link = std::make_shared<bridge_link>();
+    link->bridge = &bridge;
+    caf::actor_cast<caf::abstract_actor*>(worker)->attach_functor(
+      [link](const caf::error& reason) {
+        std::lock_guard<std::mutex> guard{link->mu};
+        if (link->bridge != nullptr)
+          link->bridge->finish(
+            reason && reason != caf::exit_reason::normal ? 1 : 0, {});
+      });
+    ch.start(&bridge);
+    code = bridge.wait();
+    ch.stop(std::chrono::milliseconds{1000});
+    caf::anon_send_exit(worker, caf::exit_reason::user_shutdown);
+    worker = nullptr;
+    sys.await_all_actors_done();
+    std::lock_guard<std::mutex> guard{link->mu};
+    link->bridge = nullptr;
+  }
+  return code;
+}
+
 int worker_entry(child_context& ctx) {
   auto spec = decode<worker_spec>(ctx.args);
   if (!spec) {
@@ -1689,42 +1771,40 @@ int worker_entry(child_context& ctx) {
                    describe(err).c_str());
     return 65;
   }
-  int code = 0;
-  {
-    auto worker = i->second.factory(sys);
-    child_bridge bridge{sys, ch, worker,
-                        i->second.fast ? &*i->second.fast : nullptr,
-                        spec->entry};
-    // The worker's end tells the bridge, unless the bridge is gone: CAF may
-    // run this on a scheduler thread after await_all_actors_done() returned.
-    struct bridge_link {
-      std::mutex mu;
-      child_bridge* bridge = nullptr;
-    };
-    auto link = std::make_shared<bridge_link>();
-    link->bridge = &bridge;
-    caf::actor_cast<caf::abstract_actor*>(worker)->attach_functor(
-      [link](const caf::error& reason) {
-        std::lock_guard<std::mutex> guard{link->mu};
-        if (link->bridge != nullptr)
-          link->bridge->finish(
-            reason && reason != caf::exit_reason::normal ? 1 : 0, {});
-      });
-    ch.start(&bridge);
-    code = bridge.wait();
-    ch.stop(std::chrono::milliseconds{1000});
-    caf::anon_send_exit(worker, caf::exit_reason::user_shutdown);
-    worker = nullptr;
-    sys.await_all_actors_done();
-    std::lock_guard<std::mutex> guard{link->mu};
-    link->bridge = nullptr;
-  }
-  return code;
+  return serve(ch, sys, i->second, spec->entry);
 }
 
 const bool worker_entry_registered = register_entry(worker_entry_name,
                                                     &worker_entry);
 
 } // namespace
+
+namespace detail {
+
+int serve_worker(frame_link& ch, caf::actor_system& sys,
+                 const std::string& entry, const std::string& name,
+                 std::chrono::milliseconds hello_timeout) {
+  auto i = worker_registry().find(entry);
+  if (i == worker_registry().end()) {
+    std::fprintf(stderr, "multiproc: no worker is registered as '%s'; "
+                         "registered workers: %s\n",
+                 entry.c_str(), registered_workers().c_str());
+    return 64;
+  }
+  this_worker_name_storage() = name;
+  if (send_hello(ch, name))
+    return 0; // the parent is gone already
+  if (auto err = receive_hello(ch, hello_timeout, name, "the parent")) {
+    if (err == errc::peer_closed)
+      return 0;
+    // Unlike a child's, a remote worker's stderr is its own: say why.
+    std::fprintf(stderr, "multiproc: worker %s: %s\n", name.c_str(),
+                 describe(err).c_str());
+    return 65;
+  }
+  return serve(ch, sys, i->second, entry);
+}
+
+} // namespace detail
 
 } // namespace multiproc

@@ -40,6 +40,8 @@ const char* to_string(errc x) noexcept {
     case errc::index_out_of_range: return "index_out_of_range";
     case errc::owner_died: return "owner_died";
     case errc::child_failed: return "child_failed";
+    case errc::connection_lost: return "connection_lost";
+    case errc::auth_failed: return "auth_failed";
   }
   return "unknown_errc";
 }

@@ -8,6 +8,7 @@
 #include "multiproc/function.hpp"
 #include "multiproc/message_registry.hpp"
 #include "multiproc/pipe.hpp"
+#include "multiproc/network.hpp"
 #include "multiproc/pool.hpp"
 #include "multiproc/process.hpp"
 #include "multiproc/queue.hpp"

@@ -53,6 +53,7 @@
 #include "multiproc/output.hpp"
 #include "multiproc/start_method.hpp"
 #include "multiproc/worker.hpp"
+#include "multiproc/network.hpp"
 
 namespace multiproc {
 
@@ -650,6 +651,15 @@ public:
   /// Stops at once: queued and in-flight tasks fail with errc::closed
   /// ("terminated"), workers are killed and reaped.
   void terminate();
+
+  /// Listens on opts.host:opts.port (loopback unless told otherwise) for
+  /// worker processes on other hosts (run_remote_worker(), `multiproc worker
+  /// --connect`), which join after proving that they hold opts.secret and
+  /// then get tasks like the pool's own workers. A lost or silent
+  /// connection is a dead worker (its tasks run again or fail, as for a
+  /// local one); remote workers are not replaced by the pool. Returns the
+  /// port listened on. network.hpp and docs/distribution.md have the rest.
+  caf::expected<uint16_t> publish(network_options opts);
 
   /// A CAF actor that runs each request it gets as a task and replies with
   /// its result: use it with self->request(pool.handle(), ...).

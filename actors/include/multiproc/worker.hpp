@@ -104,6 +104,9 @@ struct worker_info {
   std::string name;
   pid_t pid = 0;
   start_method method = start_method::spawn;
+  /// Empty for a child of this process; for a worker that joined over the
+  /// network (pool::publish), its host and the address it connected from.
+  std::string node;
 };
 
 /// Creates the worker actor inside the child.

@@ -47,6 +47,8 @@ enum class errc : uint8_t {
   index_out_of_range,   ///< an index past the end of a shared list or array
   owner_died,           ///< the shared-state owner's process or thread ended
   child_failed,         ///< a child process ended with a non-zero status
+  connection_lost,      ///< a remote peer's connection ended or timed out
+  auth_failed,          ///< a peer did not prove that it holds the cluster secret
 };
 
 } // namespace multiproc

@@ -1,0 +1,87 @@
+#pragma once
+
+/// Workers on other hosts, over CAF's network layer (the caf_io middleman,
+/// BASP over TCP).
+///
+/// A pool publishes itself on a TCP address (pool::publish); a worker
+/// process on any host joins it by connecting with the cluster's secret:
+///
+///     // node A                                 // node B
+///     auto port = p.publish({"0.0.0.0", 7000,   multiproc::remote_worker_options o;
+///                            secret});          o.host = "nodeA"; o.port = 7000;
+///                                               o.entry = "squarer"; o.secret = secret;
+///                                               return *multiproc::run_remote_worker(o);
+///
+/// or `multiproc worker --connect nodeA:7000 --entry squarer` (secret from
+/// MULTIPROC_SECRET or --secret-file). The pool then dispatches to the
+/// remote worker as to its own children, with the same ledger: a connection
+/// that ends or stays silent past connection_timeout is a dead worker.
+///
+/// Frames are the local wire format (Cereal bytes, docs/wire_format.md)
+/// carried inside CAF messages; message types need only their Cereal
+/// serialize(). Before anything runs, both ends prove that they hold the
+/// secret (HMAC-SHA256 challenge-response, as Python's authkey), and the
+/// hello frames compare the message-type fingerprints. docs/distribution.md
+/// has deployment, the security model, failure detection and firewalling.
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include <caf/expected.hpp>
+
+namespace multiproc {
+
+/// How a node listens for remote workers and watches them; one comment per
+/// field. The same timing settings should be used on both ends.
+struct network_options {
+  /// Address to listen on: loopback unless told otherwise ("0.0.0.0": all).
+  std::string host = "127.0.0.1";
+  /// TCP port; 0: any free port (pool::publish returns the one it got).
+  uint16_t port = 0;
+  /// The cluster's secret; a peer must prove it holds the same one. Must
+  /// not be empty.
+  std::string secret;
+  /// How often each end sends a heartbeat over an idle connection.
+  std::chrono::milliseconds heartbeat_interval{250};
+  /// A peer heard nothing from for this long is dropped (its worker counts
+  /// as dead): a frozen host, a cut cable, a SIGSTOPped process.
+  std::chrono::milliseconds connection_timeout{2000};
+  /// How long a joining worker may take to authenticate and say hello.
+  std::chrono::milliseconds handshake_timeout{5000};
+  /// Where the node's log lines go (a worker joined, left or was rejected,
+  /// and why); empty: stderr, prefixed "multiproc: ".
+  std::function<void(const std::string&)> log;
+};
+
+/// Where and how a remote worker joins a pool; one comment per field.
+struct remote_worker_options {
+  /// The publishing node's address and port.
+  std::string host = "127.0.0.1";
+  uint16_t port = 0;
+  /// The worker entry to run (MULTIPROC_WORKER name); the pool's must match.
+  std::string entry;
+  /// The worker's name in the pool's logs and errors; empty: "<entry>@<host>".
+  std::string name;
+  /// The cluster's secret (the pool's network_options::secret).
+  std::string secret;
+  /// Heartbeats and the silence after which the pool counts as gone (the
+  /// worker then exits); as network_options.
+  std::chrono::milliseconds heartbeat_interval{250};
+  std::chrono::milliseconds connection_timeout{2000};
+  /// How long connecting, authenticating and the hello may take.
+  std::chrono::milliseconds handshake_timeout{5000};
+};
+
+/// Connects to the pool at opts.host:opts.port, authenticates, and serves
+/// its tasks in this process until the pool lets the worker go (0) or the
+/// connection ends (0 when the pool closed it cleanly). Fails with
+/// errc::connection_lost when the pool cannot be reached, errc::auth_failed
+/// when either side lacks the secret, errc::fingerprint_mismatch when the
+/// two programs registered different message types, errc::unknown_entry
+/// for an entry that is not registered here or not the pool's. Call
+/// multiproc::bootstrap(argc, argv) first in main(), as for any worker.
+caf::expected<int> run_remote_worker(const remote_worker_options& opts);
+
+} // namespace multiproc
