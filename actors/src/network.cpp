@@ -245,6 +245,8 @@ void link_state::close_locked(std::unique_lock<std::mutex>& lk,
     return;
   closing_ = true;
   close_reason_ = std::move(reason);
+  if (!started_)
+    done_cv_.notify_all();
   kick(lk);
 }
 
@@ -527,7 +529,9 @@ std::optional<exit_status> link_state::peer_status() {
 
 bool link_state::wait_closed(std::chrono::milliseconds timeout) {
   std::unique_lock<std::mutex> lk{mu_};
-  return done_cv_.wait_for(lk, timeout, [this] { return closed_ || !started_; });
+  // Before start() no handler is told: the end of input is the end.
+  return done_cv_.wait_for(lk, timeout,
+                           [this] { return closed_ || (!started_ && closing_); });
 }
 
 // -- actor_link ---------------------------------------------------------------

@@ -1039,6 +1039,11 @@ caf::expected<caf::actor> adopt_worker(caf::actor_system& sys,
              + (info.node.empty() ? "" : " on " + info.node);
   // Handshake: both ends send their hello first, then check the other's.
   auto fail = [&](caf::error err) -> caf::expected<caf::actor> {
+    // After a mismatch the worker sees it too and exits (code 65) by
+    // itself: a remote one can tell its own operator why.
+    if (err == errc::fingerprint_mismatch
+        && peer->join(std::chrono::milliseconds{2000}))
+      return err;
     [[maybe_unused]] auto kerr = peer->kill();
     [[maybe_unused]] auto st = peer->join(std::chrono::milliseconds{5000});
     return err;
