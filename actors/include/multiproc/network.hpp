@@ -75,12 +75,15 @@ struct remote_worker_options {
 };
 
 /// Connects to the pool at opts.host:opts.port, authenticates, and serves
-/// its tasks in this process until the pool lets the worker go (0) or the
-/// connection ends (0 when the pool closed it cleanly). Fails with
-/// errc::connection_lost when the pool cannot be reached, errc::auth_failed
-/// when either side lacks the secret, errc::fingerprint_mismatch when the
-/// two programs registered different message types, errc::unknown_entry
-/// for an entry that is not registered here or not the pool's. Call
+/// its tasks in this process. Returns the exit code for main(): 0 when the
+/// pool lets the worker go (close(), retirement) or closes the link
+/// cleanly; 65 when the hello fails (the two programs registered different
+/// message types: the fingerprint mismatch is printed on stderr and logged
+/// by the pool) or the connection is lost while serving (printed on
+/// stderr). Fails with errc::connection_lost when the pool cannot be
+/// reached, errc::auth_failed when either side lacks the secret,
+/// errc::unknown_entry for an entry that is not registered here or not the
+/// pool's, errc::invalid_argument for an empty secret or port 0. Call
 /// multiproc::bootstrap(argc, argv) first in main(), as for any worker.
 caf::expected<int> run_remote_worker(const remote_worker_options& opts);
 
