@@ -553,7 +553,9 @@ public:
 pool_core::pool_core(caf::actor_system& sys, std::string entry,
                      pool_options opts)
   : sys_(sys), entry_(std::move(entry)), opts_(std::move(opts)) {
-  if (opts_.workers == 0)
+  if (opts_.remote_only)
+    opts_.workers = 0;
+  else if (opts_.workers == 0)
     opts_.workers = std::max(1u, std::thread::hardware_concurrency());
   if (opts_.name.empty())
     opts_.name = entry_;

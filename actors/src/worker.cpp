@@ -127,6 +127,14 @@ bool has_worker(const std::string& name) {
   return worker_registry().count(name) != 0;
 }
 
+std::vector<std::string> worker_names() {
+  std::vector<std::string> names;
+  for (auto& kvp : worker_registry())
+    names.push_back(kvp.first);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
 const std::string& this_worker_name() {
   return this_worker_name_storage();
 }

@@ -87,4 +87,18 @@ struct remote_worker_options {
 /// multiproc::bootstrap(argc, argv) first in main(), as for any worker.
 caf::expected<int> run_remote_worker(const remote_worker_options& opts);
 
+/// The `worker` command, for any program that registers worker entries
+/// (the multiproc tool runs it as `multiproc worker ...`): argv[0] is the
+/// command's name, then
+///   --connect HOST:PORT --entry NAME [--name NAME] [--secret-file PATH]
+///   [--heartbeat MS] [--connection-timeout MS] [--handshake-timeout MS]
+///   [--list]
+/// The secret is the first line of --secret-file, else $MULTIPROC_SECRET;
+/// never an argument (other users see arguments in ps). --list prints the
+/// worker entries this program registers. Returns main()'s exit code:
+/// run_remote_worker's (0, 65), 2 for a usage error, 3 when the pool
+/// refused the secret, 4 when it cannot be reached, 1 for any other error;
+/// errors are printed on stderr, each naming what was wrong.
+int worker_command(int argc, const char* const* argv);
+
 } // namespace multiproc

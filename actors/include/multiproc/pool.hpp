@@ -102,6 +102,10 @@ using progress_fn = std::function<void(const pool_stats&)>;
 struct pool_options {
   /// Number of worker processes; 0: the number of cores.
   size_t workers = 0;
+  /// Serve remote workers only (a head node that dispatches): the pool
+  /// starts no worker process of its own and `workers` is ignored; tasks
+  /// wait for the first worker to join through publish().
+  bool remote_only = false;
   /// How to start the children; empty: default_start_method().
   std::optional<start_method> method;
   /// The workers' names are "<name>-<i>"; empty: the worker entry name.
@@ -668,7 +672,8 @@ public:
   /// The live workers.
   std::vector<worker_info> workers() const;
 
-  /// Number of workers the pool keeps.
+  /// Number of worker processes the pool keeps (0 with remote_only; remote
+  /// workers come and go on their own: see workers()).
   size_t size() const noexcept;
 
   pool_stats stats() const;

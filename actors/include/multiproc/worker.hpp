@@ -140,6 +140,9 @@ bool register_worker(const char* name, worker_factory factory,
 /// True if a worker is registered under `name`.
 bool has_worker(const std::string& name);
 
+/// The names of the registered workers, sorted.
+std::vector<std::string> worker_names();
+
 /// Starts a child process running the worker registered as `entry` and
 /// returns a handle to its actor once the child is ready (handshake done).
 /// Errors: unknown_entry, not_bootstrapped, fork_unsafe, spawn_failed,
