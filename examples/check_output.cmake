@@ -1,7 +1,7 @@
 # Runs a program and checks its output: cmake -DPROGRAM=<path> [-DARGS=a@@b]
-# -DEXPECT=<regex>@@<regex>... [-DORDERED=OFF] -P check_output.cmake
+# -DEXPECT=<regex>@@<regex>... [-DORDERED=OFF] [-DEXIT_CODE=n] -P check_output.cmake
 # stdout and stderr are merged in write order (2>&1). The program must exit 0
-# and print a match for every regex; with ORDERED (the default) each match
+# (or EXIT_CODE) and print a match for every regex; with ORDERED (the default) each match
 # must come after the previous one. "@@" separates list items so that regexes
 # may contain ';' and brackets.
 
@@ -10,6 +10,9 @@ if(NOT PROGRAM OR NOT DEFINED EXPECT)
 endif()
 if(NOT DEFINED ORDERED)
   set(ORDERED ON)
+endif()
+if(NOT DEFINED EXIT_CODE)
+  set(EXIT_CODE 0)
 endif()
 
 set(args "")
@@ -23,8 +26,8 @@ execute_process(
   RESULT_VARIABLE result
   TIMEOUT 55)
 message("${output}")
-if(NOT result STREQUAL "0")
-  message(FATAL_ERROR "${PROGRAM} exited with '${result}', expected 0")
+if(NOT result STREQUAL "${EXIT_CODE}")
+  message(FATAL_ERROR "${PROGRAM} exited with '${result}', expected ${EXIT_CODE}")
 endif()
 
 # Walk the patterns one by one (no list splitting: regexes hold brackets).

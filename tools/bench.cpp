@@ -32,6 +32,7 @@
 // Env: BENCH_REPS (default 5).
 #include "bench.hpp"
 #include "bench_queue.hpp"
+#include "bench_remote.hpp"
 #include "bench_shared.hpp"
 #include "bench_report.hpp"
 
@@ -684,6 +685,13 @@ int run_bench(const std::vector<std::string>& what, bool json) {
       bench_shared(out, w.substr(7));
       known = true;
     }
+    if (w == "remote" || w == "all") {
+      bench_remote(out, "");
+      known = true;
+    } else if (w.rfind("remote.", 0) == 0) {
+      bench_remote(out, w.substr(7));
+      known = true;
+    }
     if (!known) {
       std::fprintf(stderr,
                    "multiproc bench: unknown benchmark '%s' (known: pipe, "
@@ -691,7 +699,7 @@ int run_bench(const std::vector<std::string>& what, bool json) {
                    "pool.auto, pool.auto_behavior, pool.latency, pool.chaos, "
                    "queue, queue.1p1c, "
                    "queue.2p2c, queue.rtt, shared, shared.incr, shared.dict, "
-                   "shared.rtt, all)\n",
+                   "shared.rtt, remote, remote.rtt, remote.tput, all)\n",
                    w.c_str());
       return 2;
     }

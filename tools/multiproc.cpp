@@ -1,6 +1,7 @@
 // The `multiproc` command: `demo` runs a small pipeline over worker processes,
 // `info` prints what this build and machine offer, `bench` runs benchmarks,
-// `chaos` puts a pool and a queue pipeline under random SIGKILL and SIGSTOP.
+// `chaos` puts a pool and a queue pipeline under random SIGKILL and SIGSTOP,
+// `worker` joins a published pool as a remote worker (network.hpp).
 // The executable is also its own child process: bootstrap() comes first.
 
 #include <cstddef>
@@ -15,10 +16,18 @@
 #include "demo.hpp"
 #include "info.hpp"
 #include "multiproc/bootstrap.hpp"
+#include "multiproc/network.hpp"
 
 int main(int argc, char** argv) {
   // In a child process this runs the worker and never returns.
   multiproc::bootstrap(argc, argv);
+  // The worker command parses its own options (the same in any program).
+  if (argc > 1 && std::string{argv[1]} == "worker") {
+    std::vector<const char*> args{"multiproc worker"};
+    args.insert(args.end(), argv + 2, argv + argc);
+    return multiproc::worker_command(static_cast<int>(args.size()),
+                                     args.data());
+  }
   CLI::App app{"multiproc: Python's multiprocessing for C++, on CAF actors"};
   app.require_subcommand(1);
   int rc = 0;
@@ -70,17 +79,19 @@ int main(int argc, char** argv) {
   auto* bench_cmd = app.add_subcommand("bench", "Run benchmarks");
   bench_cmd
     ->add_option("what", what,
-                 "Benchmark groups: pipe, pool, queue, shared, all, or one "
+                 "Benchmark groups: pipe, pool, queue, shared, remote, all, or one "
                  "part of a group: pipe.rtt, pipe.tput, pipe.bw, pipe.spawn, "
                  "pool.map1, pool.auto, pool.auto_behavior, pool.latency, "
                  "pool.chaos, queue.1p1c, queue.2p2c, queue.rtt, "
-                 "shared.incr, shared.dict, shared.rtt")
+                 "shared.incr, shared.dict, shared.rtt, remote, remote.rtt, "
+                 "remote.tput")
     ->check(CLI::IsMember({"pipe", "pool", "queue", "shared", "all",
                            "pipe.rtt", "pipe.tput", "pipe.bw", "pipe.spawn",
                            "pool.map1", "pool.auto", "pool.auto_behavior",
                            "pool.latency", "pool.chaos", "queue.1p1c",
                            "queue.2p2c", "queue.rtt", "shared.incr",
-                           "shared.dict", "shared.rtt"}));
+                           "shared.dict", "shared.rtt", "remote", "remote.rtt",
+                           "remote.tput"}));
   bench_cmd->add_flag("--json", json, "Print one JSON object");
   bench_cmd->callback([&] {
     if (what.empty())
@@ -133,6 +144,12 @@ int main(int argc, char** argv) {
     chaos.json = chaos_json;
     rc = run_chaos(chaos);
   });
+
+  // Listed in --help; `multiproc worker ...` is run above.
+  app.add_subcommand("worker",
+                     "Join a published pool as a remote worker: --connect "
+                     "HOST:PORT --entry NAME (see multiproc worker --help)")
+    ->allow_extras();
 
   CLI11_PARSE(app, argc, argv);
   return rc;
