@@ -21,6 +21,7 @@ readonly PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
   python3
+  iproute2 # `ip`: the network tests cut links between namespaces
 )
 # The fuzz pass of `test` (clang and its libFuzzer/sanitizer runtimes).
 readonly FUZZ_PACKAGES=(clang-14 libclang-rt-14-dev)

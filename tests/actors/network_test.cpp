@@ -2,23 +2,33 @@
 // process of its own on 127.0.0.1. A remote worker is a child process of
 // the test that connects to the pool over TCP like a worker on another
 // host; the test kills, freezes or misconfigures it and checks what the
-// pool does with its tasks.
+// pool does with its tasks. Where a test must cut a link, the worker runs
+// in a network namespace of its own, joined to the test's by a veth pair.
 
 #include "multiproc/envelope.hpp"
 #include "multiproc/network.hpp"
 #include "multiproc/pool.hpp"
 
+#include <cerrno>
 #include <chrono>
 #include <csignal>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <fstream>
+#include <future>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include <fcntl.h>
+#include <sched.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -79,10 +89,11 @@ MULTIPROC_WORKER("network_test.worker", net_worker)
 
 namespace {
 
-/// A remote worker node. args: "<port> <mode> <secret>"; mode "ok" or
-/// "extra_type" (registers a message type the pool's program lacks).
-/// Exit codes: run_remote_worker's, or 3 auth_failed, 4 connection_lost,
-/// 5 another error.
+/// A remote worker node. args: "<port> <mode> <secret> [<host>]"; mode
+/// "ok", "extra_type" (registers a message type the pool's program lacks)
+/// or "netns:<name>" (serves from the network namespace `ip netns add
+/// <name>` made). Exit codes: run_remote_worker's, or 3 auth_failed,
+/// 4 connection_lost, 5 another error, 6 the namespace cannot be entered.
 int remote_node(child_context& ctx) {
   std::istringstream in{ctx.args};
   int port = 0;
@@ -90,6 +101,23 @@ int remote_node(child_context& ctx) {
   remote_worker_options o;
   in >> port >> mode >> o.secret;
   o.port = static_cast<uint16_t>(port);
+  if (std::string host; in >> host)
+    o.host = host;
+  if (mode.rfind("netns:", 0) == 0) {
+    // Before the actor system exists: setns() moves only the calling
+    // thread, and CAF's threads inherit its namespace when they start.
+    auto path = "/var/run/netns/" + mode.substr(6);
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    bool entered = fd >= 0 && ::setns(fd, CLONE_NEWNET) == 0;
+    int err = errno;
+    if (fd >= 0)
+      ::close(fd);
+    if (!entered) {
+      std::fprintf(stderr, "remote worker: cannot enter %s: %s\n",
+                   path.c_str(), std::strerror(err));
+      return 6;
+    }
+  }
   o.entry = "network_test.worker";
   o.heartbeat_interval = 100ms;
   o.connection_timeout = 1000ms;
@@ -143,8 +171,10 @@ protected:
     return std::move(*p);
   }
 
-  uint16_t publish(pool& p, const std::string& secret = kSecret) {
+  uint16_t publish(pool& p, const std::string& secret = kSecret,
+                   const std::string& host = "127.0.0.1") {
     network_options net;
+    net.host = host;
     net.secret = secret;
     net.heartbeat_interval = 100ms;
     net.connection_timeout = 1000ms;
@@ -158,11 +188,13 @@ protected:
   }
 
   process& start_remote(uint16_t port, const std::string& mode = "ok",
-                        const std::string& secret = kSecret) {
+                        const std::string& secret = kSecret,
+                        const std::string& host = "127.0.0.1") {
     process_options popts;
     popts.sink = [](const output_line&) {};
     auto proc = start_process("network_test.remote_node",
-                              std::to_string(port) + " " + mode + " " + secret,
+                              std::to_string(port) + " " + mode + " " + secret
+                                + " " + host,
                               popts);
     EXPECT_TRUE(proc) << describe(proc.error());
     remotes_.push_back(std::move(*proc));
@@ -242,6 +274,41 @@ TEST_F(Network, RemoteWorkersJoinAndServeTasks) {
       listed = !w.node.empty();
   EXPECT_TRUE(listed) << "workers() does not list the remote one with a node";
   ASSERT_FALSE(p.close(kBound));
+  auto st = remote.join(kBound);
+  ASSERT_TRUE(st) << describe(st.error());
+  EXPECT_TRUE(st->success()) << st->to_string();
+}
+
+TEST_F(Network, ARemoteOnlyPoolWaitsForItsFirstRemoteWorker) {
+  pool_options opts;
+  opts.remote_only = true;
+  opts.workers = 3; // ignored: no worker process of its own
+  auto p = pool::start(sys_, "network_test.worker", opts);
+  ASSERT_TRUE(p) << describe(p.error());
+  EXPECT_EQ(p->size(), 0u);
+  EXPECT_TRUE(p->workers().empty());
+  // Submitted before any worker exists: it waits, it does not fail.
+  auto early = p->submit<net_result>(net_task{7, 0, ""});
+  EXPECT_EQ(early.wait_for(200ms), std::future_status::timeout);
+  auto port = publish(*p);
+  ASSERT_NE(port, 0);
+  auto& remote = start_remote(port);
+  ASSERT_EQ(early.wait_for(kBound), std::future_status::ready) << log_text();
+  auto r = early.get();
+  ASSERT_TRUE(r) << describe(r.error()) << "\n" << log_text();
+  EXPECT_EQ(r->value, 49);
+  EXPECT_EQ(r->pid, remote.pid());
+  std::vector<net_task> tasks;
+  for (int32_t i = 0; i < 20; ++i)
+    tasks.push_back(net_task{i, 0, ""});
+  auto rs = p->map<net_result>(tasks);
+  ASSERT_EQ(rs.size(), tasks.size());
+  for (size_t i = 0; i < rs.size(); ++i) {
+    ASSERT_TRUE(rs[i]) << describe(rs[i].error());
+    EXPECT_EQ(rs[i]->value, static_cast<int32_t>(i * i));
+    EXPECT_EQ(rs[i]->pid, remote.pid()) << "task " << i;
+  }
+  ASSERT_FALSE(p->close(kBound));
   auto st = remote.join(kBound);
   ASSERT_TRUE(st) << describe(st.error());
   EXPECT_TRUE(st->success()) << st->to_string();
@@ -360,6 +427,216 @@ TEST_F(Network, AFrozenRemoteWorkerIsDroppedAfterTheConnectionTimeout) {
   ASSERT_NO_FATAL_FAILURE(
     expect_survives(*this, p, remote, dir_ + "/runs", SIGSTOP));
   EXPECT_TRUE(wait_workers(p, 1)) << "the frozen remote worker is still listed";
+}
+
+/// Runs `ip <args>`; a failure names the command and what it printed.
+::testing::AssertionResult ip(const std::string& args) {
+  auto cmd = "ip " + args;
+  auto* out = ::popen((cmd + " 2>&1").c_str(), "r");
+  if (out == nullptr)
+    return ::testing::AssertionFailure()
+           << "cannot run `" << cmd << "`: " << std::strerror(errno);
+  std::string text;
+  char buf[256];
+  for (size_t n; (n = std::fread(buf, 1, sizeof(buf), out)) > 0;)
+    text.append(buf, n);
+  int st = ::pclose(out);
+  if (st == 0)
+    return ::testing::AssertionSuccess();
+  auto result = ::testing::AssertionFailure() << "`" << cmd << "` failed (";
+  if (st != -1 && WIFEXITED(st))
+    result << "exit code " << WEXITSTATUS(st);
+  else
+    result << "wait status " << st;
+  return result << "): " << text;
+}
+
+/// A network namespace for one remote worker, joined to the test's own by a
+/// veth pair: the pool's end is pool_address() here, the worker's end the
+/// next address of the same /30 in the namespace. Names and subnet derive
+/// from this process's pid, so that parallel test runs on one machine
+/// (ctest -j, several presets) do not collide. Going out of scope kills the
+/// worker given to guard() and removes the pair and the namespace, whether
+/// or not the test passed.
+class veth_link {
+public:
+  veth_link() {
+    auto pid = std::to_string(::getpid());
+    ns_ = "mpns" + pid;
+    pool_if_ = "mpv" + pid + "a"; // at most 11 of IFNAMSIZ's 15 characters
+    worker_if_ = "mpv" + pid + "b";
+    // 10.203.0.0/16 holds 16384 /30s.
+    auto k = ::getpid() % 16384;
+    auto net = "10.203." + std::to_string(k / 64) + ".";
+    pool_address_ = net + std::to_string(k % 64 * 4 + 1);
+    worker_address_ = net + std::to_string(k % 64 * 4 + 2);
+  }
+
+  veth_link(const veth_link&) = delete;
+  veth_link& operator=(const veth_link&) = delete;
+
+  ~veth_link() {
+    // The worker first: it must not outlive the test, and its namespace
+    // goes only once nothing runs in it.
+    if (remote_ != nullptr) {
+      [[maybe_unused]] auto e1 = remote_->kill();
+      [[maybe_unused]] auto st = remote_->join(5s);
+    }
+    if (has_pair_) {
+      EXPECT_TRUE(ip("link del " + pool_if_)); // takes the peer along
+    }
+    if (has_ns_) {
+      EXPECT_TRUE(ip("netns del " + ns_));
+    }
+  }
+
+  /// Creates the namespace; fails as `ip` does (without privileges, too).
+  ::testing::AssertionResult add_namespace() {
+    // Our pid is in the names: whatever holds them now was left behind by
+    // a dead process that had this pid.
+    [[maybe_unused]] auto stale_pair = ip("link del " + pool_if_);
+    [[maybe_unused]] auto stale_ns = ip("netns del " + ns_);
+    auto made = ip("netns add " + ns_);
+    has_ns_ = static_cast<bool>(made);
+    return made;
+  }
+
+  /// Creates the veth pair, moves one end into the namespace, gives both
+  /// their addresses and brings them (and the namespace's lo) up.
+  ::testing::AssertionResult connect() {
+    auto made = ip("link add " + pool_if_ + " type veth peer name "
+                   + worker_if_);
+    has_pair_ = static_cast<bool>(made);
+    for (auto args : {"link set " + worker_if_ + " netns " + ns_,
+                      "addr add " + pool_address_ + "/30 dev " + pool_if_,
+                      "link set " + pool_if_ + " up",
+                      "-n " + ns_ + " addr add " + worker_address_
+                        + "/30 dev " + worker_if_,
+                      "-n " + ns_ + " link set " + worker_if_ + " up",
+                      "-n " + ns_ + " link set lo up"})
+      if (made)
+        made = ip(args);
+    return made;
+  }
+
+  /// Cuts the link as a pulled cable at the worker's host would: its end
+  /// goes down, ours loses the carrier. Downing our end instead would drop
+  /// the pool's route to the worker, and its packets would follow the
+  /// default route off the machine rather than vanish.
+  ::testing::AssertionResult cut() {
+    return ip("-n " + ns_ + " link set " + worker_if_ + " down");
+  }
+
+  /// Kills and reaps `remote` on the way out (before removing its
+  /// namespace); it must outlive this guard.
+  void guard(process& remote) {
+    remote_ = &remote;
+  }
+
+  const std::string& name() const {
+    return ns_;
+  }
+
+  const std::string& pool_address() const {
+    return pool_address_;
+  }
+
+private:
+  std::string ns_;
+  std::string pool_if_;
+  std::string worker_if_;
+  std::string pool_address_;
+  std::string worker_address_;
+  bool has_ns_ = false;
+  bool has_pair_ = false;
+  process* remote_ = nullptr;
+};
+
+TEST_F(Network, ALinkCutMidTaskHasItsTaskRunAgain) {
+  veth_link net;
+  if (auto made = net.add_namespace(); !made) {
+    if (::geteuid() != 0)
+      GTEST_SKIP() << "cutting a link needs root (CAP_SYS_ADMIN and "
+                      "CAP_NET_ADMIN, for network namespaces and veth pairs): "
+                   << made.message();
+    FAIL() << made.message();
+  }
+  ASSERT_TRUE(net.connect());
+  auto p = start_pool(1);
+  auto port = publish(p, kSecret, net.pool_address());
+  ASSERT_NE(port, 0);
+  auto& remote = start_remote(port, "netns:" + net.name(), kSecret,
+                              net.pool_address());
+  net.guard(remote);
+  ASSERT_TRUE(wait_workers(p, 2))
+    << "the remote worker did not join: it "
+    << (remote.is_alive() ? "still runs" : remote.status()->to_string())
+    << "\n"
+    << log_text();
+  pid_t local = 0;
+  for (auto& w : p.workers())
+    if (w.node.empty())
+      local = w.pid;
+  ASSERT_NE(local, 0) << "no local worker is listed";
+  // With a window of 1, the two tasks start one on each worker; they last
+  // long enough to be cut off while the remote one runs.
+  auto log = dir_ + "/runs";
+  std::vector<task_future<net_result>> fs;
+  for (int32_t i = 0; i < 2; ++i)
+    fs.push_back(p.submit<net_result>(net_task{i, 500, log}));
+  int32_t victim = -1;
+  auto deadline = clock_type::now() + kBound;
+  while (victim < 0 && clock_type::now() < deadline) {
+    std::ifstream in{log};
+    long pid = 0;
+    long v = 0;
+    while (in >> pid >> v)
+      if (pid == remote.pid())
+        victim = static_cast<int32_t>(v);
+    std::this_thread::sleep_for(2ms);
+  }
+  ASSERT_GE(victim, 0) << "no task started on the remote worker";
+  ASSERT_TRUE(net.cut());
+  auto cut = clock_type::now();
+  // Nothing comes back over a cut link: only the heartbeats' silence tells
+  // either end that the other is gone. The worker's end must give up by
+  // itself rather than wait for a pool it cannot reach.
+  std::optional<clock_type::time_point> back;
+  std::optional<clock_type::time_point> gone;
+  while ((!back || !gone) && clock_type::now() < cut + kBound) {
+    if (!back && fs[victim].wait_for(0s) == std::future_status::ready)
+      back = clock_type::now();
+    if (!gone && !remote.is_alive())
+      gone = clock_type::now();
+    std::this_thread::sleep_for(2ms);
+  }
+  ASSERT_TRUE(back) << "the remote worker's task hangs after the link was "
+                       "cut\n"
+                    << log_text();
+  ASSERT_TRUE(gone) << "the cut-off remote worker does not exit";
+  auto ms = [&](clock_type::time_point t) {
+    return static_cast<long long>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(t - cut).count());
+  };
+  std::printf("link cut: the task's result came %lld ms after the cut, the "
+              "remote worker exited %lld ms after it\n",
+              ms(*back), ms(*gone));
+  auto r = fs[victim].get();
+  ASSERT_TRUE(r) << describe(r.error());
+  EXPECT_EQ(r->value, victim * victim);
+  EXPECT_EQ(r->pid, local) << "the task did not run again on the local worker";
+  auto& other = fs[1 - victim];
+  ASSERT_EQ(other.wait_for(kBound), std::future_status::ready);
+  auto o = other.get();
+  ASSERT_TRUE(o) << describe(o.error());
+  EXPECT_EQ(o->pid, local);
+  EXPECT_GE(p.stats().redispatched, 1u);
+  EXPECT_TRUE(wait_workers(p, 1)) << "the cut-off remote worker is still listed";
+  auto st = remote.join(kBound);
+  ASSERT_TRUE(st) << describe(st.error());
+  EXPECT_EQ(st->code, 65) << "not the exit of a connection lost while "
+                             "serving: "
+                          << st->to_string();
 }
 
 } // namespace
