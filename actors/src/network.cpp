@@ -623,7 +623,7 @@ caf::expected<exit_status> remote_peer::join(std::chrono::milliseconds grace) {
 struct gateway::state {
   network_options opts;
   std::string entry;
-  std::string pool_name;
+  std::string what; // "pool <name>", in logs and errors
   channel_options channel;
   admit_fn admit;
   caf::actor_system* sys = nullptr;
@@ -633,6 +633,7 @@ struct gateway::state {
   std::map<caf::actor_addr, std::pair<std::string, std::string>> open;
   std::vector<std::thread> admitting;
   bool stopping = false;
+  bool own_thread = false; // the links' delivery (gateway::start)
 };
 
 namespace {
@@ -671,9 +672,9 @@ caf::behavior gateway_actor(caf::event_based_actor* self,
       }
       if (entry != st->entry) {
         st->log("rejected " + who + ": it runs worker entry '" + entry
-                + "', pool " + st->pool_name + " runs '" + st->entry + "'");
+                + "', " + st->what + " runs '" + st->entry + "'");
         return make_error(errc::unknown_entry,
-                          "pool " + st->pool_name + " runs worker entry '"
+                          st->what + " runs worker entry '"
                             + st->entry + "', not '" + entry + "'");
       }
       auto server_nonce = make_nonce();
@@ -713,7 +714,7 @@ caf::behavior gateway_actor(caf::event_based_actor* self,
                 + ": wrong secret (its answer to the challenge does not "
                   "match)");
         return make_error(errc::auth_failed,
-                          "pool " + st->pool_name
+                          st->what
                             + " rejected the worker: wrong secret");
       }
       if (!rx || !sender || rx.node() != sender->node()) {
@@ -721,7 +722,8 @@ caf::behavior gateway_actor(caf::event_based_actor* self,
                 + ": its link actor is not on its own node");
         return make_error(errc::auth_failed, "bad link actor");
       }
-      auto link = link_state::make(*st->sys, st->channel, false, rx.node(),
+      auto link = link_state::make(*st->sys, st->channel, st->own_thread,
+                                   rx.node(),
                                    "worker " + worker);
       link->connect(rx);
       joined_worker j;
@@ -733,7 +735,7 @@ caf::behavior gateway_actor(caf::event_based_actor* self,
       {
         std::lock_guard<std::mutex> guard{st->mu};
         if (st->stopping)
-          return make_error(errc::closed, "pool " + st->pool_name
+          return make_error(errc::closed, st->what
                                             + " is closing");
         st->admitting.emplace_back(
           [st, j]() mutable { st->admit(std::move(j)); });
@@ -746,11 +748,11 @@ caf::behavior gateway_actor(caf::event_based_actor* self,
 } // namespace
 
 caf::expected<std::unique_ptr<gateway>>
-gateway::start(network_options opts, std::string entry, std::string pool_name,
-               channel_options channel, admit_fn admit) {
+gateway::start(network_options opts, std::string entry, std::string what,
+               channel_options channel, admit_fn admit, bool own_thread) {
   if (opts.secret.empty())
     return make_error(errc::invalid_argument,
-                      "publishing pool " + pool_name
+                      "publishing " + what
                         + " needs a secret (network_options::secret): no "
                           "peer may join without proving it holds one");
   std::unique_ptr<gateway> g{new gateway};
@@ -760,13 +762,14 @@ gateway::start(network_options opts, std::string entry, std::string pool_name,
   auto st = std::make_shared<state>();
   st->opts = opts;
   st->entry = std::move(entry);
-  st->pool_name = pool_name;
+  st->what = what;
   st->channel = channel;
   st->admit = std::move(admit);
+  st->own_thread = own_thread;
   st->sys = &g->node_->sys();
   auto sink = opts.log;
-  st->log = [sink, pool_name](const std::string& line) {
-    auto text = "pool " + pool_name + ": " + line;
+  st->log = [sink, what](const std::string& line) {
+    auto text = what + ": " + line;
     if (sink)
       sink(text);
     else
@@ -779,7 +782,7 @@ gateway::start(network_options opts, std::string entry, std::string pool_name,
   if (!port) {
     caf::anon_send_exit(g->actor_, caf::exit_reason::user_shutdown);
     return make_error(errc::system_error,
-                      "pool " + pool_name + " cannot listen on " + opts.host
+                      what + " cannot listen on " + opts.host
                         + ":" + std::to_string(opts.port) + ": "
                         + g->node_->sys().render(port.error()));
   }
@@ -814,6 +817,53 @@ gateway::~gateway() {
   stop_listening();
 }
 
+caf::expected<std::shared_ptr<link_state>>
+join_gateway(caf::actor_system& sys, const caf::actor& gw,
+             const join_request& req) {
+  char host[256] = {};
+  if (::gethostname(host, sizeof(host) - 1) != 0)
+    std::snprintf(host, sizeof(host), "unknown-host");
+  caf::error failure;
+  std::string server_nonce;
+  std::shared_ptr<link_state> link;
+  auto client_nonce = make_nonce();
+  caf::actor parent;
+  {
+    // One actor asks for the challenge and answers it: the gateway keys
+    // the challenge by its sender.
+    caf::scoped_actor self{sys};
+    self
+      ->request(gw, req.handshake_timeout, hello_atom::value, client_nonce,
+                req.entry)
+      .receive(
+        [&](std::string& nonce, std::string& proof) {
+          if (!same_answer(proof, answer(req.secret, "pool", client_nonce,
+                                         nonce)))
+            failure = make_error(errc::auth_failed,
+                                 req.peer + " did not prove that it holds the "
+                                     "secret (wrong secret on one side)");
+          server_nonce = std::move(nonce);
+        },
+        [&](caf::error& err) { failure = std::move(err); });
+    if (failure)
+      return failure;
+    link = link_state::make(sys, channel_options{}, true, gw.node(),
+                            req.peer);
+    link->on_signal = req.on_signal;
+    self
+      ->request(gw, req.handshake_timeout, join_atom::value,
+                answer(req.secret, "worker", server_nonce, client_nonce),
+                link->rx(), req.name, static_cast<int32_t>(::getpid()),
+                std::string{host})
+      .receive([&](caf::actor& x) { parent = std::move(x); },
+               [&](caf::error& err) { failure = std::move(err); });
+  }
+  if (failure)
+    return failure;
+  link->connect(parent);
+  return link;
+}
+
 } // namespace multiproc::detail
 
 namespace multiproc {
@@ -841,45 +891,17 @@ caf::expected<int> run_remote_worker(const remote_worker_options& opts) {
     return make_error(errc::connection_lost,
                       "cannot reach the pool at " + where + ": "
                         + sys.render(gw.error()));
-  caf::error failure;
-  std::string server_nonce;
-  std::shared_ptr<link_state> link;
-  auto client_nonce = make_nonce();
-  caf::actor parent;
-  {
-    // One actor asks for the challenge and answers it: the gateway keys
-    // the challenge by its sender.
-    caf::scoped_actor self{sys};
-    self
-      ->request(*gw, opts.handshake_timeout, hello_atom::value, client_nonce,
-                opts.entry)
-      .receive(
-        [&](std::string& nonce, std::string& proof) {
-          if (!same_answer(proof, answer(opts.secret, "pool", client_nonce,
-                                         nonce)))
-            failure = make_error(errc::auth_failed,
-                                 "the pool at " + where
-                                   + " did not prove that it holds the "
-                                     "secret (wrong secret on one side)");
-          server_nonce = std::move(nonce);
-        },
-        [&](caf::error& err) { failure = std::move(err); });
-    if (failure)
-      return failure;
-    link = link_state::make(sys, channel_options{}, true, gw->node(),
-                            "the pool at " + where);
-    link->on_signal = [](int sig) { ::kill(::getpid(), sig); };
-    self
-      ->request(*gw, opts.handshake_timeout, join_atom::value,
-                answer(opts.secret, "worker", server_nonce, client_nonce),
-                link->rx(), name, static_cast<int32_t>(::getpid()),
-                std::string{host})
-      .receive([&](caf::actor& x) { parent = std::move(x); },
-               [&](caf::error& err) { failure = std::move(err); });
-  }
-  if (failure)
-    return failure;
-  link->connect(parent);
+  join_request req;
+  req.peer = "the pool at " + where;
+  req.secret = opts.secret;
+  req.entry = opts.entry;
+  req.name = name;
+  req.handshake_timeout = opts.handshake_timeout;
+  req.on_signal = [](int sig) { ::kill(::getpid(), sig); };
+  auto joined = join_gateway(sys, *gw, req);
+  if (!joined)
+    return std::move(joined.error());
+  auto link = std::move(*joined);
   int code;
   {
     actor_link ch{link};

@@ -232,9 +232,12 @@ class gateway {
 public:
   using admit_fn = std::function<void(joined_worker)>;
 
+  /// `what` names the published thing in logs and errors ("pool squarer").
+  /// `own_thread`: each joined link delivers on a thread of its own (its
+  /// handler may block) rather than on the multiplexer's.
   static caf::expected<std::unique_ptr<gateway>>
-  start(network_options opts, std::string entry, std::string pool_name,
-        channel_options channel, admit_fn admit);
+  start(network_options opts, std::string entry, std::string what,
+        channel_options channel, admit_fn admit, bool own_thread = false);
   /// Stops listening, drops unanswered challenges and waits for the
   /// adoptions under way; the node (and the links of the workers that
   /// joined) lives on until the gateway is destroyed.
@@ -258,5 +261,25 @@ private:
   caf::actor actor_;
   uint16_t port_ = 0;
 };
+
+/// How a process joins a published gateway.
+struct join_request {
+  std::string peer; // "the pool at host:port", for errors and logs
+  std::string secret;
+  std::string entry;
+  std::string name;
+  std::chrono::milliseconds handshake_timeout{5000};
+  /// The link's on_signal, set before the gateway can send one.
+  std::function<void(int)> on_signal;
+};
+
+/// Proves to the gateway `gw` (a handle from remote_actor on `sys`) that
+/// this process holds the secret, checks the gateway's proof, and joins:
+/// the link (delivering on a thread of its own) is connected to the
+/// gateway's side. Errors: auth_failed (either proof), unknown_entry, or
+/// what the request failed with (a timeout, a lost connection).
+caf::expected<std::shared_ptr<link_state>>
+join_gateway(caf::actor_system& sys, const caf::actor& gw,
+             const join_request& req);
 
 } // namespace multiproc::detail

@@ -649,7 +649,7 @@ caf::expected<uint16_t> pool_core::publish(network_options opts) {
                       "the pool " + opts_.name + " is published already, on "
                         "port " + std::to_string(gateway_->port()));
   std::weak_ptr<pool_core> weak = shared_from_this();
-  auto g = gateway::start(std::move(opts), entry_, opts_.name,
+  auto g = gateway::start(std::move(opts), entry_, "pool " + opts_.name,
                           channel_options{}, [weak](joined_worker j) {
                             if (auto core = weak.lock())
                               core->add_remote(std::move(j));

@@ -30,6 +30,7 @@
 #include "multiproc/function.hpp"
 #include "multiproc/pipe.hpp"
 #include "shared_state_owner.hpp"
+#include "state_tunnel.hpp"
 
 namespace multiproc::detail {
 
@@ -114,6 +115,8 @@ caf::error decode_error(std::string_view payload) {
   }
 }
 
+} // namespace
+
 caf::expected<unique_fd> connect_to(const std::string& address) {
   sockaddr_un sa;
   auto len = abstract_address(address, &sa);
@@ -133,6 +136,8 @@ caf::expected<unique_fd> connect_to(const std::string& address) {
   }
   return fd;
 }
+
+namespace {
 
 // -- blocking connections -----------------------------------------------------
 
@@ -878,8 +883,11 @@ struct shared_state::impl {
   std::thread thread;
   std::optional<process> proc;
   std::optional<pipe_end> parent_end;
+  std::mutex publish_mu;
+  std::unique_ptr<detail::state_publisher> publisher;
 
   ~impl() {
+    publisher.reset(); // its connections to the owner end first
     if (owner) {
       owner->stop();
       if (thread.joinable())
@@ -949,6 +957,24 @@ caf::error shared_state::serve(const std::string& address) {
     return std::move(owner.error());
   (*owner)->run();
   return caf::none;
+}
+
+caf::expected<uint16_t> shared_state::publish(network_options opts) {
+  if (!impl_)
+    return make_error(errc::invalid_argument,
+                      "the shared-state owner at '" + address_
+                        + "' is stopped: it cannot publish");
+  std::lock_guard<std::mutex> guard{impl_->publish_mu};
+  if (impl_->publisher)
+    return make_error(errc::invalid_argument,
+                      "the shared-state owner at '" + address_
+                        + "' is published already, on port "
+                        + std::to_string(impl_->publisher->port()));
+  auto p = detail::state_publisher::start(std::move(opts), address_);
+  if (!p)
+    return std::move(p.error());
+  impl_->publisher = std::move(*p);
+  return impl_->publisher->port();
 }
 
 pid_t shared_state::owner_pid() const noexcept {

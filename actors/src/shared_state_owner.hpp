@@ -19,6 +19,10 @@ namespace multiproc::detail {
 /// or 0 if the name is too long.
 size_t abstract_address(const std::string& address, void* sockaddr_un_out);
 
+/// Connects to the owner listening on `address`. Errors: owner_died (no
+/// one listens), invalid_argument (not an address), system_error.
+caf::expected<unique_fd> connect_to(const std::string& address);
+
 class shared_owner {
 public:
   /// Binds and listens on `address`. Errors: invalid_argument (in use or

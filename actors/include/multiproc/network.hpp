@@ -74,6 +74,23 @@ struct remote_worker_options {
   std::chrono::milliseconds handshake_timeout{5000};
 };
 
+/// Where and how a process reaches a published shared-state owner
+/// (remote_shared_state::connect); one comment per field.
+struct remote_state_options {
+  /// The publishing node's address and port.
+  std::string host = "127.0.0.1";
+  uint16_t port = 0;
+  /// The cluster's secret (the owner's network_options::secret).
+  std::string secret;
+  /// As network_options; the same on both ends.
+  std::chrono::milliseconds heartbeat_interval{250};
+  std::chrono::milliseconds connection_timeout{2000};
+  /// How long connecting and authenticating (each connection) may take.
+  std::chrono::milliseconds handshake_timeout{5000};
+  /// The timeout of every blocking call made through the handles.
+  std::chrono::milliseconds timeout{10000};
+};
+
 /// Connects to the pool at opts.host:opts.port, authenticates, and serves
 /// its tasks in this process. Returns the exit code for main(): 0 when the
 /// pool lets the worker go (close(), retirement) or closes the link

@@ -58,6 +58,7 @@
 
 #include "multiproc/detail/shared_ops.hpp"
 #include "multiproc/message_registry.hpp"
+#include "multiproc/network.hpp"
 #include "multiproc/process.hpp"
 
 namespace multiproc {
@@ -1047,6 +1048,48 @@ public:
 
   /// Stops the owner (cells are lost); handles then fail with owner_died.
   void stop();
+
+  /// Listens on a TCP address (loopback unless told otherwise) for
+  /// processes on other hosts: each connection that proves it holds the
+  /// secret (remote_shared_state::connect) reaches the owner like a local
+  /// client. Returns the port. Errors: invalid_argument (an empty secret,
+  /// published already, or a stopped owner), system_error (cannot listen).
+  /// docs/distribution.md, "Shared state across hosts".
+  caf::expected<uint16_t> publish(network_options opts);
+
+  /// A handle to the namespace `name`.
+  shared_namespace make_namespace(const std::string& name) const {
+    return {shared_client{address_, timeout_}, name};
+  }
+
+  struct impl;
+
+private:
+  std::unique_ptr<impl> impl_;
+};
+
+/// A shared-state owner on another host, published there with
+/// shared_state::publish(): connect() authenticates with the secret and
+/// returns a client whose handles work as local ones do, in this process
+/// and its children (they reach a local tunnel end, which carries each
+/// connection to the owner over CAF's network layer). The tunnel lives as
+/// long as this object: afterwards, and after the connection is lost (the
+/// owner's host died, froze past the connection timeout, or the network
+/// failed), calls fail with errc::owner_died. Move-only.
+class remote_shared_state : public shared_client {
+public:
+  remote_shared_state() = default;
+  remote_shared_state(remote_shared_state&&) noexcept;
+  remote_shared_state& operator=(remote_shared_state&&) noexcept;
+  ~remote_shared_state();
+
+  /// Connects and authenticates once (so that a wrong secret or an
+  /// unreachable owner shows here, not at the first call). Errors:
+  /// connection_lost (cannot reach it), auth_failed, unknown_entry (the
+  /// address publishes something else, e.g. a pool), invalid_argument (an
+  /// empty secret, port 0).
+  static caf::expected<remote_shared_state>
+  connect(const remote_state_options& opts);
 
   /// A handle to the namespace `name`.
   shared_namespace make_namespace(const std::string& name) const {
