@@ -449,9 +449,7 @@ std::vector<double> pool_map_tput(reporter& out, multiproc::pool& p,
 
 // p50 of one submit -> future.get at a time, from plain code.
 std::vector<double> pool_latency(reporter& out, multiproc::pool& p, int n) {
-  std::vector<double> result;
-  std::vector<double> samples(n);
-  auto one = [&](int64_t x, double* us) {
+  return p50_per_rep(n, [&](int64_t x, double* us) {
     auto t0 = clock_type::now();
     auto y = p.submit<int64_t>(bench::square{x}).get();
     if (us != nullptr)
@@ -463,17 +461,7 @@ std::vector<double> pool_latency(reporter& out, multiproc::pool& p, int n) {
       return false;
     }
     return true;
-  };
-  for (int i = 0; i < n / 10; ++i)
-    if (!one(i, nullptr))
-      return {};
-  for (int r = 0; r < reps(); ++r) {
-    for (int i = 0; i < n; ++i)
-      if (!one(i, &samples[i]))
-        return {};
-    result.push_back(p50(samples));
-  }
-  return result;
+  });
 }
 
 // SIGKILLs a random live worker of `p` every `period` until stopped.

@@ -114,9 +114,7 @@ private:
 };
 
 std::vector<double> remote_rtt(reporter& out, multiproc::pool& p, int n) {
-  std::vector<double> result;
-  std::vector<double> samples(n);
-  auto one = [&](int32_t x, double* us) {
+  return p50_per_rep(n, [&](int32_t x, double* us) {
     auto t0 = clock_type::now();
     auto y = p.submit<ping>(ping{x}).get();
     if (us != nullptr)
@@ -128,17 +126,7 @@ std::vector<double> remote_rtt(reporter& out, multiproc::pool& p, int n) {
       return false;
     }
     return true;
-  };
-  for (int i = 0; i < n / 10; ++i)
-    if (!one(i, nullptr))
-      return {};
-  for (int r = 0; r < reps(); ++r) {
-    for (int i = 0; i < n; ++i)
-      if (!one(i, &samples[i]))
-        return {};
-    result.push_back(p50(samples));
-  }
-  return result;
+  });
 }
 
 std::vector<double> remote_tput(reporter& out, multiproc::pool& p, size_t n) {

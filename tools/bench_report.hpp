@@ -115,6 +115,25 @@ inline double p50(std::vector<double>& samples) {
   return samples[samples.size() / 2];
 }
 
+/// One p50 per repetition of `n` calls `one(i, &us)` (each measures itself
+/// into `us`), after n / 10 warm-up calls `one(i, nullptr)`; empty as soon
+/// as a call returns false (it has said why).
+template <class F>
+std::vector<double> p50_per_rep(int n, F one) {
+  std::vector<double> result;
+  std::vector<double> samples(static_cast<size_t>(n));
+  for (int i = 0; i < n / 10; ++i)
+    if (!one(i, nullptr))
+      return {};
+  for (int r = 0; r < reps(); ++r) {
+    for (int i = 0; i < n; ++i)
+      if (!one(i, &samples[static_cast<size_t>(i)]))
+        return {};
+    result.push_back(p50(samples));
+  }
+  return result;
+}
+
 /// Ends the process (exit code 3) if it is still alive after `limit`.
 class watchdog {
 public:
