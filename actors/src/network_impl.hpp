@@ -248,6 +248,11 @@ public:
     return port_;
   }
 
+  /// How long a joined peer may take to say hello.
+  std::chrono::milliseconds handshake_timeout() const noexcept {
+    return opts_.handshake_timeout;
+  }
+
   /// Writes a line to the node's log.
   void log(const std::string& line) const;
 

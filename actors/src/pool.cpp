@@ -669,6 +669,7 @@ void pool_core::add_remote(joined_worker j) {
   auto w = std::make_shared<worker_rec>(this, id, size_t{0});
   w->remote = true;
   auto wopts = bridge_options(*w, j.info.name);
+  wopts.start_timeout = gateway_->handshake_timeout(); // its hello
   auto who = j.info.name + "[" + std::to_string(j.info.pid) + "] on "
              + j.info.node;
   auto link = j.link;

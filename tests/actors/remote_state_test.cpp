@@ -9,6 +9,7 @@
 #include "multiproc/shared_state.hpp"
 
 #include <chrono>
+#include <future>
 #include <mutex>
 #include <cstdint>
 #include <set>
@@ -151,6 +152,65 @@ TEST(RemoteState, ClientsOnOtherNodesShareOneCounter) {
     ASSERT_TRUE(n) << describe(n.error());
     EXPECT_EQ(*n, 200);
   }
+}
+
+TEST(RemoteState, AnActorOnAnotherNodeSubscribesToACell) {
+  auto owner = shared_state::start();
+  ASSERT_TRUE(owner) << describe(owner.error());
+  auto port = owner->publish(net_options());
+  ASSERT_TRUE(port) << describe(port.error());
+  auto here = remote_shared_state::connect(client_options(*port));
+  ASSERT_TRUE(here) << describe(here.error());
+  auto c = here->value<int64_t>("c", 1);
+  ASSERT_TRUE(c) << describe(c.error());
+  caf::actor_system_config cfg;
+  caf::actor_system sys{cfg};
+  auto fetched = std::make_shared<std::promise<int64_t>>();
+  auto subscribed = std::make_shared<std::promise<void>>();
+  auto changed = std::make_shared<std::promise<int64_t>>();
+  auto counter = *c;
+  caf::actor a;
+  // Ends the actor on every way out, so that ~actor_system does not wait.
+  struct stopper {
+    caf::actor& a;
+    ~stopper() {
+      caf::anon_send_exit(a, caf::exit_reason::kill);
+    }
+  } stop_a{a};
+  a = sys.spawn([=](caf::event_based_actor* self) -> caf::behavior {
+    auto h = counter.from(self);
+    h.subscribe();
+    h.fetch_add(1).then([=](int64_t old) { fetched->set_value(old); },
+                        [=](caf::error& e) {
+                          ADD_FAILURE() << describe(e);
+                          self->quit();
+                        });
+    h.sync().then([=] { subscribed->set_value(); },
+                  [=](caf::error& e) {
+                    ADD_FAILURE() << describe(e);
+                    self->quit();
+                  });
+    return {
+      [=](shared_changed_atom, const std::string& cell, int64_t x) {
+        if (cell == "c" && x == 42) {
+          changed->set_value(x);
+          self->quit();
+        }
+      },
+    };
+  });
+  auto f = fetched->get_future();
+  ASSERT_EQ(f.wait_for(kBound), std::future_status::ready);
+  EXPECT_EQ(f.get(), 1);
+  ASSERT_EQ(subscribed->get_future().wait_for(kBound),
+            std::future_status::ready);
+  // The owner's own handle changes it; the change crosses to the actor.
+  auto mine = owner->value<int64_t>("c", 0);
+  ASSERT_TRUE(mine);
+  EXPECT_FALSE(mine->store(42));
+  auto ch = changed->get_future();
+  ASSERT_EQ(ch.wait_for(kBound), std::future_status::ready);
+  EXPECT_EQ(ch.get(), 42);
 }
 
 TEST(RemoteState, AWrongSecretIsRefusedAtConnect) {
