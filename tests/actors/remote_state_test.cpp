@@ -46,6 +46,9 @@ remote_state_options client_options(uint16_t port,
   o.secret = secret;
   o.heartbeat_interval = 100ms;
   o.connection_timeout = 1000ms;
+  // Generous: three sanitizer tests at a time on 2 cores, two of them
+  // starting processes, took more than the default 5 s to authenticate.
+  o.handshake_timeout = kBound;
   o.timeout = 5000ms;
   return o;
 }
