@@ -39,6 +39,7 @@ namespace {
 
 using frames_atom = caf::atom_constant<caf::atom("mp_frames")>;
 using bye_atom = caf::atom_constant<caf::atom("mp_bye")>;
+using bye_ack_atom = caf::atom_constant<caf::atom("mp_byeack")>;
 using signal_atom = caf::atom_constant<caf::atom("mp_signal")>;
 using flush_atom = caf::atom_constant<caf::atom("mp_flush")>;
 using hello_atom = caf::atom_constant<caf::atom("mp_hello")>;
@@ -214,10 +215,22 @@ void link_state::on_message(caf::mailbox_element& m) {
     st.code = content.get_as<int32_t>(1);
     st.signal = content.get_as<int32_t>(2);
     st.signaled = st.signal != 0;
+    // The ack tells the peer that all it sent before has arrived: it may
+    // end its process now without losing a frame in its node's buffers.
+    caf::send_as(rx_, caf::actor_cast<caf::actor>(m.sender),
+                 bye_ack_atom::value);
     std::unique_lock<std::mutex> lk{mu_};
     peer_status_ = st;
     close_locked(lk, make_error(errc::peer_closed,
                                 peer_name_ + " closed the connection"));
+    return;
+  }
+  if (content.match_elements<bye_ack_atom>()) {
+    {
+      std::lock_guard<std::mutex> guard{mu_};
+      bye_acked_ = true;
+    }
+    cv_.notify_all();
     return;
   }
   if (content.match_elements<signal_atom, int32_t>()) {
@@ -229,6 +242,7 @@ void link_state::on_message(caf::mailbox_element& m) {
 
 void link_state::peer_gone(const caf::error& reason) {
   std::unique_lock<std::mutex> lk{mu_};
+  peer_gone_ = true;
   close_locked(lk, make_error(errc::connection_lost,
                               "the connection to " + peer_name_ + " ended ("
                                 + sys_.render(reason) + ")"));
@@ -478,16 +492,27 @@ void link_state::start(frame_handler* handler) {
 }
 
 void link_state::stop(std::chrono::milliseconds linger, exit_status st) {
-  (void) linger;
   flush();
   caf::actor peer;
   {
     std::lock_guard<std::mutex> guard{mu_};
     peer = peer_;
   }
-  if (peer && !bye_sent_.exchange(true))
+  if (peer && !bye_sent_.exchange(true)) {
     caf::send_as(rx_, peer, bye_atom::value, int32_t{st.code},
                  int32_t{st.signaled ? st.signal : 0});
+    // CAF drops what its broker has not written yet when the node shuts
+    // down: up to `linger`, wait for the peer's ack of the goodbye (and so
+    // of every frame before it). Not on the multiplexer, which delivers it.
+    auto on_mpx = std::this_thread::get_id()
+                  == sys_.middleman().backend().thread_id();
+    if (linger.count() > 0 && !on_mpx && delivering == nullptr) {
+      std::unique_lock<std::mutex> lk{mu_};
+      cv_.wait_for(lk, linger, [this] {
+        return bye_acked_ || peer_gone_ || peer_status_.has_value();
+      });
+    }
+  }
   drop(make_error(errc::closed, "the link to " + peer_name_ + " was closed"));
   if (!started_)
     return;

@@ -104,7 +104,9 @@ public:
   caf::expected<std::string_view>
   receive(std::optional<std::chrono::milliseconds> timeout);
   void start(frame_handler* handler);
-  /// Flushes, says goodbye with `st` (once) and ends the link.
+  /// Flushes, says goodbye with `st` (once) and ends the link. Up to
+  /// `linger`, waits for the peer's ack that everything sent has arrived
+  /// (not when called on the multiplexer's thread or from a delivery).
   void stop(std::chrono::milliseconds linger, exit_status st);
   void fail(caf::error reason);
   bool on_io_thread() const noexcept;
@@ -157,6 +159,8 @@ private:
   bool closed_ = false;  // the handler has seen the end
   caf::error close_reason_;
   std::optional<exit_status> peer_status_;
+  bool bye_acked_ = false; // the peer has our goodbye and all before it
+  bool peer_gone_ = false; // its actor or its node is gone
 
   std::mutex out_mu_;
   std::string out_;        // frames not yet sent
