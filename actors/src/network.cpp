@@ -8,10 +8,12 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <deque>
 #include <map>
+#include <thread>
 
 #include <sys/random.h>
 #include <unistd.h>
@@ -112,6 +114,19 @@ net_node::net_node(const net_timing& t) {
 }
 
 net_node::~net_node() = default;
+
+caf::expected<caf::actor> net_node::connect(const std::string& host,
+                                            uint16_t port,
+                                            std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    auto gw = sys_->middleman().remote_actor(host, port);
+    if (gw || gw.error() != caf::sec::connection_timeout
+        || std::chrono::steady_clock::now() >= deadline)
+      return gw;
+    std::this_thread::sleep_for(std::chrono::milliseconds{5});
+  }
+}
 
 // -- the link's receiving actor -----------------------------------------------
 
@@ -911,7 +926,7 @@ caf::expected<int> run_remote_worker(const remote_worker_options& opts) {
   auto where = opts.host + ":" + std::to_string(opts.port);
   net_node node{net_timing{opts.heartbeat_interval, opts.connection_timeout}};
   auto& sys = node.sys();
-  auto gw = sys.middleman().remote_actor(opts.host, opts.port);
+  auto gw = node.connect(opts.host, opts.port, opts.handshake_timeout);
   if (!gw)
     return make_error(errc::connection_lost,
                       "cannot reach the pool at " + where + ": "

@@ -62,6 +62,14 @@ public:
     return *sys_;
   }
 
+  /// The actor published at host:port (a BASP connection to its node).
+  /// Retries, until `timeout` has passed, a connection that CAF dropped
+  /// with sec::connection_timeout before the peer's handshake arrived: CAF
+  /// 0.17.6 starts a connecting endpoint's last_seen at the clock's epoch,
+  /// so a heartbeat tick inside that window always finds it timed out.
+  caf::expected<caf::actor> connect(const std::string& host, uint16_t port,
+                                    std::chrono::milliseconds timeout);
+
 private:
   caf::actor_system_config cfg_;
   std::optional<caf::actor_system> sys_;

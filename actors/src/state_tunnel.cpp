@@ -383,7 +383,7 @@ state_tunnel::connect(const remote_state_options& opts) {
   im->req.handshake_timeout = opts.handshake_timeout;
   im->node = std::make_unique<net_node>(
     net_timing{opts.heartbeat_interval, opts.connection_timeout});
-  auto gw = im->node->sys().middleman().remote_actor(opts.host, opts.port);
+  auto gw = im->node->connect(opts.host, opts.port, opts.handshake_timeout);
   if (!gw)
     return make_error(errc::connection_lost,
                       "cannot reach the shared-state owner at " + where + ": "
