@@ -12,8 +12,7 @@
 # they are installed with apt-get; otherwise the script prints the command to run.
 # Exits non-zero on the first failing step. Builds go to build/<preset>/ (CMakePresets.json).
 # The full check's parts can be skipped: MULTIPROC_SANITIZERS=0 (asan, tsan), MULTIPROC_FUZZ=0.
-# The fuzz pass runs each harness FUZZ_SECONDS (default 40 here, to keep CI under 30 minutes;
-# scripts/fuzz.sh alone defaults to 60) over its corpus, two at a time.
+# The fuzz pass runs each harness FUZZ_SECONDS (default 60) over its corpus, two at a time.
 set -euo pipefail
 
 readonly PACKAGES=(
@@ -129,7 +128,7 @@ run_tests() {
     test_preset tsan
   fi
   if [[ $fuzz != 0 ]]; then
-    step "Fuzz (${FUZZ_SECONDS:-40}s per target)" env FUZZ_SECONDS="${FUZZ_SECONDS:-40}" bash scripts/fuzz.sh
+    step "Fuzz (${FUZZ_SECONDS:-60}s per target)" env FUZZ_SECONDS="${FUZZ_SECONDS:-60}" bash scripts/fuzz.sh
   fi
 }
 
