@@ -26,6 +26,7 @@
 #include "multiproc/frame_channel.hpp"
 #include "multiproc/shared_state.hpp"
 #include "network_impl.hpp"
+#include "relay.hpp"
 #include "shared_state_owner.hpp"
 
 namespace multiproc::detail {
@@ -37,165 +38,6 @@ namespace {
 /// refuses new connections at once instead of trying to join again.
 constexpr int owner_gone_code = 1;
 
-/// Carries frames both ways between a socket connection and a link until
-/// either ends, then ends the other: the socket's peer sees EOF when the
-/// link ends, the link's peer sees a goodbye when the socket closes. The
-/// link's thread writes to the socket, the relay's thread reads from it.
-class relay : public frame_handler {
-public:
-  relay(unique_fd fd, std::shared_ptr<link_state> link,
-        std::function<void()> on_owner_gone = {})
-    : fd_(std::move(fd)),
-      link_(std::move(link)),
-      on_owner_gone_(std::move(on_owner_gone)) {
-  }
-
-  relay(const relay&) = delete;
-  relay& operator=(const relay&) = delete;
-
-  ~relay() override {
-    end(bye_code_.load());
-    if (reader_.joinable())
-      reader_.join();
-  }
-
-  /// Ends both directions; the link's goodbye carries `code`.
-  void end(int code) {
-    bye_code_ = code;
-    ::shutdown(fd_.get(), SHUT_RDWR);
-  }
-
-  void start() {
-    link_->start(this);
-    reader_ = std::thread{[this] { read_loop(); }};
-  }
-
-  /// Both directions have ended.
-  bool done() const noexcept {
-    return done_.load();
-  }
-
-  void on_frame(std::string_view body) override {
-    char hdr[frame_header_size];
-    write_frame_header(body.size(), hdr);
-    out_.append(hdr, sizeof(hdr));
-    out_.append(body.data(), body.size());
-  }
-
-  void on_batch_end() override {
-    write_out();
-  }
-
-  void on_closed(const caf::error&) override {
-    // Before the socket's peer sees the end: its next connection must find
-    // the tunnel closed.
-    if (auto st = link_->peer_status();
-        st && st->code == owner_gone_code && on_owner_gone_)
-      on_owner_gone_();
-    write_out(); // what came before the end
-    ::shutdown(fd_.get(), SHUT_RDWR);
-  }
-
-private:
-  void write_out() {
-    size_t pos = 0;
-    while (pos < out_.size()) {
-      auto n = ::send(fd_.get(), out_.data() + pos, out_.size() - pos,
-                      MSG_NOSIGNAL);
-      if (n < 0 && errno == EINTR)
-        continue;
-      if (n <= 0) {
-        // The socket's peer is gone: the reader sees it and ends the link.
-        ::shutdown(fd_.get(), SHUT_RDWR);
-        break;
-      }
-      pos += static_cast<size_t>(n);
-    }
-    out_.clear();
-  }
-
-  void read_loop() {
-    std::string in;
-    char buf[65536];
-    for (;;) {
-      auto n = ::recv(fd_.get(), buf, sizeof(buf), 0);
-      if (n < 0 && errno == EINTR)
-        continue;
-      if (n <= 0)
-        break;
-      in.append(buf, static_cast<size_t>(n));
-      // Whole frames only: the peer's link splits each message into frames
-      // and refuses one that ends inside a frame.
-      size_t whole = 0;
-      caf::error err;
-      for (;;) {
-        std::string_view body;
-        auto used = split_frame(std::string_view{in}.substr(whole),
-                                default_max_frame_size, body, err);
-        if (used == 0)
-          break;
-        whole += used;
-      }
-      if (err)
-        break; // a frame above the limit: the owner would refuse it too
-      if (whole == 0)
-        continue;
-      if (link_->send_framed(std::string_view{in.data(), whole},
-                             send_mode::immediate))
-        break;
-      in.erase(0, whole);
-    }
-    exit_status st;
-    st.code = bye_code_.load();
-    link_->stop(std::chrono::milliseconds{1000}, st);
-    done_ = true;
-  }
-
-  unique_fd fd_;
-  std::shared_ptr<link_state> link_;
-  std::function<void()> on_owner_gone_;
-  std::string out_; // the link's thread only
-  std::atomic<int> bye_code_{0};
-  std::atomic<bool> done_{false};
-  std::thread reader_;
-};
-
-/// Relays that end on their own; pruned as new ones start.
-class relay_set {
-public:
-  /// Starts `r` unless the set is closing (then `r` ends at once).
-  void add(std::unique_ptr<relay> r) {
-    std::lock_guard<std::mutex> guard{mu_};
-    if (closing_)
-      return;
-    std::vector<std::unique_ptr<relay>> keep;
-    for (auto& x : relays_)
-      if (!x->done())
-        keep.push_back(std::move(x));
-    relays_.swap(keep);
-    r->start();
-    relays_.push_back(std::move(r));
-  }
-
-  /// Ends every relay with `code` in its goodbye and waits for them.
-  void close(int code) {
-    std::vector<std::unique_ptr<relay>> all;
-    {
-      std::lock_guard<std::mutex> guard{mu_};
-      closing_ = true;
-      all.swap(relays_);
-    }
-    for (auto& r : all)
-      r->end(code);
-    all.clear();
-  }
-
-private:
-  std::mutex mu_;
-  bool closing_ = false;
-  std::vector<std::unique_ptr<relay>> relays_;
-};
-
 std::string tunnel_address() {
   static std::atomic<uint64_t> counter{0};
   return "multiproc-tunnel-" + std::to_string(::getpid()) + "-"
@@ -204,13 +46,6 @@ std::string tunnel_address() {
                             .time_since_epoch()
                             .count()
                           % 1000000007);
-}
-
-std::string this_host() {
-  char host[256] = {};
-  if (::gethostname(host, sizeof(host) - 1) != 0)
-    return "unknown-host";
-  return host;
 }
 
 } // namespace
@@ -338,9 +173,13 @@ struct state_tunnel::impl {
         }
         link = std::move(*joined);
       }
+      // Before the client sees the end: its next connection must find the
+      // tunnel closed.
       relays.add(std::make_unique<relay>(
-        std::move(conn), std::move(link),
-        [lost = lost] { lost->store(true); }));
+        std::move(conn), std::move(link), [lost = lost](int code) {
+          if (code == owner_gone_code)
+            lost->store(true);
+        }));
     }
   }
 

@@ -12,6 +12,7 @@
 #include "multiproc/pool.hpp"
 #include "multiproc/process.hpp"
 #include "multiproc/queue.hpp"
+#include "multiproc/remote_queue.hpp"
 #include "multiproc/shared_state.hpp"
 #include "multiproc/shm_array.hpp"
 #include "multiproc/start_method.hpp"

@@ -55,38 +55,35 @@ struct network_options {
   std::function<void(const std::string&)> log;
 };
 
-/// Where and how a remote worker joins a pool; one comment per field.
-struct remote_worker_options {
+/// Where a published node is and how the connection to it is watched: the
+/// part that every kind of remote client's options share (a worker joining
+/// a pool, a shared-state client, a remote queue); one comment per field.
+struct remote_endpoint {
   /// The publishing node's address and port.
   std::string host = "127.0.0.1";
   uint16_t port = 0;
-  /// The worker entry to run (MULTIPROC_WORKER name); the pool's must match.
-  std::string entry;
-  /// The worker's name in the pool's logs and errors; empty: "<entry>@<host>".
-  std::string name;
-  /// The cluster's secret (the pool's network_options::secret).
+  /// The cluster's secret (the publisher's network_options::secret).
   std::string secret;
-  /// Heartbeats and the silence after which the pool counts as gone (the
-  /// worker then exits); as network_options.
+  /// Heartbeats, and the silence after which the publisher counts as gone;
+  /// as network_options, and the same on both ends.
   std::chrono::milliseconds heartbeat_interval{250};
   std::chrono::milliseconds connection_timeout{2000};
   /// How long connecting, authenticating and the hello may take.
   std::chrono::milliseconds handshake_timeout{5000};
 };
 
-/// Where and how a process reaches a published shared-state owner
-/// (remote_shared_state::connect); one comment per field.
-struct remote_state_options {
-  /// The publishing node's address and port.
-  std::string host = "127.0.0.1";
-  uint16_t port = 0;
-  /// The cluster's secret (the owner's network_options::secret).
-  std::string secret;
-  /// As network_options; the same on both ends.
-  std::chrono::milliseconds heartbeat_interval{250};
-  std::chrono::milliseconds connection_timeout{2000};
-  /// How long connecting and authenticating (each connection) may take.
-  std::chrono::milliseconds handshake_timeout{5000};
+/// How a remote worker joins a pool (a worker exits when the pool is gone).
+struct remote_worker_options : remote_endpoint {
+  /// The worker entry to run (MULTIPROC_WORKER name); the pool's must match.
+  std::string entry;
+  /// The worker's name in the pool's logs and errors; empty: "<entry>@<host>".
+  std::string name;
+};
+
+/// How a process reaches a published shared-state owner
+/// (remote_shared_state::connect). handshake_timeout applies to each
+/// connection a handle opens.
+struct remote_state_options : remote_endpoint {
   /// The timeout of every blocking call made through the handles.
   std::chrono::milliseconds timeout{10000};
 };
