@@ -214,6 +214,7 @@ struct task_rec {
   uint32_t count = 1;
   uint32_t left = 1;      // items not finished
   std::vector<char> got;  // chunk: which items finished
+  clock_type::time_point submitted_at{}; // for the latency histogram
 };
 
 /// The unfinished tasks by id. Ids are handed out in order and most tasks
@@ -411,10 +412,11 @@ private:
   void after_answers(worker_rec& w, clock_type::time_point now,
                      std::vector<send_op>& ops);
   /// Finishes item `item` of `t` (0 for a single task); erases `t` after
-  /// its last item.
+  /// its last item. `now` (default: read here) ends its latency.
   void finish_task(task_rec& t, uint32_t item, caf::message reply,
                    caf::error err, std::vector<completion>& done,
-                   type_id type = 0, std::string_view bytes = {});
+                   type_id type = 0, std::string_view bytes = {},
+                   clock_type::time_point now = {});
   /// Replaces chunk `t`, in flight on `w`, by single tasks for its
   /// unfinished items (appended to `held` in order).
   void split_chunk(task_rec& t, worker_rec& w, std::vector<uint64_t>& held);
@@ -435,6 +437,8 @@ private:
   /// Calls on_progress if the counters changed (lock held; released around
   /// the call).
   void report_progress(lock_type& lk);
+  /// The counters with the gauges filled in (lock held).
+  pool_stats stats_locked() const;
 
   caf::actor_system& sys_;
   std::string entry_;
@@ -725,6 +729,7 @@ caf::error pool_core::start_all() {
     std::lock_guard<std::mutex> guard{mu_};
     if (!w) {
       ++start_failures_;
+      ++stats_.start_failures;
       last = w.error();
       continue;
     }
@@ -732,6 +737,7 @@ caf::error pool_core::start_all() {
     ++stats_.workers_started;
     if ((*w)->dead) { // died at once: count it as a failure
       ++start_failures_;
+      ++stats_.start_failures;
       last = make_error(errc::worker_died, "worker " + (*w)->who()
                                              + " died right after it started");
       dead_.push_back(std::move(*w));
@@ -766,14 +772,20 @@ void pool_core::deliver(std::vector<completion>& done) {
 
 void pool_core::finish_task(task_rec& t, uint32_t item, caf::message reply,
                             caf::error err, std::vector<completion>& done,
-                            type_id type, std::string_view bytes) {
+                            type_id type, std::string_view bytes,
+                            clock_type::time_point now) {
   if (err) {
     ++stats_.failed;
     if (err == errc::task_quarantined)
       ++stats_.quarantined;
+    else if (err == errc::timeout)
+      ++stats_.timed_out;
   } else {
     ++stats_.succeeded;
   }
+  if (now == clock_type::time_point{})
+    now = clock_type::now();
+  stats_.latency.record(now - t.submitted_at);
   --pending_;
   if (t.count > 1)
     t.got[item] = 1;
@@ -833,6 +845,7 @@ void pool_core::split_chunk(task_rec& t, worker_rec& w,
     s.group = t.group;
     s.index = t.index + k;
     s.timeout = t.timeout;
+    s.submitted_at = t.submitted_at;
     s.worker = w.id;
     held.push_back(id);
     if (first && w.overdue == t.id)
@@ -894,6 +907,7 @@ void pool_core::admit(lock_type& lk, encoded_task task,
   t.left = count;
   if (count > 1)
     t.got.assign(count, 0);
+  t.submitted_at = clock_type::now();
   queue_.push_back(id);
   pending_ += count;
   stats_.submitted += count;
@@ -1233,7 +1247,8 @@ void pool_core::on_replies(worker_rec& w, std::vector<reply_entry>& batch) {
         continue;
       answered(w, r.tag, 1, t->left == 1, now);
       finish_task(*t, r.item, std::move(r.reply), std::move(r.err), done,
-                  r.type, std::string_view{w.arena}.substr(r.offset, r.size));
+                  r.type, std::string_view{w.arena}.substr(r.offset, r.size),
+                  now);
     }
     after_answers(w, now, ops);
   }
@@ -1301,6 +1316,7 @@ bool pool_core::on_chunk_reply(worker_rec& w, uint64_t tag,
     if (m == 0)
       return true;
     stats_.succeeded += m;
+    stats_.latency.record(now - t->submitted_at, m);
     pending_ -= m;
     t->left -= static_cast<uint32_t>(m);
     answered(w, tag, m, t->left == 0, now);
@@ -1327,8 +1343,17 @@ void pool_core::on_exit(worker_rec& w, const caf::expected<exit_status>& st) {
     w.dead = true;
     auto how = w.who() + " " + (st ? st->to_string() : describe(st.error()));
     bool planned = w.stopping && w.overdue == 0; // retired or closed
-    if (!planned)
+    if (!planned) {
       ++stats_.workers_died;
+      if (w.overdue != 0)
+        ++stats_.workers_overdue;
+      else if (st && st->signaled)
+        ++stats_.workers_killed;
+      else
+        ++stats_.workers_exited;
+    } else if (w.retiring) {
+      ++stats_.workers_recycled;
+    }
     std::vector<uint64_t> held;
     for (auto id : w.in_flight) {
       auto* t = tasks_.find(id);
@@ -1513,6 +1538,7 @@ void pool_core::supervise() {
       std::vector<send_op> ops;
       if (!w) {
         last_failure = w.error();
+        ++stats_.start_failures;
         if (++start_failures_ >= opts_.max_start_failures)
           break_pool(make_error(errc::pool_broken,
                                 std::to_string(start_failures_)
@@ -1560,7 +1586,7 @@ void pool_core::report_progress(lock_type& lk) {
   if (key(stats_) == key(reported_))
     return;
   reported_ = stats_;
-  auto copy = stats_;
+  auto copy = stats_locked();
   lk.unlock();
   opts_.on_progress(copy);
   lk.lock();
@@ -1655,7 +1681,18 @@ std::vector<worker_info> pool_core::workers() const {
 
 pool_stats pool_core::stats() const {
   std::lock_guard<std::mutex> guard{mu_};
-  return stats_;
+  return stats_locked();
+}
+
+pool_stats pool_core::stats_locked() const {
+  auto s = stats_;
+  for (auto& w : live_) {
+    if (w->dead)
+      continue;
+    ++s.workers;
+    s.in_flight += w->in_flight_tasks;
+  }
+  return s;
 }
 
 void stream_submit(pool_core& core, encoded_task task,
@@ -1831,6 +1868,64 @@ size_t pool::size() const noexcept {
 
 pool_stats pool::stats() const {
   return core_ ? core_->stats() : pool_stats{};
+}
+
+void add_metrics(metrics_snapshot& out, const std::string& name,
+                 const pool_stats& s) {
+  metric_labels l{{"pool", name}};
+  auto n = [](uint64_t x) { return static_cast<double>(x); };
+  auto with = [&](const char* key, const char* value) {
+    auto x = l;
+    x.emplace(key, value);
+    return x;
+  };
+  out.counter("multiproc_pool_tasks_submitted_total", "Tasks accepted.", l,
+              n(s.submitted));
+  out.counter("multiproc_pool_tasks_succeeded_total",
+              "Tasks that got a reply.", l, n(s.succeeded));
+  out.counter("multiproc_pool_tasks_failed_total",
+              "Tasks that ended in an error (quarantined and timed out "
+              "included).",
+              l, n(s.failed));
+  out.counter("multiproc_pool_tasks_quarantined_total",
+              "Tasks that killed their worker on every attempt.", l,
+              n(s.quarantined));
+  out.counter("multiproc_pool_tasks_timed_out_total",
+              "Tasks that ran past their deadline.", l, n(s.timed_out));
+  out.counter("multiproc_pool_tasks_retried_total",
+              "Dispatches of a task again after its worker died.", l,
+              n(s.redispatched));
+  out.gauge("multiproc_pool_tasks_in_flight",
+            "Tasks sent to a worker and not answered yet.", l, n(s.in_flight));
+  out.gauge("multiproc_pool_tasks_queued", "Tasks waiting for a worker.", l,
+            n(s.queued()));
+  out.gauge("multiproc_pool_workers", "Workers alive.", l, n(s.workers));
+  out.counter("multiproc_pool_workers_started_total", "Workers started.", l,
+              n(s.workers_started));
+  const char* restarts = "multiproc_pool_worker_restarts_total";
+  const char* restarts_help = "Workers replaced, by cause: signal (killed "
+                              "or crashed), exit (exited on their own), "
+                              "deadline (stopped for a task past its "
+                              "deadline), recycled (max_tasks_per_child).";
+  out.counter(restarts, restarts_help, with("cause", "signal"),
+              n(s.workers_killed));
+  out.counter(restarts, restarts_help, with("cause", "exit"),
+              n(s.workers_exited));
+  out.counter(restarts, restarts_help, with("cause", "deadline"),
+              n(s.workers_overdue));
+  out.counter(restarts, restarts_help, with("cause", "recycled"),
+              n(s.workers_recycled));
+  out.counter("multiproc_pool_worker_start_failures_total",
+              "Workers that failed to start or initialize.", l,
+              n(s.start_failures));
+  out.histogram("multiproc_pool_task_latency_seconds",
+                "From submit to result, of every task that ended.", l,
+                s.latency);
+}
+
+void add_metrics(metrics_snapshot& out, const std::string& name,
+                 const pool& p) {
+  add_metrics(out, name, p.stats());
 }
 
 } // namespace multiproc

@@ -199,6 +199,7 @@ struct child {
   bool finished = false;
   uint64_t starts = 0;
   uint64_t restarts = 0;
+  restart_causes causes;
   std::optional<exit_status> last_exit;
 };
 
@@ -651,6 +652,14 @@ private:
       give_up(n, "child '" + child_name(n, c) + "' " + how);
     } else {
       ++c.restarts;
+      if (!c.last_exit)
+        ++c.causes.start_failed;
+      else if (c.last_exit->signaled)
+        ++c.causes.signal;
+      else if (c.last_exit->code != 0)
+        ++c.causes.error_exit;
+      else
+        ++c.causes.normal_exit;
       restart_after(n, i);
     }
   }
@@ -776,6 +785,7 @@ private:
       cr.pid = c.running && !c.nested ? pid_of(c) : 0;
       cr.starts = c.starts;
       cr.restarts = c.restarts;
+      cr.restarts_by_cause = c.causes;
       cr.last_exit = c.last_exit;
       cr.finished = c.finished;
       r.restarts += c.restarts;
@@ -1072,6 +1082,50 @@ bool stop_requested(const child_context& ctx, std::chrono::milliseconds wait) {
     rc = ::poll(&p, 1, static_cast<int>(wait.count()));
   } while (rc < 0 && errno == EINTR);
   return rc > 0;
+}
+
+// -- metrics ----------------------------------------------------------------------
+
+void add_metrics(metrics_snapshot& out, const std::string& name,
+                 const supervisor_report& r) {
+  auto n = [](uint64_t x) { return static_cast<double>(x); };
+  const char* restarts = "multiproc_supervisor_restarts_total";
+  const char* help = "Restarts of a child, by what ended its process: signal, "
+                     "error_exit, normal_exit, start_failed.";
+  for (auto& c : r.children) {
+    auto labels = [&](const char* cause) {
+      return metric_labels{{"supervisor", name}, {"child", c.id},
+                           {"cause", cause}};
+    };
+    out.counter(restarts, help, labels("signal"), n(c.restarts_by_cause.signal));
+    out.counter(restarts, help, labels("error_exit"),
+                n(c.restarts_by_cause.error_exit));
+    out.counter(restarts, help, labels("normal_exit"),
+                n(c.restarts_by_cause.normal_exit));
+    out.counter(restarts, help, labels("start_failed"),
+                n(c.restarts_by_cause.start_failed));
+  }
+  metric_labels l{{"supervisor", name}};
+  size_t running = 0;
+  for (auto& c : r.children)
+    running += c.pid != 0 ? 1 : 0;
+  out.gauge("multiproc_supervisor_children_running",
+            "Children with a running process.", l, n(running));
+  out.counter("multiproc_supervisor_consumed_total",
+              "Pipeline: messages consumed and acknowledged.", l,
+              n(r.consumed));
+  out.counter("multiproc_supervisor_redelivered_total",
+              "Pipeline: messages delivered again after their consumer died.",
+              l, n(r.redelivered));
+  out.gauge("multiproc_supervisor_stream_complete",
+            "Pipeline: 1 once every producer ended, the queue drained and "
+            "every consumer ended normally.",
+            l, r.stream_complete ? 1 : 0);
+}
+
+void add_metrics(metrics_snapshot& out, const std::string& name,
+                 const supervisor& s) {
+  add_metrics(out, name, s.report());
 }
 
 } // namespace multiproc

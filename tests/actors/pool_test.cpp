@@ -2660,3 +2660,96 @@ TEST_F(PoolProgress, ReportsCountsThatNeverDecreaseAndEndWithTheTotals) {
   EXPECT_EQ(describe_stats(last), describe_stats(p->stats()))
     << "the last call missed a change";
 }
+
+// -- metrics (metrics.hpp) -----------------------------------------------------------
+
+class PoolMetrics : public PoolFixture {};
+
+TEST_F(PoolMetrics, CountRestartsByCauseAndEveryTasksLatency) {
+  auto opts = options(2);
+  opts.window = 1;         // each death is charged to the one task it held
+  opts.max_attempts = 2;   // a faulty task is quarantined after two deaths
+  opts.task_timeout = 1500ms;
+  auto p = start(opts);
+  ASSERT_TRUE(p) << describe(p.error());
+  auto squares = submit_squares(*p, 0, 10);
+  auto crash = p->submit<caf::message>(
+    run_fault{pool_test::segfault, 7, "pool_test-note: metrics crash"});
+  auto exits = p->submit<caf::message>(
+    run_fault{pool_test::exit_3, 8, "pool_test-note: metrics exit"});
+  auto hang = p->submit<tagged>(nap{20000, 9, "", 0});
+  expect_squares(squares, 0);
+  ASSERT_TRUE(is_ready(crash, kBound) && is_ready(exits, kBound)
+              && is_ready(hang, kBound))
+    << "a faulty task hangs";
+  EXPECT_EQ(crash.get().error(), errc::task_quarantined);
+  EXPECT_EQ(exits.get().error(), errc::task_quarantined);
+  EXPECT_EQ(hang.get().error(), errc::timeout);
+  remember(*p);
+  ASSERT_FALSE(p->close(kBound)) << "close() did not finish";
+
+  auto s = p->stats();
+  EXPECT_EQ(s.submitted, 13u);
+  EXPECT_EQ(s.succeeded, 10u);
+  EXPECT_EQ(s.failed, 3u);
+  EXPECT_EQ(s.quarantined, 2u);
+  EXPECT_EQ(s.timed_out, 1u);
+  EXPECT_EQ(s.workers_killed, 2u);  // SIGSEGV, twice
+  EXPECT_EQ(s.workers_exited, 2u);  // exit code 3, twice
+  EXPECT_EQ(s.workers_overdue, 1u); // the nap past its deadline
+  EXPECT_EQ(s.workers_died, 5u);
+  EXPECT_EQ(s.in_flight, 0u);
+  EXPECT_EQ(s.queued(), 0u);
+  EXPECT_EQ(s.latency.count(), 13u);
+  // The nap's 1.5 s deadline is the slowest task's latency.
+  EXPECT_GE(s.latency.sum_seconds(), 1.5);
+  EXPECT_GE(s.latency.quantile(1.0), 1.0);
+
+  metrics_registry reg;
+  reg.add("metrics", *p);
+  auto snap = reg.collect();
+  auto cause = [&](const char* c) {
+    return snap.value("multiproc_pool_worker_restarts_total",
+                      {{"pool", "metrics"}, {"cause", c}});
+  };
+  EXPECT_EQ(cause("signal"), 2.0);
+  EXPECT_EQ(cause("exit"), 2.0);
+  EXPECT_EQ(cause("deadline"), 1.0);
+  EXPECT_EQ(cause("recycled"), 0.0);
+  EXPECT_EQ(snap.value("multiproc_pool_tasks_retried_total"),
+            static_cast<double>(s.redispatched));
+  auto text = snap.to_prometheus();
+  EXPECT_TRUE(contains(text, "# TYPE multiproc_pool_task_latency_seconds "
+                             "histogram\n"))
+    << text;
+  EXPECT_TRUE(contains(text, "multiproc_pool_task_latency_seconds_count{pool="
+                             "\"metrics\"} 13\n"))
+    << text;
+  EXPECT_TRUE(contains(text, "multiproc_pool_task_latency_seconds_bucket{pool="
+                             "\"metrics\",le=\"+Inf\"} 13\n"))
+    << text;
+  EXPECT_TRUE(contains(text, "multiproc_pool_tasks_quarantined_total{pool="
+                             "\"metrics\"} 2\n"))
+    << text;
+}
+
+TEST_F(PoolMetrics, CountWorkersRecycledAfterMaxTasksPerChild) {
+  auto opts = options(2);
+  opts.window = 1;
+  opts.max_tasks_per_child = 5;
+  auto p = start(opts);
+  ASSERT_TRUE(p) << describe(p.error());
+  auto squares = submit_squares(*p, 0, 20);
+  expect_squares(squares, 0);
+  // 20 tasks at 5 per worker need 4 workers; the first ones retire as the
+  // next take over (their exits arrive on the pool's own time).
+  auto deadline = clock_type::now() + kBound;
+  while (p->stats().workers_recycled < 2 && clock_type::now() < deadline)
+    std::this_thread::sleep_for(10ms);
+  remember(*p);
+  auto s = p->stats();
+  EXPECT_GE(s.workers_recycled, 2u);
+  EXPECT_EQ(s.workers_died, 0u);
+  EXPECT_EQ(s.latency.count(), 20u);
+  ASSERT_FALSE(p->close(kBound)) << "close() did not finish";
+}

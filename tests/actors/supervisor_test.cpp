@@ -4,6 +4,7 @@
 // binary; every test stops its supervisor, so no process is left behind.
 
 #include "multiproc/supervisor.hpp"
+#include "multiproc/metrics.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -11,6 +12,7 @@
 #include <csignal>
 #include <cstring>
 #include <mutex>
+#include <map>
 #include <set>
 #include <string>
 #include <thread>
@@ -319,6 +321,59 @@ TEST_F(SupervisorTest, OneForOneRestartsOnlyTheChildThatDied) {
   auto report = sup.stop();
   ASSERT_TRUE(report);
   EXPECT_EQ(report->restarts, 1u);
+}
+
+TEST_F(SupervisorTest, CountsRestartsByCauseInItsReportAndMetrics) {
+  supervisor_spec spec;
+  spec.strategy = restart_strategy::one_for_one;
+  spec.max_restarts = 10;
+  spec.children = {sleeper("a"), sleeper("b")};
+  auto sup = start(std::move(spec));
+  // a: killed by a signal twice; b: once, by SIGUSR1's default action.
+  ASSERT_EQ(::kill(pid_of(sup, "a"), SIGKILL), 0);
+  ASSERT_TRUE(log_.await("started a", 2));
+  ASSERT_EQ(::kill(pid_of(sup, "a"), SIGSEGV), 0);
+  ASSERT_TRUE(log_.await("started a", 3));
+  ASSERT_EQ(::kill(pid_of(sup, "b"), SIGUSR1), 0);
+  ASSERT_TRUE(log_.await("started b", 2));
+  auto report = sup.stop();
+  ASSERT_TRUE(report) << describe(report.error());
+  std::map<std::string, restart_causes> by_id;
+  for (auto& c : report->children)
+    by_id[c.id] = c.restarts_by_cause;
+  EXPECT_EQ(by_id["a"].signal, 2u);
+  EXPECT_EQ(by_id["a"].error_exit + by_id["a"].normal_exit, 0u);
+  EXPECT_EQ(by_id["b"].signal, 1u);
+  metrics_registry reg;
+  reg.add("tree", *report);
+  auto snap = reg.collect();
+  EXPECT_EQ(snap.value("multiproc_supervisor_restarts_total",
+                       {{"supervisor", "tree"}, {"child", "a"},
+                        {"cause", "signal"}}),
+            2.0);
+  EXPECT_EQ(snap.value("multiproc_supervisor_restarts_total",
+                       {{"supervisor", "tree"}, {"child", "b"},
+                        {"cause", "signal"}}),
+            1.0);
+  EXPECT_EQ(snap.value("multiproc_supervisor_restarts_total",
+                       {{"supervisor", "tree"}, {"child", "b"},
+                        {"cause", "error_exit"}}),
+            0.0);
+}
+
+TEST_F(SupervisorTest, CountsAnErrorExitApartFromASignal) {
+  supervisor_spec spec;
+  spec.max_restarts = 100;
+  auto child = child_spec::process("quits", "sup.exits", "4");
+  child.restart = restart_type::transient;
+  spec.children = {child};
+  auto sup = start(std::move(spec));
+  ASSERT_TRUE(log_.await("started quits", 2));
+  auto report = sup.stop();
+  ASSERT_TRUE(report) << describe(report.error());
+  ASSERT_EQ(report->children.size(), 1u);
+  EXPECT_GE(report->children[0].restarts_by_cause.error_exit, 1u);
+  EXPECT_EQ(report->children[0].restarts_by_cause.signal, 0u);
 }
 
 TEST_F(SupervisorTest, OneForAllStopsTheOthersInReverseAndRestartsAllInOrder) {

@@ -24,6 +24,7 @@
 /// not from a handler running on a worker's I/O thread (the pool's own
 /// callbacks). A pool is movable, not copyable.
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -50,6 +51,7 @@
 #include "multiproc/error.hpp"
 #include "multiproc/faults.hpp"
 #include "multiproc/message_registry.hpp"
+#include "multiproc/metrics.hpp"
 #include "multiproc/output.hpp"
 #include "multiproc/start_method.hpp"
 #include "multiproc/worker.hpp"
@@ -75,15 +77,31 @@ enum class when_full {
   fail,  ///< return errc::full at once
 };
 
-/// Counters of a pool's life so far (pool::stats(), the progress callback).
+/// Counters of a pool's life so far (pool::stats(), the progress callback),
+/// and two gauges of the moment it was taken. add_metrics() exports them
+/// (docs/metrics.md).
 struct pool_stats {
   uint64_t submitted = 0;   ///< tasks accepted (the total, for a progress bar)
   uint64_t succeeded = 0;   ///< tasks that got a reply
   uint64_t failed = 0;      ///< tasks that ended in an error (any)
   uint64_t quarantined = 0; ///< of those: quarantined
+  uint64_t timed_out = 0;   ///< of those: errc::timeout (task_timeout)
   uint64_t redispatched = 0; ///< dispatches after a worker's death (retries)
   uint64_t workers_started = 0;
   uint64_t workers_died = 0; ///< unexpectedly, or stopped for a deadline
+  /// The replacements by cause: workers_died is the sum of the first three.
+  uint64_t workers_killed = 0;  ///< killed by a signal (a crash, SIGKILL)
+  uint64_t workers_exited = 0;  ///< exited on their own (any exit code)
+  uint64_t workers_overdue = 0; ///< stopped for a task past its deadline
+  uint64_t workers_recycled = 0; ///< replaced after max_tasks_per_child
+  uint64_t start_failures = 0;  ///< workers that failed to start or initialize
+  /// Tasks sent to a worker and not answered yet (a gauge).
+  uint64_t in_flight = 0;
+  /// Workers alive (a gauge).
+  uint64_t workers = 0;
+  /// From submit to result, of every task that ended (a chunk's items
+  /// count each, with the chunk's time).
+  latency_histogram latency;
 
   /// Tasks that ended, either way.
   uint64_t done() const noexcept {
@@ -92,6 +110,10 @@ struct pool_stats {
   /// Tasks queued or in flight.
   uint64_t pending() const noexcept {
     return submitted - done();
+  }
+  /// Tasks waiting for a worker.
+  uint64_t queued() const noexcept {
+    return pending() - std::min(pending(), in_flight);
   }
 };
 
@@ -676,6 +698,7 @@ public:
   /// workers come and go on their own: see workers()).
   size_t size() const noexcept;
 
+  /// The counters now, with in_flight and workers as of this call.
   pool_stats stats() const;
 
 private:
@@ -723,6 +746,18 @@ private:
 
   std::shared_ptr<detail::pool_core> core_;
 };
+
+/// Adds a pool's counters, gauges and latency histogram to `out` under the
+/// label pool=`name`: multiproc_pool_tasks_*_total, multiproc_pool_tasks_
+/// in_flight and _queued, multiproc_pool_workers, multiproc_pool_worker_
+/// restarts_total{cause=signal|exit|deadline|recycled},
+/// multiproc_pool_worker_start_failures_total and the
+/// multiproc_pool_task_latency_seconds histogram (docs/metrics.md).
+void add_metrics(metrics_snapshot& out, const std::string& name,
+                 const pool_stats& s);
+/// The same with p.stats() (metrics_registry::add(name, pool)).
+void add_metrics(metrics_snapshot& out, const std::string& name,
+                 const pool& p);
 
 namespace detail {
 

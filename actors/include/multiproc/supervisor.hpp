@@ -52,6 +52,7 @@
 
 #include "multiproc/bootstrap.hpp"
 #include "multiproc/error.hpp"
+#include "multiproc/metrics.hpp"
 #include "multiproc/output.hpp"
 #include "multiproc/process.hpp"
 #include "multiproc/start_method.hpp"
@@ -174,6 +175,14 @@ struct supervisor_spec {
 };
 
 /// One child as the supervisor sees it.
+/// A child's restarts by what ended the process before each of them.
+struct restart_causes {
+  uint64_t signal = 0;       ///< killed by a signal (a crash, SIGKILL)
+  uint64_t error_exit = 0;   ///< exited with a non-zero or unknown code
+  uint64_t normal_exit = 0;  ///< exited with code 0 (a permanent child)
+  uint64_t start_failed = 0; ///< its process failed to start
+};
+
 struct child_report {
   /// "id" for the top supervisor's children, "nested/id" below it.
   std::string id;
@@ -182,6 +191,9 @@ struct child_report {
   pid_t pid = 0;
   uint64_t starts = 0;
   uint64_t restarts = 0;
+  /// `restarts` by cause (a sibling's restart under one_for_all or
+  /// rest_for_one starts a child again without counting it here).
+  restart_causes restarts_by_cause;
   /// How its last process ended, if one did.
   std::optional<exit_status> last_exit;
   /// Ended and not to be started again (transient after a normal exit,
@@ -255,6 +267,17 @@ private:
   std::shared_ptr<detail::supervisor_shared> shared_;
   caf::actor actor_;
 };
+
+/// Adds a supervisor's figures to `out` under the label supervisor=`name`:
+/// multiproc_supervisor_restarts_total{child, cause=signal|error_exit|
+/// normal_exit|start_failed}, multiproc_supervisor_children_running, and for
+/// a pipeline multiproc_supervisor_consumed_total, _redelivered_total and
+/// _stream_complete (docs/metrics.md).
+void add_metrics(metrics_snapshot& out, const std::string& name,
+                 const supervisor_report& r);
+/// The same with s.report() (metrics_registry::add(name, supervisor)).
+void add_metrics(metrics_snapshot& out, const std::string& name,
+                 const supervisor& s);
 
 /// In a supervised child: true once its supervisor asked it to stop
 /// gracefully, or died (the child's channel, ctx.channel, reached its end).

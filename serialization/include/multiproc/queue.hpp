@@ -183,6 +183,7 @@ public:
 
   /// The untyped queue underneath.
   shm_queue& raw() noexcept { return q_; }
+  const shm_queue& raw() const noexcept { return q_; }
 
 private:
   explicit queue(shm_queue q) noexcept : q_(std::move(q)) {}
