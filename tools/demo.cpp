@@ -38,9 +38,11 @@
 #include <caf/scoped_actor.hpp>
 #include <caf/system_messages.hpp>
 #include <cereal/types/vector.hpp>
+#include <nlohmann/json.hpp>
 
 #include "multiproc/pool.hpp"
 #include "multiproc/function.hpp"
+#include "multiproc/metrics.hpp"
 #include "multiproc/queue.hpp"
 #include "multiproc/shared_state.hpp"
 #include "multiproc/supervisor.hpp"
@@ -78,13 +80,21 @@ struct crash_now {
   }
 };
 
+/// What a find_nonce task does besides its work: the demo injects faults.
+enum fault : uint8_t {
+  no_fault = 0,
+  crash_fault = 1, ///< the worker raises SIGSEGV
+  hang_fault = 2,  ///< the worker sleeps for an hour
+};
+
 /// Find the smallest nonce whose hash with `id` starts with pow_bits zero
-/// bits (reply: nonce_found).
+/// bits (reply: nonce_found), unless `fault` says otherwise.
 struct find_nonce {
   uint32_t id = 0;
+  uint8_t fault = no_fault;
   template <class Archive>
   void serialize(Archive& ar) {
-    ar(id);
+    ar(id, fault);
   }
 };
 
@@ -182,6 +192,13 @@ bool meets_target(uint32_t id, uint32_t nonce) {
 }
 
 nonce_found mine(const find_nonce& x) {
+  if (x.fault == crash_fault) {
+    std::fprintf(stderr, "task %u: crashing on purpose (SIGSEGV)\n", x.id);
+    std::signal(SIGSEGV, SIG_DFL);
+    std::raise(SIGSEGV);
+  } else if (x.fault == hang_fault) {
+    std::this_thread::sleep_for(std::chrono::hours{1});
+  }
   uint32_t nonce = 0;
   while (!meets_target(x.id, nonce))
     ++nonce;
@@ -401,17 +418,68 @@ void show_progress(const multiproc::pool_stats& s, bool tty) {
                bar.c_str(), done, total, done * 100 / total, failed, retried);
 }
 
-/// Mines a nonce for ids 0..n-1 on a pool of `workers`, kills one worker a
-/// third of the way, and checks every result. True if none was lost.
-bool run_pool(caf::actor_system& sys, size_t n, size_t workers,
-              multiproc::start_method method) {
+/// What the pool stage saw.
+struct pool_outcome {
+  size_t tasks = 0;
+  size_t crashes = 0; ///< tasks that crash their worker (injected)
+  size_t hangs = 0;   ///< tasks that hang their worker (injected)
+  size_t ok = 0;      ///< the others, with a verified result
+  /// Tasks without their right outcome: a verified result, or for the
+  /// injected ones task_quarantined / timeout.
+  size_t lost = 0;
+  bool closed_cleanly = true;
+  long long ms = 0;
+  multiproc::pool_stats stats;
+
+  bool passed() const {
+    return lost == 0 && closed_cleanly && ok + crashes + hangs == tasks;
+  }
+};
+
+/// Which tasks get a fault: `crashes` and `hangs` of them, alternating,
+/// spread evenly over the run but the first tenth (so the bar starts
+/// moving). None when there are fewer than ten tasks per fault.
+std::vector<uint8_t> plan_faults(size_t n, size_t crashes, size_t hangs) {
+  std::vector<uint8_t> faults(n, no_fault);
+  std::vector<uint8_t> kinds;
+  for (size_t i = 0; i < std::max(crashes, hangs); ++i) {
+    if (i < crashes)
+      kinds.push_back(crash_fault);
+    if (i < hangs)
+      kinds.push_back(hang_fault);
+  }
+  if (kinds.empty() || n < 10 * kinds.size())
+    return faults;
+  auto step = (n - n / 10) / kinds.size();
+  for (size_t k = 0; k < kinds.size(); ++k)
+    faults[n / 10 + k * step + step / 2] = kinds[k];
+  return faults;
+}
+
+/// Mines a nonce for ids 0..n-1 on a pool of `workers` while some tasks
+/// crash or hang their worker and one worker is killed a third of the way;
+/// checks every result. The result says what happened.
+pool_outcome run_pool(caf::actor_system& sys, const demo_options& o,
+                      multiproc::start_method method,
+                      multiproc::metrics_snapshot& metrics) {
+  pool_outcome out;
+  out.tasks = o.size;
+  auto n = o.size;
   bool tty = ::isatty(STDERR_FILENO) == 1;
   multiproc::pool_options opts;
-  opts.workers = workers;
+  opts.workers = o.workers;
   opts.method = method;
   opts.name = "miner";
+  opts.task_timeout = o.task_timeout;
   opts.on_progress = [tty](const multiproc::pool_stats& s) {
     show_progress(s, tty);
+  };
+  // The crashing tasks print a line on their way down: keep it in the
+  // demo's output, one line each, and out of the progress bar's line.
+  opts.sink = [tty](const multiproc::output_line& line) {
+    std::fprintf(stderr, "%s[%s %d] %s\n", tty ? "\r\33[K" : "",
+                 line.process_name.c_str(), static_cast<int>(line.pid),
+                 line.text.c_str());
   };
   // A bar may redraw often; plain lines should stay a few per second.
   opts.progress_interval = tty ? 100ms : 250ms;
@@ -420,50 +488,80 @@ bool run_pool(caf::actor_system& sys, size_t n, size_t workers,
   if (!p) {
     std::printf("pool: cannot start: %s\n",
                 multiproc::describe(p.error()).c_str());
-    return false;
+    out.lost = n;
+    return out;
   }
+  auto faults = plan_faults(n, o.crashes, o.hangs);
+  out.crashes = static_cast<size_t>(
+    std::count(faults.begin(), faults.end(), crash_fault));
+  out.hangs = static_cast<size_t>(
+    std::count(faults.begin(), faults.end(), hang_fault));
   auto victim = p->workers().back();
   std::printf("pool: %zu tasks (find a nonce whose hash starts with %d zero "
-              "bits) on %zu workers; %s[%d] gets SIGKILL a third of the way\n",
-              n, pow_bits, workers, victim.name.c_str(),
-              static_cast<int>(victim.pid));
+              "bits) on %zu workers; %zu of them crash their worker, %zu "
+              "hang it (deadline %lld ms), and %s[%d] gets SIGKILL a third "
+              "of the way\n",
+              n, pow_bits, o.workers, out.crashes, out.hangs,
+              static_cast<long long>(o.task_timeout.count()),
+              victim.name.c_str(), static_cast<int>(victim.pid));
   // The progress lines go to stderr: what came before must be out first.
   std::fflush(stdout);
   std::vector<multiproc::task_future<nonce_found>> fs;
   for (uint32_t i = 0; i < n; ++i)
-    fs.push_back(p->submit<nonce_found>(find_nonce{i}));
+    fs.push_back(p->submit<nonce_found>(find_nonce{i, faults[i]}));
   // As the OOM killer would: the tasks the victim held run again elsewhere.
   fs[n / 3].wait();
   ::kill(victim.pid, SIGKILL);
-  size_t ok = 0;
   std::string first_failure;
   for (uint32_t i = 0; i < n; ++i) {
     auto r = fs[i].get();
-    if (r && r->id == i && meets_target(i, r->nonce))
-      ++ok;
-    else if (first_failure.empty())
-      first_failure = "task " + std::to_string(i) + ": "
-                      + (r ? "wrong nonce" : multiproc::describe(r.error()));
+    bool right = false;
+    if (faults[i] == crash_fault)
+      right = !r && r.error() == multiproc::errc::task_quarantined;
+    else if (faults[i] == hang_fault)
+      right = !r && r.error() == multiproc::errc::timeout;
+    else
+      right = r && r->id == i && meets_target(i, r->nonce);
+    if (right && faults[i] == no_fault)
+      ++out.ok;
+    if (!right) {
+      ++out.lost;
+      if (first_failure.empty())
+        first_failure = "task " + std::to_string(i) + ": "
+                        + (r ? "wrong nonce" : multiproc::describe(r.error()));
+    }
   }
   auto closed = p->close();
   if (tty) // close() made the last call: end the bar's line
     std::fputc('\n', stderr);
-  auto s = p->stats();
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-              std::chrono::steady_clock::now() - start)
-              .count();
+  out.stats = p->stats();
+  multiproc::add_metrics(metrics, "miner", out.stats);
+  out.ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now() - start)
+             .count();
+  auto& s = out.stats;
   if (!first_failure.empty())
     std::printf("  first lost %s\n", first_failure.c_str());
-  if (closed)
+  if (closed) {
     std::printf("  cannot close the pool: %s\n",
                 multiproc::describe(closed).c_str());
-  std::printf("pool: %zu tasks, %zu ok, %zu lost, %llu worker%s replaced, "
-              "%llu tasks re-dispatched, in %lld ms\n",
-              n, ok, n - ok, static_cast<unsigned long long>(s.workers_died),
+    out.closed_cleanly = false;
+  }
+  std::printf("pool: %zu tasks, %zu ok, %llu quarantined, %llu timed out, "
+              "%zu lost, %llu worker%s replaced (%llu by a signal, %llu for "
+              "a deadline), %llu tasks retried, in %lld ms\n",
+              n, out.ok, static_cast<unsigned long long>(s.quarantined),
+              static_cast<unsigned long long>(s.timed_out), out.lost,
+              static_cast<unsigned long long>(s.workers_died),
               s.workers_died == 1 ? "" : "s",
+              static_cast<unsigned long long>(s.workers_killed),
+              static_cast<unsigned long long>(s.workers_overdue),
               static_cast<unsigned long long>(s.redispatched),
-              static_cast<long long>(ms));
-  return ok == n && !closed;
+              static_cast<long long>(out.ms));
+  std::printf("  task latency: p50 %.2f ms, p99 %.2f ms (the pool's "
+              "histogram)\n",
+              s.latency.quantile(0.5) * 1e3, s.latency.quantile(0.99) * 1e3);
+  return out;
 }
 
 // -- the supervised pipeline ------------------------------------------------------
@@ -500,7 +598,8 @@ MULTIPROC_REGISTER_ENTRY("multiproc.demo.produce_ids", produce_ids);
 MULTIPROC_REGISTER_ENTRY("multiproc.demo.hash_ids", hash_ids);
 
 bool run_supervised(caf::actor_system& sys, size_t n,
-                    multiproc::start_method method) {
+                    multiproc::start_method method,
+                    multiproc::metrics_snapshot& metrics) {
   auto start = std::chrono::steady_clock::now();
   auto work = multiproc::queue<uint32_t>::create();
   auto results = multiproc::queue<block_hash>::create();
@@ -571,6 +670,9 @@ bool run_supervised(caf::actor_system& sys, size_t n,
     std::printf("supervisor: %s\n", multiproc::describe(report.error()).c_str());
     return false;
   }
+  multiproc::add_metrics(metrics, "pipeline", *report);
+  multiproc::add_metrics(metrics, "work", *work);
+  multiproc::add_metrics(metrics, "results", *results);
   auto lost = static_cast<size_t>(std::count(seen.begin(), seen.end(), 0));
   std::printf("supervisor: %zu blocks, %zu verified, %zu lost, %llu "
               "redelivered, %llu restart%s, stream %s, in %lld ms\n",
@@ -681,11 +783,36 @@ bool run_shared(size_t n, multiproc::start_method method) {
 
 } // namespace demo
 
+namespace demo {
+
+int saved_stdout = -1;
+
+void narrate_on_stderr() {
+  std::fflush(stdout);
+  saved_stdout = ::dup(STDOUT_FILENO);
+  ::dup2(STDERR_FILENO, STDOUT_FILENO);
+}
+
+void restore_stdout() {
+  if (saved_stdout < 0)
+    return;
+  std::fflush(stdout);
+  ::dup2(saved_stdout, STDOUT_FILENO);
+  ::close(saved_stdout);
+  saved_stdout = -1;
+}
+
+} // namespace demo
+
 MULTIPROC_FUNCTION("multiproc.demo.tally", demo::tally)
 MULTIPROC_FUNCTION("multiproc.demo.tally_forever", demo::tally_forever)
 
 int run_demo(const demo_options& opts) {
   using namespace demo;
+  // --json: stdout carries the JSON object alone; the narration goes to
+  // stderr until then.
+  if (opts.json)
+    narrate_on_stderr();
   auto start = std::chrono::steady_clock::now();
   caf::actor_system_config cfg;
   caf::actor_system sys{cfg};
@@ -768,30 +895,97 @@ int run_demo(const demo_options& opts) {
                    : multiproc::describe(st.error()).c_str());
   }
 
-  // 8. A pool mines nonces with a progress display; one worker is killed.
-  bool pool_ok = opts.pool_tasks == 0
-                 || run_pool(sys, opts.pool_tasks, opts.workers, method);
+  // 8. The pool: mining with a progress display while some tasks crash or
+  // hang their worker and one worker is killed.
+  multiproc::metrics_snapshot metrics;
+  pool_outcome pool;
+  if (opts.size > 0)
+    pool = run_pool(sys, opts, method, metrics);
   // 9. A supervised producer/consumer pipeline; one consumer is killed.
   bool supervised_ok = opts.pipeline_blocks == 0
-                       || run_supervised(sys, opts.pipeline_blocks, method);
+                       || run_supervised(sys, opts.pipeline_blocks, method,
+                                         metrics);
   // 10. Shared state: processes update one counter; one is killed.
   bool shared_ok = opts.shared_increments == 0
                    || run_shared(opts.shared_increments, method);
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
               std::chrono::steady_clock::now() - start)
               .count();
-  if (!ok || !pool_ok || !supervised_ok || !shared_ok) {
-    std::printf("demo: FAILED: %zu/%zu tasks answered correctly%s%s%s\n",
+  bool pool_ok = opts.size == 0 || pool.passed();
+  bool passed = ok && pool_ok && supervised_ok && shared_ok;
+
+  // 11. The summary, and the metrics if asked for.
+  auto& s = pool.stats;
+  double secs = static_cast<double>(std::max(pool.ms, 1LL)) / 1e3;
+  auto tput = static_cast<double>(pool.tasks) / secs;
+  std::printf("\nsummary: %zu pool tasks in %.2f s (%.0f tasks/s): %zu ok, "
+              "%llu workers restarted, %llu tasks retried, %llu quarantined, "
+              "%llu timed out, lost = %zu\n",
+              pool.tasks, secs, tput, pool.ok,
+              static_cast<unsigned long long>(s.workers_died),
+              static_cast<unsigned long long>(s.redispatched),
+              static_cast<unsigned long long>(s.quarantined),
+              static_cast<unsigned long long>(s.timed_out), pool.lost);
+  caf::error metrics_err;
+  if (!opts.metrics_path.empty()) {
+    auto format = opts.metrics_path.size() > 5
+                      && opts.metrics_path.compare(opts.metrics_path.size() - 5,
+                                                   5, ".json")
+                           == 0
+                    ? multiproc::metrics_format::json
+                    : multiproc::metrics_format::prometheus;
+    metrics_err = multiproc::write_metrics(metrics, format, opts.metrics_path);
+    if (metrics_err)
+      std::printf("demo: %s\n", multiproc::describe(metrics_err).c_str());
+    else if (opts.metrics_path != "-")
+      std::printf("metrics written to %s\n", opts.metrics_path.c_str());
+  }
+  if (!passed) {
+    std::printf("demo: FAILED: %zu/%zu requests answered correctly%s%s%s\n",
                 pl.answered(), opts.tasks,
                 pool_ok ? "" : "; the pool lost tasks",
                 supervised_ok ? "" : "; the supervised pipeline lost blocks",
                 shared_ok ? "" : "; the shared counter is wrong");
-    return 1;
+  } else {
+    std::printf("demo: %zu/%zu requests answered by %zu workers (%zu crashed "
+                "on purpose), checksum 0x%016llx verified; every stage lost "
+                "nothing, in %lld ms\n",
+                pl.answered(), opts.tasks, pl.workers.size(), crashed,
+                static_cast<unsigned long long>(sum),
+                static_cast<long long>(ms));
   }
-  std::printf("demo: %zu/%zu tasks answered by %zu workers (%zu crashed on "
-              "purpose), checksum 0x%016llx verified in %lld ms\n",
-              pl.answered(), opts.tasks, pl.workers.size(), crashed,
-              static_cast<unsigned long long>(sum),
-              static_cast<long long>(ms));
-  return 0;
+  if (opts.json) {
+    nlohmann::json j;
+    j["passed"] = passed;
+    j["start_method"] = multiproc::to_string(method);
+    j["workers"] = opts.workers;
+    j["elapsed_ms"] = ms;
+    j["requests"] = {{"sent", opts.tasks},
+                     {"answered", pl.answered()},
+                     {"workers_crashed", crashed},
+                     {"checksum_verified", ok}};
+    j["pool"] = {{"tasks", pool.tasks},
+                 {"ok", pool.ok},
+                 {"injected_crashes", pool.crashes},
+                 {"injected_hangs", pool.hangs},
+                 {"quarantined", s.quarantined},
+                 {"timed_out", s.timed_out},
+                 {"workers_restarted", s.workers_died},
+                 {"workers_killed", s.workers_killed},
+                 {"workers_overdue", s.workers_overdue},
+                 {"tasks_retried", s.redispatched},
+                 {"lost", pool.lost},
+                 {"elapsed_ms", pool.ms},
+                 {"tasks_per_second", tput},
+                 {"latency_p50_ms", s.latency.quantile(0.5) * 1e3},
+                 {"latency_p99_ms", s.latency.quantile(0.99) * 1e3}};
+    j["pipeline"] = {{"blocks", opts.pipeline_blocks},
+                     {"passed", supervised_ok}};
+    j["shared"] = {{"increments_per_process", opts.shared_increments},
+                   {"passed", shared_ok}};
+    j["metrics"] = nlohmann::json::parse(metrics.to_json())["metrics"];
+    restore_stdout();
+    std::printf("%s\n", j.dump(2).c_str());
+  }
+  return passed && !metrics_err ? 0 : 1;
 }

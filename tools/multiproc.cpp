@@ -5,6 +5,7 @@
 // The executable is also its own child process: bootstrap() comes first.
 
 #include <cstddef>
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -36,8 +37,10 @@ int main(int argc, char** argv) {
   std::string method;
   auto* demo_cmd = app.add_subcommand(
     "demo", "Hash generated blocks on worker processes, crash one of them, "
-            "verify the results; then run a pool with a progress display "
-            "and a supervised pipeline, killing a worker in each");
+            "verify the results; then the main job: a pool with a progress "
+            "display whose tasks crash, hang and lose a worker to SIGKILL, "
+            "a supervised pipeline and shared state, each losing a process; "
+            "a summary ends it");
   demo_cmd->add_option("--workers", demo.workers, "Worker processes (>= 2)")
     ->check(CLI::Range(size_t{2}, size_t{64}))
     ->capture_default_str();
@@ -45,10 +48,32 @@ int main(int argc, char** argv) {
     ->check(CLI::Range(size_t{1}, size_t{100000}))
     ->capture_default_str();
   demo_cmd
-    ->add_option("--pool-tasks", demo.pool_tasks,
-                 "Tasks for the pool stage (0: skip it)")
-    ->check(CLI::Range(size_t{0}, size_t{100000}))
+    ->add_option("--size", demo.size,
+                 "Tasks for the pool stage, the main job (0: skip it)")
+    ->check(CLI::Range(size_t{0}, size_t{1000000}))
     ->capture_default_str();
+  demo_cmd
+    ->add_option("--crashes", demo.crashes,
+                 "Pool tasks that crash their worker on every attempt")
+    ->check(CLI::Range(size_t{0}, size_t{100}))
+    ->capture_default_str();
+  demo_cmd
+    ->add_option("--hangs", demo.hangs,
+                 "Pool tasks that hang their worker until the deadline")
+    ->check(CLI::Range(size_t{0}, size_t{100}))
+    ->capture_default_str();
+  size_t deadline_ms = static_cast<size_t>(demo.task_timeout.count());
+  demo_cmd
+    ->add_option("--deadline-ms", deadline_ms,
+                 "The pool's task deadline in milliseconds")
+    ->check(CLI::Range(size_t{100}, size_t{600000}))
+    ->capture_default_str();
+  demo_cmd->add_flag("--json", demo.json,
+                     "Print one JSON object on stdout at the end (the "
+                     "narration goes to stderr)");
+  demo_cmd->add_option("--metrics", demo.metrics_path,
+                       "Write the metrics to this file at the end (- for "
+                       "stdout; *.json: JSON, else Prometheus text)");
   demo_cmd
     ->add_option("--pipeline-blocks", demo.pipeline_blocks,
                  "Blocks for the supervised pipeline stage (0: skip it)")
@@ -67,6 +92,7 @@ int main(int argc, char** argv) {
   demo_cmd->callback([&] {
     if (!method.empty())
       demo.method = *multiproc::parse_start_method(method);
+    demo.task_timeout = std::chrono::milliseconds{deadline_ms};
     rc = run_demo(demo);
   });
 
