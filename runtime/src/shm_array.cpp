@@ -18,7 +18,6 @@ constexpr uint64_t array_magic = 0x3152524150434d4dull; // "MMCPARR1"
 constexpr uint32_t array_version = 1;
 /// The header takes the first page; the elements start after it.
 constexpr size_t header_bytes = 4096;
-constexpr uint64_t max_bytes = uint64_t{1} << 40;
 
 struct array_header {
   uint64_t magic;
@@ -83,7 +82,7 @@ caf::expected<shm_buffer> shm_buffer::create(uint64_t count,
     return make_error(errc::invalid_argument,
                       "a shared array needs at least one element of at "
                       "least one byte");
-  if (count > max_bytes / element_size)
+  if (count > max_shm_array_bytes / element_size)
     return make_error(errc::invalid_argument,
                       "a shared array of " + std::to_string(count)
                         + " elements of " + std::to_string(element_size)

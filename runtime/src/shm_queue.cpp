@@ -509,11 +509,12 @@ caf::error map_queue(unique_fd& fd, bool check, void*& base, size_t& size,
 } // namespace
 
 caf::expected<shm_queue> shm_queue::create(const shm_queue_options& opts) {
-  if (opts.capacity < 2 || opts.capacity > (1u << 20))
+  if (opts.capacity < 2 || opts.capacity > max_queue_capacity)
     return make_error(errc::invalid_argument,
                       "queue capacity " + std::to_string(opts.capacity)
                         + " is out of range (2 to 1048576)");
-  if (opts.max_message_size < 1 || opts.max_message_size > (16u << 20))
+  if (opts.max_message_size < 1
+      || opts.max_message_size > max_queue_message_size)
     return make_error(errc::invalid_argument,
                       "queue max_message_size "
                         + std::to_string(opts.max_message_size)

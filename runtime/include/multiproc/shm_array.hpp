@@ -33,6 +33,9 @@
 
 namespace multiproc {
 
+/// The largest shm_array (and shm_buffer) in bytes: 1 TiB.
+constexpr uint64_t max_shm_array_bytes = uint64_t{1} << 40;
+
 /// The untyped memory of a shm_array. Move-only; unmaps on destruction.
 class shm_buffer {
 public:

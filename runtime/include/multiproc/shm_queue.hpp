@@ -60,6 +60,10 @@ struct shm_spin_state {
 };
 } // namespace detail
 
+/// The largest queue shm_queue::create() makes: slots, and bytes per message.
+constexpr uint32_t max_queue_capacity = 1u << 20;
+constexpr uint32_t max_queue_message_size = 16u << 20;
+
 /// Options of shm_queue::create().
 struct shm_queue_options {
   /// How many slots the queue has, counting leased ones (taken by a consumer
