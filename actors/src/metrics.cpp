@@ -91,29 +91,18 @@ std::string number(double x) {
   return buf;
 }
 
-std::string escape_label(const std::string& v) {
+/// Escapes \ and newlines, and in a label value also " (HELP text keeps
+/// its quotes).
+std::string escape(std::string_view v, bool quotes) {
   std::string out;
   out.reserve(v.size());
   for (char c : v) {
     if (c == '\\')
       out += "\\\\";
-    else if (c == '"')
+    else if (c == '\n')
+      out += "\\n";
+    else if (c == '"' && quotes)
       out += "\\\"";
-    else if (c == '\n')
-      out += "\\n";
-    else
-      out += c;
-  }
-  return out;
-}
-
-std::string escape_help(std::string_view v) {
-  std::string out;
-  for (char c : v) {
-    if (c == '\\')
-      out += "\\\\";
-    else if (c == '\n')
-      out += "\\n";
     else
       out += c;
   }
@@ -134,7 +123,7 @@ std::string label_text(const metric_labels& labels,
     first = false;
     out += k;
     out += "=\"";
-    out += escape_label(v);
+    out += escape(v, true);
     out += '"';
   };
   for (auto& [k, v] : labels)
@@ -253,7 +242,7 @@ std::string metrics_snapshot::to_json() const {
 std::string metrics_snapshot::to_prometheus() const {
   std::string out;
   for (auto& f : families_) {
-    out += "# HELP " + f.name + " " + escape_help(f.help) + "\n";
+    out += "# HELP " + f.name + " " + escape(f.help, false) + "\n";
     out += "# TYPE " + f.name + " " + type_name(f.type) + "\n";
     for (auto& s : f.samples) {
       if (!s.histogram) {
