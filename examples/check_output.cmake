@@ -1,5 +1,5 @@
 # Runs a program and checks its output: cmake -DPROGRAM=<path> [-DARGS=a@@b]
-# -DEXPECT=<regex>@@<regex>... [-DORDERED=OFF] [-DEXIT_CODE=n] -P check_output.cmake
+# -DEXPECT=<regex>@@<regex>... [-DORDERED=OFF] [-DEXIT_CODE=n] [-DTIMEOUT=s] -P check_output.cmake
 # stdout and stderr are merged in write order (2>&1). The program must exit 0
 # (or EXIT_CODE) and print a match for every regex; with ORDERED (the default) each match
 # must come after the previous one. "@@" separates list items so that regexes
@@ -14,6 +14,10 @@ endif()
 if(NOT DEFINED EXIT_CODE)
   set(EXIT_CODE 0)
 endif()
+# Seconds the program may run (keep it below the test's TIMEOUT).
+if(NOT DEFINED TIMEOUT)
+  set(TIMEOUT 55)
+endif()
 
 set(args "")
 if(ARGS)
@@ -24,7 +28,7 @@ execute_process(
   COMMAND /bin/sh -c "exec \"$0\" \"$@\" 2>&1" "${PROGRAM}" ${args}
   OUTPUT_VARIABLE output
   RESULT_VARIABLE result
-  TIMEOUT 55)
+  TIMEOUT ${TIMEOUT})
 message("${output}")
 if(NOT result STREQUAL "${EXIT_CODE}")
   message(FATAL_ERROR "${PROGRAM} exited with '${result}', expected ${EXIT_CODE}")

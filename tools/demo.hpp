@@ -30,7 +30,7 @@ struct demo_options {
   /// Pool tasks that hang their worker: the pool stops it at the deadline.
   size_t hangs = 2;
   /// The pool's task deadline (pool_options::task_timeout).
-  std::chrono::milliseconds task_timeout{500};
+  std::chrono::milliseconds task_timeout{1000};
   /// Blocks for the supervised pipeline stage; 0: skip it.
   size_t pipeline_blocks = 600;
   /// Increments per process for the shared-state stage; 0: skip it.
