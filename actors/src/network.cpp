@@ -33,6 +33,7 @@
 
 #include "multiproc/error.hpp"
 #include "multiproc/envelope.hpp"
+#include "multiproc/log.hpp"
 #include "remote.hpp"
 
 namespace multiproc::detail {
@@ -813,7 +814,7 @@ gateway::start(network_options opts, std::string entry, std::string what,
     if (sink)
       sink(text);
     else
-      std::fprintf(stderr, "multiproc: %s\n", text.c_str());
+      logger()->warn("{}", text);
   };
   g->state_ = st;
   g->actor_ = g->node_->sys().spawn(gateway_actor, st);

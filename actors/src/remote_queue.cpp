@@ -30,6 +30,7 @@
 #include "multiproc/envelope.hpp"
 #include "multiproc/error.hpp"
 #include "multiproc/frame_channel.hpp"
+#include "multiproc/log.hpp"
 #include "multiproc/process.hpp"
 #include "network_impl.hpp"
 #include "relay.hpp"
@@ -93,15 +94,13 @@ std::string error_answer(const caf::error& err) {
 /// consumer's: delivered again.
 int queue_server(child_context& ctx) {
   if (ctx.fds.size() != 1) {
-    std::fprintf(stderr, "multiproc: queue server: expected 1 descriptor, "
-                         "got %zu\n",
-                 ctx.fds.size());
+    logger()->error("queue server: expected 1 descriptor, got {}",
+                    ctx.fds.size());
     return 64;
   }
   auto q = shm_queue::attach(std::move(ctx.fds[0]));
   if (!q) {
-    std::fprintf(stderr, "multiproc: queue server: %s\n",
-                 describe(q.error()).c_str());
+    logger()->error("queue server: {}", describe(q.error()));
     return 64;
   }
   frame_channel ch{std::move(ctx.channel)};
@@ -222,7 +221,7 @@ struct queue_publisher::impl {
     if (auto* g = log_to.load())
       g->log(line);
     else
-      std::fprintf(stderr, "multiproc: %s\n", line.c_str());
+      logger()->warn("{}", line);
   }
 
   void admit(detail::joined_worker j) {

@@ -11,6 +11,7 @@
 
 #include <cxxabi.h>
 
+#include "multiproc/log.hpp"
 #include "multiproc/shared_state.hpp"
 
 namespace multiproc::detail {
@@ -139,10 +140,8 @@ bool register_shared_function(const char* name, shared_function fn) {
   std::lock_guard<std::mutex> guard{r.mtx};
   auto key = std::make_pair(std::string{name}, fn.node_type);
   if (!r.functions.emplace(key, std::move(fn)).second) {
-    std::fprintf(stderr,
-                 "multiproc: the shared function '%s' is registered twice "
-                 "for %s\n",
-                 name, readable_type(key.second).c_str());
+    logger()->critical("the shared function '{}' is registered twice for {}",
+                       name, readable_type(key.second));
     std::abort();
   }
   return true;

@@ -28,6 +28,7 @@
 
 #include "multiproc/bootstrap.hpp"
 #include "multiproc/function.hpp"
+#include "multiproc/log.hpp"
 #include "multiproc/pipe.hpp"
 #include "shared_state_owner.hpp"
 #include "state_tunnel.hpp"
@@ -853,8 +854,7 @@ std::string unique_address() {
 void shared_state_owner_main(pipe_end& parent, std::string address) {
   auto owner = detail::shared_owner::listen(address);
   if (!owner) {
-    std::fprintf(stderr, "multiproc: shared-state owner: %s\n",
-                 describe(owner.error()).c_str());
+    logger()->error("shared-state owner: {}", describe(owner.error()));
     std::exit(3);
   }
   auto* raw = owner->get();

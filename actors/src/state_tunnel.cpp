@@ -24,6 +24,7 @@
 #include "multiproc/error.hpp"
 #include "multiproc/fd.hpp"
 #include "multiproc/frame_channel.hpp"
+#include "multiproc/log.hpp"
 #include "multiproc/shared_state.hpp"
 #include "network_impl.hpp"
 #include "relay.hpp"
@@ -65,7 +66,7 @@ struct state_publisher::impl {
       if (auto* g = log_to.load())
         g->log(line);
       else
-        std::fprintf(stderr, "multiproc: %s\n", line.c_str());
+        logger()->warn("{}", line);
       exit_status st;
       st.code = owner_gone_code;
       j.link->stop(std::chrono::milliseconds{0}, st);
@@ -167,8 +168,8 @@ struct state_tunnel::impl {
         auto joined = join_gateway(node->sys(), gw, req);
         if (!joined) {
           if (!lost->load())
-            std::fprintf(stderr, "multiproc: cannot reach %s: %s\n",
-                         req.peer.c_str(), describe(joined.error()).c_str());
+            logger()->warn("cannot reach {}: {}", req.peer,
+                           describe(joined.error()));
           continue;
         }
         link = std::move(*joined);

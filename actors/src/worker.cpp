@@ -45,6 +45,7 @@
 #include "inline_unit.hpp"
 #include "multiproc/envelope.hpp"
 #include "multiproc/faults.hpp"
+#include "multiproc/log.hpp"
 
 namespace multiproc {
 
@@ -106,7 +107,7 @@ bool register_worker(const char* name, worker_factory factory) {
   auto& reg = worker_registry();
   if (!reg.emplace(name, worker_registration{std::move(factory), std::nullopt})
          .second) {
-    std::fprintf(stderr, "multiproc: worker '%s' is registered twice\n", name);
+    logger()->critical("worker '{}' is registered twice", name);
     std::abort();
   }
   return true;
@@ -117,7 +118,7 @@ bool register_worker(const char* name, worker_factory factory,
   auto& reg = worker_registry();
   if (!reg.emplace(name, worker_registration{std::move(factory), fast})
          .second) {
-    std::fprintf(stderr, "multiproc: worker '%s' is registered twice\n", name);
+    logger()->critical("worker '{}' is registered twice", name);
     std::abort();
   }
   return true;
@@ -1584,9 +1585,8 @@ public:
     std::unique_lock<std::mutex> lk{mu_};
     cv_.wait(lk, [this] { return done_; });
     if (reason_)
-      std::fprintf(stderr, "multiproc: worker %s[%d] stops: %s\n",
-                   this_worker_name().c_str(), static_cast<int>(::getpid()),
-                   describe(reason_).c_str());
+      logger()->error("worker {}[{}] stops: {}", this_worker_name(),
+                      static_cast<int>(::getpid()), describe(reason_));
     return exit_code_;
   }
 
@@ -1729,15 +1729,13 @@ int serve(frame_link& ch, caf::actor_system& sys,
 int worker_entry(child_context& ctx) {
   auto spec = decode<worker_spec>(ctx.args);
   if (!spec) {
-    std::fprintf(stderr, "multiproc: bad worker spec: %s\n",
-                 describe(spec.error()).c_str());
+    logger()->error("bad worker spec: {}", describe(spec.error()));
     return 64;
   }
   this_worker_name_storage() = spec->name;
   auto i = worker_registry().find(spec->entry);
   if (i == worker_registry().end()) {
-    std::fprintf(stderr, "multiproc: no worker is registered as '%s'\n",
-                 spec->entry.c_str());
+    logger()->error("no worker is registered as '{}'", spec->entry);
     return 64;
   }
   for (auto& name : spec->extra_types)
@@ -1751,15 +1749,14 @@ int worker_entry(child_context& ctx) {
   std::unique_ptr<frame_link> link;
   if (spec->shared_memory) {
     if (ctx.fds.size() < 2) {
-      std::fprintf(stderr, "multiproc: worker %s: no queue descriptors\n",
-                   spec->name.c_str());
+      logger()->error("worker {}: no queue descriptors", spec->name);
       return 64;
     }
     auto in = shm_queue::attach(std::move(ctx.fds[0]));
     auto out = shm_queue::attach(std::move(ctx.fds[1]));
     if (!in || !out) {
-      std::fprintf(stderr, "multiproc: worker %s: %s\n", spec->name.c_str(),
-                   describe(in ? out.error() : in.error()).c_str());
+      logger()->error("worker {}: {}", spec->name,
+                      describe(in ? out.error() : in.error()));
       return 64;
     }
     link = std::make_unique<shm_channel>(std::move(*in), std::move(*out),
@@ -1780,8 +1777,7 @@ int worker_entry(child_context& ctx) {
       return 0;
     // A mismatch is reported by the parent, which sees it too.
     if (err != errc::fingerprint_mismatch)
-      std::fprintf(stderr, "multiproc: worker %s: %s\n", spec->name.c_str(),
-                   describe(err).c_str());
+      logger()->error("worker {}: {}", spec->name, describe(err));
     return 65;
   }
   return serve(ch, sys, i->second, spec->entry);
@@ -1799,9 +1795,8 @@ int serve_worker(frame_link& ch, caf::actor_system& sys,
                  std::chrono::milliseconds hello_timeout) {
   auto i = worker_registry().find(entry);
   if (i == worker_registry().end()) {
-    std::fprintf(stderr, "multiproc: no worker is registered as '%s'; "
-                         "registered workers: %s\n",
-                 entry.c_str(), registered_workers().c_str());
+    logger()->error("no worker is registered as '{}'; registered workers: {}",
+                    entry, registered_workers());
     return 64;
   }
   this_worker_name_storage() = name;
@@ -1811,8 +1806,7 @@ int serve_worker(frame_link& ch, caf::actor_system& sys,
     if (err == errc::peer_closed)
       return 0;
     // Unlike a child's, a remote worker's stderr is its own: say why.
-    std::fprintf(stderr, "multiproc: worker %s: %s\n", name.c_str(),
-                 describe(err).c_str());
+    logger()->error("worker {}: {}", name, describe(err));
     return 65;
   }
   return serve(ch, sys, i->second, entry);

@@ -19,6 +19,7 @@
 #include "multiproc/detail/bootstrap_seam.hpp"
 #include "multiproc/error.hpp"
 #include "multiproc/faults.hpp"
+#include "multiproc/log.hpp"
 #include "process_internal.hpp"
 
 namespace multiproc {
@@ -77,10 +78,9 @@ bool register_entry(const char* name, entry_function fn) {
   auto& reg = registry();
   std::lock_guard<std::mutex> guard{reg.mtx};
   if (!reg.entries.emplace(name, fn).second) {
-    std::fprintf(stderr,
-                 "multiproc: the entry '%s' is registered twice; entry names "
-                 "must be unique in a program\n",
-                 name);
+    logger()->critical("the entry '{}' is registered twice; entry names must "
+                       "be unique in a program",
+                       name);
     std::abort();
   }
   return true;
@@ -204,8 +204,7 @@ void bootstrap(int, char**, const bootstrap_options& opts) {
   detail::run_child_if_spawned();
   auto lifeline = detail::lifeline_read_fd();
   if (!lifeline) {
-    std::fprintf(stderr, "multiproc: bootstrap: %s\n",
-                 describe(lifeline.error()).c_str());
+    logger()->critical("bootstrap: {}", describe(lifeline.error()));
     std::abort();
   }
   if (opts.start_forkserver && detail::thread_count() == 1

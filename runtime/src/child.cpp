@@ -19,8 +19,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "log_internal.hpp"
 #include "multiproc/error.hpp"
 #include "multiproc/faults.hpp"
+#include "multiproc/log.hpp"
 #include "process_internal.hpp"
 
 namespace multiproc::detail {
@@ -319,14 +321,14 @@ void run_child(boot_record rec, start_method method, bool exec_child) {
   // parent used before fork (glibc ignores _IOLBF on it otherwise).
   static char stdout_buf[BUFSIZ];
   std::setvbuf(stdout, stdout_buf, _IOLBF, sizeof(stdout_buf));
+  // Still one thread: the logger's sinks may be replaced.
+  log_to_parent();
   std::thread{watch_lifeline}.detach();
   faults::detail::on_child_start(rec.faults);
   auto fn = find_entry(rec.entry);
   if (fn == nullptr) {
-    std::fprintf(stderr,
-                 "multiproc: no entry is registered as '%s' in this "
-                 "executable\n",
-                 rec.entry.c_str());
+    logger()->error("no entry is registered as '{}' in this executable",
+                    rec.entry);
     finish(unknown_entry_exit_code, exec_child);
   }
   int code = 1;
@@ -341,12 +343,10 @@ void run_child(boot_record rec, start_method method, bool exec_child) {
     try {
       code = fn(ctx);
     } catch (const std::exception& ex) {
-      std::fprintf(stderr, "multiproc: entry '%s' threw: %s\n",
-                   ctx.entry.c_str(), ex.what());
+      logger()->error("entry '{}' threw: {}", ctx.entry, ex.what());
       code = 1;
     } catch (...) {
-      std::fprintf(stderr, "multiproc: entry '%s' threw a non-std exception\n",
-                   ctx.entry.c_str());
+      logger()->error("entry '{}' threw a non-std exception", ctx.entry);
       code = 1;
     }
   }
@@ -360,25 +360,25 @@ void run_child_if_spawned() {
   std::string value = spec;
   ::unsetenv(child_env_var);
   if (value != "1") {
-    std::fprintf(stderr, "multiproc: malformed %s=%s in the environment\n",
-                 child_env_var, value.c_str());
+    // Not known to be the parent's child yet: a plain line.
+    logger()->critical("malformed {}={} in the environment", child_env_var,
+                       value);
     ::_exit(boot_failed_exit_code);
   }
   if (::fcntl(child_channel_fd, F_SETFD, FD_CLOEXEC) != 0
       || ::fcntl(child_lifeline_fd, F_SETFD, FD_CLOEXEC) != 0) {
-    std::fprintf(stderr,
-                 "multiproc: started in worker mode without descriptors 3 "
-                 "and 4\n");
+    logger()->critical("started in worker mode without descriptors 3 and 4");
     ::_exit(boot_failed_exit_code);
   }
   boot_and_run_child(start_method::spawn, true);
 }
 
 void boot_and_run_child(start_method method, bool exec_child) {
+  // Descriptors 2-4 are the parent's: records go to it from here on.
+  log_to_parent();
   auto rec = read_boot_record(child_channel_fd, std::chrono::seconds{30});
   if (!rec) {
-    std::fprintf(stderr, "multiproc: child boot failed: %s\n",
-                 describe(rec.error()).c_str());
+    logger()->error("child boot failed: {}", describe(rec.error()));
     ::_exit(boot_failed_exit_code);
   }
   run_child(std::move(*rec), method, exec_child);

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "multiproc/error.hpp"
+#include "multiproc/log.hpp"
 
 namespace multiproc::faults {
 
@@ -132,9 +133,9 @@ std::string describe_fault(const rule& x, uint64_t call) {
 
 /// Ends the process as the rule says (crash, exit); never returns.
 [[noreturn]] void end_process(const rule& x, uint64_t call) {
-  // A real crash flushes nothing; one line on stderr (unbuffered) says why.
-  auto line = "multiproc: " + describe_fault(x, call) + "\n";
-  [[maybe_unused]] auto n = ::write(STDERR_FILENO, line.data(), line.size());
+  // A real crash flushes nothing; one record says why (the logger's sinks
+  // write at once, nothing stays buffered).
+  logger()->error("{}", describe_fault(x, call));
   if (x.what == action::crash) {
     ::kill(::getpid(), x.signal);
     ::_exit(128 + x.signal); // a signal that did not kill (ignored, caught)
@@ -396,13 +397,12 @@ void on_child_start(const std::string& spec) {
   if (spec.empty() && !enabled())
     return;
   if (auto err = configure(spec)) {
-    std::fprintf(stderr, "multiproc: the parent's fault rules: %s\n",
-                 describe(err).c_str());
+    logger()->error("the parent's fault rules: {}", describe(err));
     clear();
   }
   if (auto err = check(point::child_start)) {
-    std::fprintf(stderr, "multiproc: %s\n", describe(err).c_str());
-    std::fflush(stderr);
+    logger()->error("{}", describe(err));
+    logger()->flush();
     ::_exit(1);
   }
 }
@@ -412,9 +412,8 @@ void init_from_environment() {
   if (spec == nullptr || *spec == '\0')
     return;
   if (auto err = configure(spec)) {
-    std::fprintf(stderr, "multiproc: MULTIPROC_FAULTS: %s\n",
-                 describe(err).c_str());
-    std::fflush(stderr);
+    logger()->critical("MULTIPROC_FAULTS: {}", describe(err));
+    logger()->flush();
     ::_exit(2);
   }
 }

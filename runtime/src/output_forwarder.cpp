@@ -12,13 +12,19 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "log_internal.hpp"
 #include "multiproc/error.hpp"
+#include "multiproc/log.hpp"
 #include "process_internal.hpp"
 
 namespace multiproc {
 
 output_sink default_output_sink() {
   return [](const output_line& line) {
+    if (line.level) {
+      log_output_line(line);
+      return;
+    }
     std::string buf;
     buf.reserve(line.process_name.size() + line.text.size() + 16);
     buf += '[';
@@ -209,7 +215,10 @@ void deliver(output_state& out, bool is_stderr, std::string text) {
   std::lock_guard<std::mutex> guard{out.sink_mtx};
   if (out.muted || !out.sink)
     return;
-  output_line line{out.name, out.pid, is_stderr, std::move(text)};
+  std::optional<log_level> level;
+  if (is_stderr)
+    level = strip_log_marker(text);
+  output_line line{out.name, out.pid, is_stderr, std::move(text), level};
   try {
     out.sink(line);
   } catch (...) {

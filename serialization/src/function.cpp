@@ -32,30 +32,24 @@ struct function_call {
 int run_function(child_context& ctx) {
   auto call = decode<function_call>(ctx.args);
   if (!call) {
-    std::fprintf(stderr, "multiproc: bad function call: %s\n",
-                 describe(call.error()).c_str());
+    logger()->error("bad function call: {}", describe(call.error()));
     return 2;
   }
   auto* entry = find_function(call->name);
   if (entry == nullptr) {
-    std::fprintf(stderr, "multiproc: no function is registered as '%s'\n",
-                 call->name.c_str());
+    logger()->error("no function is registered as '{}'", call->name);
     return 2;
   }
   pipe_end parent{std::move(ctx.channel)};
   try {
     return entry->invoke(entry->fn, parent, call->args);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "multiproc: function '%s' in process %s[%d] threw %s: %s\n",
-                 call->name.c_str(), ctx.name.c_str(),
-                 static_cast<int>(::getpid()), demangled(typeid(e)).c_str(),
-                 e.what());
+    logger()->error("function '{}' in process {}[{}] threw {}: {}", call->name,
+                    ctx.name, static_cast<int>(::getpid()),
+                    demangled(typeid(e)), e.what());
   } catch (...) {
-    std::fprintf(stderr,
-                 "multiproc: function '%s' in process %s[%d] threw an "
-                 "exception\n",
-                 call->name.c_str(), ctx.name.c_str(),
-                 static_cast<int>(::getpid()));
+    logger()->error("function '{}' in process {}[{}] threw an exception",
+                    call->name, ctx.name, static_cast<int>(::getpid()));
   }
   return 1;
 }
@@ -75,8 +69,7 @@ std::string demangled(const std::type_info& type) {
 
 bool register_function(const char* name, function_entry entry) {
   if (!functions().emplace(name, std::move(entry)).second) {
-    std::fprintf(stderr, "multiproc: function '%s' is registered twice\n",
-                 name);
+    logger()->critical("function '{}' is registered twice", name);
     std::abort();
   }
   return true;

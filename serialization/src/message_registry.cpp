@@ -11,6 +11,8 @@
 #include <cereal/types/string.hpp>
 #include <cereal/types/vector.hpp>
 
+#include "multiproc/log.hpp"
+
 namespace multiproc {
 
 struct message_registry::impl {
@@ -35,19 +37,17 @@ void message_registry::add(message_type entry) {
   if (i != d.by_id.end()) {
     if (i->second.name == entry.name && i->second.type == entry.type)
       return; // the same registration seen from another translation unit
-    std::fprintf(stderr,
-                 "multiproc: cannot register message type '%s' (%s): its "
-                 "name or id is already taken by '%s' (%s)\n",
-                 entry.name.c_str(), entry.type.name(), i->second.name.c_str(),
-                 i->second.type.name());
+    logger()->critical("cannot register message type '{}' ({}): its name or "
+                       "id is already taken by '{}' ({})",
+                       entry.name, entry.type.name(), i->second.name,
+                       i->second.type.name());
     std::abort();
   }
   auto j = d.by_type.find(entry.type);
   if (j != d.by_type.end()) {
-    std::fprintf(stderr,
-                 "multiproc: type %s is registered twice, as '%s' and '%s'\n",
-                 entry.type.name(), d.by_id.at(j->second).name.c_str(),
-                 entry.name.c_str());
+    logger()->critical("type {} is registered twice, as '{}' and '{}'",
+                       entry.type.name(), d.by_id.at(j->second).name,
+                       entry.name);
     std::abort();
   }
   d.by_type.emplace(entry.type, entry.id);

@@ -1,11 +1,13 @@
 #pragma once
 
-/// The whole multiproc API in one include.
+/// \file
+/// The whole multiproc API in one include (and <caf/all.hpp>).
 
 #include "multiproc/bootstrap.hpp"
 #include "multiproc/envelope.hpp"
 #include "multiproc/error.hpp"
 #include "multiproc/function.hpp"
+#include "multiproc/log.hpp"
 #include "multiproc/message_registry.hpp"
 #include "multiproc/pipe.hpp"
 #include "multiproc/network.hpp"

@@ -8,9 +8,12 @@
 /// sink. See docs/processes.md.
 
 #include <functional>
+#include <optional>
 #include <string>
 
 #include <sys/types.h>
+
+#include "multiproc/log_level.hpp"
 
 namespace multiproc {
 
@@ -24,7 +27,12 @@ struct output_line {
   bool is_stderr = false;
   /// The line without its '\n'. A final line without '\n' is delivered when
   /// the stream closes; a line longer than 64 KiB arrives in 64 KiB pieces.
+  /// For a log record (below) the text without the record's marker.
   std::string text;
+  /// Set when the line is a record the child wrote to multiproc::logger()
+  /// (a stderr line that started with the record marker, docs/logging.md);
+  /// nullopt for a plain stdout or stderr line.
+  std::optional<log_level> level;
 };
 
 /// Receives a child's output lines. Called on the runtime's forwarding
@@ -33,9 +41,12 @@ struct output_line {
 /// other child's output. Must not call start_process() or destroy a process.
 using output_sink = std::function<void(const output_line&)>;
 
-/// The sink used when process_options::sink is empty: writes
-/// "[name pid] text\n" to the parent's descriptor 2 in one write() call, so
-/// lines from different children never interleave inside a line.
+/// The sink used when process_options::sink is empty: a log record (level
+/// set) goes through the parent's multiproc::logger() (log_output_line(),
+/// log.hpp), so the parent's sinks and level apply to it; a plain line is
+/// written as "[name pid] text\n" to the parent's descriptor 2 in one
+/// write() call, so lines from different children never interleave inside a
+/// line.
 output_sink default_output_sink();
 
 } // namespace multiproc

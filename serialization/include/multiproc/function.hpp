@@ -1,5 +1,6 @@
 #pragma once
 
+/// \file
 /// Plain processes: run a registered function with Cereal-serializable
 /// arguments in a child, the counterpart of Python's
 /// `Process(target=f, args=(...))`.
@@ -17,6 +18,11 @@
 /// exits with code 1, as an uncaught exception in a Python Process does.
 /// Arguments are checked against the function's parameter types when the
 /// process starts: a mismatch fails start_function() with invalid_argument.
+///
+/// Thread safety: MULTIPROC_FUNCTION registers during static initialisation
+/// (no lock; a duplicate name aborts); start_function() may then be called
+/// from any thread, as start_process(). The returned `process` owns the
+/// child (process.hpp).
 
 #include <cstdio>
 #include <functional>
@@ -29,6 +35,7 @@
 #include <cereal/types/tuple.hpp>
 
 #include "multiproc/bootstrap.hpp"
+#include "multiproc/log.hpp"
 #include "multiproc/message_registry.hpp"
 #include "multiproc/pipe.hpp"
 #include "multiproc/process.hpp"
@@ -83,8 +90,7 @@ int invoke_function(void* fn, pipe_end& parent, std::string_view bytes) {
   auto f = reinterpret_cast<F>(fn);
   auto args = decode<tuple>(bytes);
   if (!args) {
-    std::fprintf(stderr, "multiproc: cannot decode the arguments: %s\n",
-                 describe(args.error()).c_str());
+    logger()->error("cannot decode the arguments: {}", describe(args.error()));
     return 2;
   }
   auto call = [&](auto&&... xs) {
@@ -129,7 +135,9 @@ caf::expected<process> start_function(const std::string& name,
 
 } // namespace multiproc
 
-/// Registers a function to run in child processes under `name`.
+/// Registers a function to run in child processes under `name` (a string
+/// literal), at namespace scope. `fn` takes an optional `pipe_end&` first,
+/// then Cereal-serializable values, and returns void or int.
 #define MULTIPROC_FUNCTION(name, fn)                                           \
   static const bool MULTIPROC_PP_CAT(multiproc_function_registered_,           \
                                      __COUNTER__)                              \

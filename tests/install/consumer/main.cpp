@@ -35,6 +35,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::cout << "7^2 = " << *y << "\n";
+  multiproc::logger()->debug("the installed logger links"); // log.hpp, spdlog
   auto st = multiproc::stop_worker(*worker);
   return st && st->success() ? 0 : 1;
 }
