@@ -1,5 +1,6 @@
 #pragma once
 
+/// \file
 /// Workers on other hosts, over CAF's network layer (the caf_io middleman,
 /// BASP over TCP).
 ///
@@ -23,6 +24,12 @@
 /// secret (HMAC-SHA256 challenge-response, as Python's authkey), and the
 /// hello frames compare the message-type fingerprints. docs/distribution.md
 /// has deployment, the security model, failure detection and firewalling.
+///
+/// Thread safety: the option structs are plain values. run_remote_worker()
+/// and worker_command() block the calling thread until the worker is done;
+/// each runs its own CAF actor system (with the middleman), so they need no
+/// system from the caller. Errors: run_remote_worker() returns
+/// caf::expected (the codes below); worker_command() returns an exit code.
 
 #include <chrono>
 #include <cstdint>
@@ -59,14 +66,16 @@ struct network_options {
 /// part that every kind of remote client's options share (a worker joining
 /// a pool, a shared-state client, a remote queue); one comment per field.
 struct remote_endpoint {
-  /// The publishing node's address and port.
+  /// The publishing node's address.
   std::string host = "127.0.0.1";
+  /// The publishing node's port (what publish() returned); must not be 0.
   uint16_t port = 0;
   /// The cluster's secret (the publisher's network_options::secret).
   std::string secret;
   /// Heartbeats, and the silence after which the publisher counts as gone;
   /// as network_options, and the same on both ends.
   std::chrono::milliseconds heartbeat_interval{250};
+  /// Silence after which the publisher counts as gone; see above.
   std::chrono::milliseconds connection_timeout{2000};
   /// How long connecting, authenticating and the hello may take.
   std::chrono::milliseconds handshake_timeout{5000};

@@ -1,5 +1,6 @@
 #pragma once
 
+/// \file
 /// A pool of worker processes with a crash-safe task ledger.
 ///
 /// The pool runs N child processes of one registered worker actor
@@ -23,6 +24,16 @@
 /// Thread safety: all member functions may be called from any thread, but
 /// not from a handler running on a worker's I/O thread (the pool's own
 /// callbacks). A pool is movable, not copyable.
+///
+/// Lifetimes: the actor system given to start() must outlive the pool. The
+/// destructor terminates a pool that close() did not finish (pending tasks
+/// fail with errc::closed, children are killed and reaped), so futures and
+/// streams never wait on a destroyed pool. A moved-from pool is empty: its
+/// tasks fail with errc::closed.
+///
+/// Errors are values: submit() and friends deliver them in the future or
+/// stream, the rest return caf::error / caf::expected; each call names its
+/// codes.
 
 #include <algorithm>
 #include <chrono>
@@ -87,7 +98,7 @@ struct pool_stats {
   uint64_t quarantined = 0; ///< of those: quarantined
   uint64_t timed_out = 0;   ///< of those: errc::timeout (task_timeout)
   uint64_t redispatched = 0; ///< dispatches after a worker's death (retries)
-  uint64_t workers_started = 0;
+  uint64_t workers_started = 0; ///< workers started or joined, replacements included
   uint64_t workers_died = 0; ///< unexpectedly, or stopped for a deadline
   /// The replacements by cause: workers_died is the sum of the first three.
   uint64_t workers_killed = 0;  ///< killed by a signal (a crash, SIGKILL)
@@ -511,10 +522,12 @@ public:
     return group_ && group_->slot.ready();
   }
 
+  /// Waits until the result is ready (valid() must be true).
   void wait() const {
     group_->slot.wait_until(std::chrono::steady_clock::time_point::max());
   }
 
+  /// Waits at most `d`: ready, or timeout (valid() must be true).
   template <class Rep, class Period>
   std::future_status wait_for(const std::chrono::duration<Rep, Period>& d) const {
     auto now = std::chrono::steady_clock::now();
@@ -524,6 +537,7 @@ public:
                                                : std::future_status::timeout;
   }
 
+  /// Waits until `t`: ready, or timeout (valid() must be true).
   template <class Clock, class Duration>
   std::future_status
   wait_until(const std::chrono::time_point<Clock, Duration>& t) const {
@@ -575,6 +589,7 @@ private:
   void top_up();
 };
 
+/// A pool of worker processes; the contract is at the top of this header.
 class pool {
 public:
   /// Starts the workers (all of them, before returning). Errors:
@@ -584,7 +599,9 @@ public:
                                    const std::string& entry,
                                    pool_options opts = {});
 
+  /// Takes over `other`'s workers and tasks; `other` becomes empty.
   pool(pool&&) noexcept;
+  /// Terminates this pool's workers (as terminate()), then takes `other`'s.
   pool& operator=(pool&&) noexcept;
   pool(const pool&) = delete;
   pool& operator=(const pool&) = delete;
@@ -662,6 +679,7 @@ public:
     return imap<R, T>(vector_reader(tasks), window);
   }
 
+  /// Convenience: imap_unordered over a vector (copied; read lazily).
   template <class R, class T>
   result_stream<R> imap_unordered(const std::vector<T>& tasks,
                                   size_t window = 0) {

@@ -1,5 +1,6 @@
 #pragma once
 
+/// \file
 /// Queues across hosts: a node publishes a queue<T> on a TCP address
 /// (publish()), and processes on other hosts put and get through a
 /// remote_queue<T>, with the cluster's secret, as Python's BaseManager
@@ -23,6 +24,15 @@
 ///
 /// Thread safety: one thread at a time per remote handle; connect again for
 /// another thread (each handle is a connection of its own).
+///
+/// Lifetimes: a remote handle owns its connection; its destructor
+/// acknowledges what get() returned (plain queues), hands back what it still
+/// holds and disconnects. A default-constructed or moved-from handle is
+/// empty: its calls fail with invalid_argument. Destroying the
+/// queue_publisher ends its remote handles' connections (connection_lost).
+///
+/// Errors are values: those of queue<T>, plus connection_lost, auth_failed
+/// and protocol_error (a malformed answer; the handle is then closed).
 
 #include <chrono>
 #include <cstdint>
@@ -84,12 +94,13 @@ publish(queue<T>& q, network_options opts) {
 /// each a round trip to the queue's host.
 class remote_shm_queue {
 public:
+  /// The wait of a call: nullopt waits forever, zero does not wait.
   using timeout_type = shm_queue::timeout_type;
 
   /// A message taken by get(): its bytes and how often it was delivered.
   struct message {
-    std::string bytes;
-    uint32_t deliveries = 0;
+    std::string bytes;       ///< a copy of the message's bytes
+    uint32_t deliveries = 0; ///< 1, or more when a consumer died holding it
   };
 
   /// Connects and authenticates. Errors: connection_lost (cannot reach the
@@ -97,8 +108,11 @@ public:
   /// queue's port), invalid_argument (no secret, port 0).
   static caf::expected<remote_shm_queue> connect(const remote_queue_options& o);
 
+  /// An empty handle (valid() false).
   remote_shm_queue() noexcept;
+  /// Takes over `other`'s connection; `other` becomes empty.
   remote_shm_queue(remote_shm_queue&&) noexcept;
+  /// Ends this handle's connection (as the destructor), then takes `other`'s.
   remote_shm_queue& operator=(remote_shm_queue&&) noexcept;
   /// Acknowledges what get() returned (plain queues), gives what it still
   /// holds back to the queue, and ends the connection.
@@ -107,18 +121,28 @@ public:
   /// As shm_queue's; errors also connection_lost (the connection ended or
   /// an answer did not come in time: the handle is then closed).
   caf::error put(std::string_view bytes, timeout_type timeout = std::nullopt);
+  /// As shm_queue::get(); the bytes are a copy.
   caf::expected<message> get(timeout_type timeout = std::nullopt);
+  /// As shm_queue::ack().
   caf::error ack();
+  /// As shm_queue::task_done().
   caf::error task_done();
+  /// As shm_queue::join().
   caf::error join(timeout_type timeout = std::nullopt);
+  /// As shm_queue::close().
   caf::error close();
+  /// As shm_queue::size(), asked of the queue's host.
   caf::expected<size_t> size();
 
-  /// Read once, at connect.
+  /// The queue's tag (read once, at connect, as the next three).
   uint64_t tag() const noexcept;
+  /// The queue's slots.
   uint32_t capacity() const noexcept;
+  /// The largest message in bytes.
   uint32_t max_message_size() const noexcept;
+  /// True for a joinable queue.
   bool joinable() const noexcept;
+  /// True unless empty (default-constructed or moved from).
   bool valid() const noexcept { return impl_ != nullptr; }
 
   struct impl;
@@ -132,22 +156,20 @@ private:
 template <class T>
 class remote_queue {
 public:
+  /// The wait of a call: nullopt waits forever, zero does not wait.
   using timeout_type = shm_queue::timeout_type;
 
   /// Connects, authenticates and checks that the queue holds T. Errors:
   /// those of remote_shm_queue::connect, unknown_type (T is not
   /// registered), type_mismatch (a queue of another type).
   static caf::expected<remote_queue> connect(const remote_queue_options& o) {
-    auto* entry = message_registry::instance().find(typeid(T));
-    if (entry == nullptr)
-      return make_error(errc::unknown_type,
-                        "type " + type_name_of<T>()
-                          + " is not registered; add MULTIPROC_MESSAGE(T, "
-                            "\"name\")");
+    auto id = registered_id_of<T>();
+    if (!id)
+      return std::move(id.error());
     auto q = remote_shm_queue::connect(o);
     if (!q)
       return std::move(q.error());
-    if (q->tag() != entry->id)
+    if (q->tag() != *id)
       return make_error(errc::type_mismatch,
                         "the queue at " + o.host + ":" + std::to_string(o.port)
                           + " holds another type than '" + type_name_of<T>()
@@ -180,22 +202,30 @@ public:
     return decode<T>(msg->bytes);
   }
 
+  /// put() without waiting: fails with `full` at once.
   caf::error try_put(const T& value) {
     return put(value, std::chrono::milliseconds{0});
   }
+  /// get() without waiting: fails with `empty` at once.
   caf::expected<T> try_get() {
     return get(std::chrono::milliseconds{0});
   }
   /// How often the value of the last get() was delivered.
   uint32_t last_deliveries() const noexcept { return last_deliveries_; }
 
+  /// Ends the stream; see shm_queue::close().
   caf::error close() { return q_.close(); }
+  /// Acknowledges the values taken so far; see shm_queue::ack().
   caf::error ack() { return q_.ack(); }
+  /// Joinable queues; see shm_queue::task_done().
   caf::error task_done() { return q_.task_done(); }
+  /// Joinable queues; see shm_queue::join().
   caf::error join(timeout_type timeout = std::nullopt) {
     return q_.join(timeout);
   }
+  /// Values waiting on the queue's host (approximate).
   caf::expected<size_t> size() { return q_.size(); }
+  /// True unless empty (default-constructed or moved from).
   bool valid() const noexcept { return q_.valid(); }
 
   /// The untyped handle underneath.

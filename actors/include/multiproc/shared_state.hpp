@@ -1,5 +1,6 @@
 #pragma once
 
+/// \file
 /// The shared-state actor: named cells owned by one actor, used from any
 /// process. It stands in for Python's Value, Array and Manager.
 ///
@@ -33,6 +34,11 @@
 /// Thread safety: handles are values; copies may be used from any number
 /// of threads. A thread's calls reach the owner in the order they were made
 /// (posts included); calls of different threads are not ordered.
+///
+/// Lifetimes: handles do not keep the owner alive. The shared_state object
+/// is the owner: its destructor stops it (and its process); from then on,
+/// or once the owner's process or thread ends, the handles' calls fail with
+/// errc::owner_died.
 /// docs/shared_state.md is the guide; docs/wire_format.md the frames.
 
 #include <chrono>
@@ -799,12 +805,16 @@ public:
   }
 };
 
+/// A handle to a cell holding one T (Python's Value).
 template <class T>
 using value = basic_value<T>;
+/// A handle to a fixed-length sequence of T (Python's Array).
 template <class T>
 using array = basic_array<T>;
+/// A handle to a growable sequence of T (a Manager's list()).
 template <class T>
 using list = basic_list<T>;
+/// A handle to a map from K to V (a Manager's dict()).
 template <class K, class V>
 using dict = basic_dict<K, V>;
 
@@ -1023,9 +1033,13 @@ private:
 /// functions, and give other processes the handles or address().
 class shared_state : public shared_client {
 public:
+  /// No owner.
   shared_state() = default;
+  /// Takes over `other`'s owner.
   shared_state(shared_state&&) noexcept;
+  /// Stops this object's owner, then takes over `other`'s.
   shared_state& operator=(shared_state&&) noexcept;
+  /// Stops the owner (and its process).
   ~shared_state();
 
   /// Starts an owner: on a thread of this process, or in a process of its
@@ -1078,8 +1092,11 @@ private:
 /// failed), calls fail with errc::owner_died. Move-only.
 class remote_shared_state : public shared_client {
 public:
+  /// Not connected.
   remote_shared_state() = default;
+  /// Takes over `other`'s connection.
   remote_shared_state(remote_shared_state&&) noexcept;
+  /// Ends this object's connection, then takes over `other`'s.
   remote_shared_state& operator=(remote_shared_state&&) noexcept;
   ~remote_shared_state();
 

@@ -1,5 +1,6 @@
 #pragma once
 
+/// \file
 /// An OTP-style supervisor of child processes, with a producer/consumer
 /// pipeline form.
 ///
@@ -36,6 +37,13 @@
 /// Thread safety: a supervisor's member functions may be called from any
 /// thread. The supervisor runs as a detached CAF actor; its blocking work
 /// (starting and stopping processes) never holds a scheduler thread.
+///
+/// Lifetimes: the actor system given to start() must outlive the
+/// supervisor. The handle's destructor stops the supervisor and its children
+/// (as stop(), which waits). A default-constructed or moved-from handle is
+/// empty: wait() and stop() fail with invalid_argument.
+///
+/// Errors are values (caf::error, caf::expected); each call names its codes.
 
 #include <chrono>
 #include <cstdint>
@@ -80,8 +88,11 @@ enum class child_role {
   consumer, ///< takes from the queue; fds[0] is the queue, fds[1] results
 };
 
+/// "one_for_one", ...
 const char* to_string(restart_strategy x) noexcept;
+/// "permanent", ...
 const char* to_string(restart_type x) noexcept;
+/// "worker", "producer" or "consumer".
 const char* to_string(child_role x) noexcept;
 
 struct supervisor_spec;
@@ -130,6 +141,7 @@ struct child_spec {
 
 /// What the supervisor was asked to do, or saw; see supervisor_spec::on_event.
 struct supervisor_event {
+  /// What happened.
   enum kind_type {
     started,    ///< a child process started (pid set)
     exited,     ///< a child ended (status set); `restarting` says what next
@@ -137,15 +149,19 @@ struct supervisor_event {
     gave_up,    ///< a supervisor exceeded its restart intensity (error set)
     complete,   ///< the pipeline's stream is complete
   };
+  /// What happened.
   kind_type kind = started;
   /// The supervisor's path ("" for the top, "a/b" for nested ones).
   std::string supervisor;
   /// The child's id ("" for supervisor-wide events).
   std::string child;
+  /// The child's pid (`started`, `exited`, `stopped`).
   pid_t pid = 0;
+  /// How the child ended (`exited`, `stopped`).
   std::optional<exit_status> status;
   /// For `exited`: the child will be started again.
   bool restarting = false;
+  /// For `gave_up`: restart_intensity_exceeded, naming the supervisor.
   caf::error error;
 
   /// One line for logs, e.g. "child consumer[123] killed by SIGSEGV:
@@ -160,6 +176,7 @@ struct supervisor_spec {
   /// Restart intensity: at most this many restarts within `within`; one more
   /// and the supervisor gives up (OTP's default: 1 in 5 s).
   int max_restarts = 1;
+  /// The window of `max_restarts`.
   std::chrono::milliseconds within{5000};
   /// The children, started in this order and stopped in reverse.
   std::vector<child_spec> children;
@@ -174,7 +191,6 @@ struct supervisor_spec {
   std::function<void(const supervisor_event&)> on_event;
 };
 
-/// One child as the supervisor sees it.
 /// A child's restarts by what ended the process before each of them.
 struct restart_causes {
   uint64_t signal = 0;       ///< killed by a signal (a crash, SIGKILL)
@@ -183,13 +199,17 @@ struct restart_causes {
   uint64_t start_failed = 0; ///< its process failed to start
 };
 
+/// One child as the supervisor sees it.
 struct child_report {
   /// "id" for the top supervisor's children, "nested/id" below it.
   std::string id;
+  /// Its role in a pipeline.
   child_role role = child_role::worker;
   /// The running process's pid, 0 if none.
   pid_t pid = 0;
+  /// Processes started for it, the first included.
   uint64_t starts = 0;
+  /// Restarts counted against the intensity.
   uint64_t restarts = 0;
   /// `restarts` by cause (a sibling's restart under one_for_all or
   /// rest_for_one starts a child again without counting it here).
@@ -211,6 +231,7 @@ struct supervisor_report {
   /// Pipeline: messages consumed and acknowledged, and those delivered again
   /// because their consumer died (shm_queue::consumed(), redelivered()).
   uint64_t consumed = 0;
+  /// See `consumed`.
   uint64_t redelivered = 0;
   /// Every child of the tree, in start order (a nested supervisor's
   /// children follow its own entry).
@@ -224,6 +245,7 @@ struct supervisor_shared;
 /// A running supervisor. Movable; the destructor stops it (as stop()).
 class supervisor {
 public:
+  /// The wait of a call: nullopt waits forever.
   using timeout_type = std::optional<std::chrono::milliseconds>;
 
   /// Starts every child in order and returns once they all started. If one
@@ -233,9 +255,13 @@ public:
   static caf::expected<supervisor> start(caf::actor_system& sys,
                                          supervisor_spec spec);
 
+  /// An empty handle.
   supervisor() noexcept;
+  /// Takes over `other`'s supervisor; `other` becomes empty.
   supervisor(supervisor&&) noexcept;
+  /// Stops this handle's supervisor (as stop()), then takes `other`'s.
   supervisor& operator=(supervisor&&) noexcept;
+  /// Stops the supervisor and its children, as stop().
   ~supervisor();
 
   /// Waits until the pipeline's stream is complete or no child is left to

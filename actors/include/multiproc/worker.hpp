@@ -1,5 +1,6 @@
 #pragma once
 
+/// \file
 /// Worker actors in child processes.
 ///
 /// A worker actor is an ordinary CAF event-based behavior, registered by name
@@ -27,6 +28,12 @@
 /// Thread safety: all functions may be called from any thread. Do not make
 /// blocking calls (request<R>, stop_worker) from inside a handler that runs
 /// on a worker's I/O thread (a response handler of a request to a worker).
+///
+/// Lifetimes: the handle is a caf::actor; when its last reference goes away
+/// the worker is asked to finish (a shutdown frame; a child that does not
+/// take it within shutdown_timeout is killed), without waiting for the exit.
+/// stop_worker() waits. Registration (MULTIPROC_WORKER) happens during
+/// static initialisation; a duplicate name aborts.
 
 #include <chrono>
 #include <functional>
@@ -101,9 +108,9 @@ struct worker_options {
 
 /// Identity of a worker process, as seen from the parent.
 struct worker_info {
-  std::string name;
-  pid_t pid = 0;
-  start_method method = start_method::spawn;
+  std::string name;                          ///< the worker's process name
+  pid_t pid = 0;                             ///< its pid (on its own host)
+  start_method method = start_method::spawn; ///< how it was started
   /// Empty for a child of this process; for a worker that joined over the
   /// network (pool::publish), its host and the address it connected from.
   std::string node;

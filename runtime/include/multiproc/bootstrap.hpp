@@ -1,5 +1,6 @@
 #pragma once
 
+/// \file
 /// Process bootstrap and the registry of child entry functions.
 ///
 /// Every program that starts child processes calls multiproc::bootstrap()
@@ -9,7 +10,12 @@
 ///
 /// Thread-safety: bootstrap() must be called once, from main(), before any
 /// other thread exists; everything else may be called from any thread.
-/// See docs/processes.md.
+///
+/// Errors: none are returned. bootstrap() aborts with a message if it cannot
+/// create the lifeline and ends the process with exit code 2 on a malformed
+/// MULTIPROC_FAULTS; a fork server that fails to start only makes
+/// start_method::forkserver unavailable. register_entry() aborts on a
+/// duplicate name. See docs/processes.md.
 
 #include <string>
 #include <vector>

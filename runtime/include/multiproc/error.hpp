@@ -1,10 +1,12 @@
 #pragma once
 
+/// \file
 /// multiproc's error codes. Every fallible call returns `caf::expected<T>` or
 /// `caf::error`; an error of category `multiproc` carries one `errc` and a
 /// human-readable text (its context is a single std::string) that names what
 /// went wrong, e.g. `worker squarer[1234] killed by SIGSEGV`.
-/// Thread-safe: everything here is a pure function.
+/// Thread-safe: everything here is a pure function. Nothing here throws
+/// (beyond std::bad_alloc from the strings).
 
 #include <cstdint>
 #include <string>
@@ -53,6 +55,10 @@ enum class errc : uint8_t {
 
 } // namespace multiproc
 
+/// \namespace multiproc
+/// Python's multiprocessing for C++, on CAF actors; internals live in
+/// multiproc::detail.
+
 CAF_ERROR_CODE_ENUM(multiproc::errc, "multiproc")
 
 namespace multiproc {
@@ -73,6 +79,7 @@ errc code_of(const caf::error& x) noexcept;
 inline bool operator==(const caf::error& x, errc y) noexcept {
   return code_of(x) == y;
 }
+/// True unless `x` is a multiproc error with code `y`.
 inline bool operator!=(const caf::error& x, errc y) noexcept {
   return !(x == y);
 }

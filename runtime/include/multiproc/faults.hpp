@@ -1,5 +1,6 @@
 #pragma once
 
+/// \file
 /// Fault injection: crash, exit or fail on purpose at a chosen boundary, so
 /// that the library's guarantees (and a user's pipeline) can be tested under
 /// failure. Off by default; then each boundary costs one relaxed load of a
@@ -15,6 +16,9 @@
 ///     MULTIPROC_FAULTS="worker.decode_task:crash:p=0.01:seed=7,queue.put:exit:after=100"
 ///
 /// Thread-safe: every function may be called from any thread.
+/// Errors: parse() and configure() fail with invalid_argument; check() returns
+/// the error its boundary reports; action::fail at worker.run_task throws
+/// injected_fault (check_throw()), caught by the worker.
 
 #include <atomic>
 #include <cstdint>
@@ -55,12 +59,12 @@ enum class action : uint8_t {
 /// `probability` (a deterministic stream from `seed`), at most `times` times
 /// (0: no limit). Counters are per process.
 struct rule {
-  point where = point::worker_run_task;
-  action what = action::fail;
-  double probability = 1.0;
-  uint64_t after = 0;
-  uint64_t times = 0;
-  uint64_t seed = 1;
+  point where = point::worker_run_task; ///< the boundary
+  action what = action::fail;           ///< what happens when it fires
+  double probability = 1.0;             ///< p=: chance of each call, 0 to 1
+  uint64_t after = 0;                   ///< after=: calls that never fire
+  uint64_t times = 0;                   ///< times=: most firings; 0: no limit
+  uint64_t seed = 1;                    ///< seed=: of the random stream
   int code = 70;        ///< exit code of action::exit
   int signal = SIGKILL; ///< signal of action::crash
 };

@@ -1,17 +1,25 @@
 #pragma once
 
+/// \file
 /// unique_fd: sole owner of a file descriptor, closed on destruction.
-/// Not thread-safe (like any value type); moving transfers ownership.
+/// Not thread-safe (like any value type); moving transfers ownership and
+/// leaves the source empty (-1). Errors: the free functions report failure
+/// as false and errno; nothing throws.
 
 #include <utility>
 
 namespace multiproc {
 
+/// Owns one descriptor (or none: -1) and closes it on destruction.
 class unique_fd {
 public:
+  /// Owns nothing.
   unique_fd() noexcept = default;
+  /// Takes ownership of `fd` (-1: nothing).
   explicit unique_fd(int fd) noexcept : fd_(fd) {}
+  /// Takes over `other`'s descriptor; `other` becomes empty.
   unique_fd(unique_fd&& other) noexcept : fd_(other.release()) {}
+  /// Closes the owned descriptor, then takes over `other`'s.
   unique_fd& operator=(unique_fd&& other) noexcept {
     if (this != &other)
       reset(other.release());
@@ -19,10 +27,12 @@ public:
   }
   unique_fd(const unique_fd&) = delete;
   unique_fd& operator=(const unique_fd&) = delete;
+  /// Closes the owned descriptor, if any.
   ~unique_fd() { reset(); }
 
   /// The descriptor, or -1.
   int get() const noexcept { return fd_; }
+  /// True while a descriptor is owned.
   explicit operator bool() const noexcept { return fd_ >= 0; }
 
   /// Gives up ownership and returns the descriptor.

@@ -1,5 +1,6 @@
 #pragma once
 
+/// \file
 /// frame_channel: length-prefixed frames over a connected SOCK_STREAM socket
 /// (socketpair(AF_UNIX)). A frame is a 4-byte little-endian body length
 /// followed by the body; docs/wire_format.md specifies it.
@@ -13,6 +14,14 @@
 /// in send() only while the queued output exceeds `send_high_watermark`
 /// (backpressure) or, without an I/O thread, until their frame is written.
 /// Frames queued concurrently are written together (batching).
+///
+/// Lifetimes: the channel owns its socket. Destroying it (or stop()) ends
+/// and joins the I/O thread and shuts the socket down; output still queued
+/// is dropped unless stop() was given a `linger`. A frame_handler passed to
+/// start() must outlive the channel or the call to stop().
+///
+/// Errors are values (caf::error, caf::expected): peer_closed,
+/// truncated_frame, frame_too_large, timeout and system_error.
 
 #include <atomic>
 #include <chrono>
@@ -116,9 +125,12 @@ class frame_link {
 public:
   virtual ~frame_link();
 
+  /// The channel's options.
   virtual const channel_options& options() const noexcept = 0;
+  /// Sends one frame made of `parts`; see frame_channel::send().
   virtual caf::error send(const std::string_view* parts, size_t num_parts,
                           send_mode mode = send_mode::immediate) = 0;
+  /// Sends one frame whose body is `body`.
   caf::error send(std::string_view body,
                   send_mode mode = send_mode::immediate) {
     return send(&body, 1, mode);
@@ -131,27 +143,42 @@ public:
     (void) deadline;
     return send(parts, num_parts, mode);
   }
+  /// send_until() of one frame whose body is `body`.
   caf::error send_until(std::string_view body, send_mode mode,
                         std::chrono::steady_clock::time_point deadline) {
     return send_until(&body, 1, mode, deadline);
   }
+  /// Sends frames already laid out as on the wire; see
+  /// frame_channel::send_framed().
   virtual caf::error send_framed(std::string_view frames,
                                  send_mode mode = send_mode::immediate) = 0;
+  /// Writes queued output without blocking; see frame_channel::flush().
   virtual void flush() = 0;
+  /// Waits for the next frame; see frame_channel::receive().
   virtual caf::expected<std::string_view>
   receive(std::optional<std::chrono::milliseconds> timeout = std::nullopt) = 0;
+  /// Starts the I/O thread; see frame_channel::start().
   virtual void start(frame_handler* handler, int death_fd = -1) = 0;
+  /// Ends the I/O thread; see frame_channel::stop().
   virtual void
   stop(std::chrono::milliseconds linger = std::chrono::milliseconds{0}) = 0;
+  /// Ends the channel with `reason` from on_frame(); see frame_channel::fail().
   virtual void fail(caf::error reason) = 0;
+  /// True on the channel's own I/O thread.
   virtual bool on_io_thread() const noexcept = 0;
 };
 
+/// Frames over a connected SOCK_STREAM socket; the contract is at the top of
+/// this header. Neither copyable nor movable.
 class frame_channel : public frame_link {
 public:
+  /// The clock of send_until() deadlines.
   using time_point = std::chrono::steady_clock::time_point;
 
+  /// Takes ownership of `socket` (a connected SOCK_STREAM socket) and makes it
+  /// non-blocking; requests `opts.socket_buffer_size` buffers (best effort).
   explicit frame_channel(unique_fd socket, channel_options opts = {});
+  /// Calls stop() (no linger) and closes the socket.
   ~frame_channel() override;
   frame_channel(const frame_channel&) = delete;
   frame_channel& operator=(const frame_channel&) = delete;
@@ -159,6 +186,7 @@ public:
   /// The socket descriptor (owned by the channel).
   int fd() const noexcept { return fd_.get(); }
 
+  /// The options given to the constructor.
   const channel_options& options() const noexcept override { return opts_; }
 
   // -- sending ----------------------------------------------------------------

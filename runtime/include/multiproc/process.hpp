@@ -1,5 +1,6 @@
 #pragma once
 
+/// \file
 /// Child processes: start_process() and the `process` handle.
 ///
 /// A child runs a registered entry (see bootstrap.hpp) with stdin on
@@ -7,6 +8,12 @@
 /// to an output_sink. Children never outlive the parent: each watches a
 /// lifeline pipe and dies when the parent dies, even by SIGKILL.
 /// See docs/processes.md.
+///
+/// Thread safety: start_process() and join_all() may be called from any
+/// thread (start_method::fork still needs a single-threaded process); the
+/// `process` handle says what it allows. Lifetimes: a handle owns its child
+/// (its destructor kills a child that still runs, unless detached).
+/// Errors are values (caf::error, caf::expected); each call names its codes.
 
 #include <chrono>
 #include <memory>
@@ -78,8 +85,11 @@ struct process_options {
 /// children never leak. A moved-from handle has pid() == -1 and no child.
 class process {
 public:
+  /// An empty handle: pid() == -1, no child.
   process() noexcept = default;
+  /// Internal: wraps the state start_process() made.
   explicit process(std::shared_ptr<detail::process_state> st) noexcept;
+  /// Takes over `other`'s child; `other` becomes empty.
   process(process&&) noexcept = default;
   /// Releases the current child as the destructor does, then takes `other`.
   process& operator=(process&& other) noexcept;

@@ -1,5 +1,6 @@
 #pragma once
 
+/// \file
 /// shm_array<T>: a fixed-length array of plain values (trivially copyable
 /// T) in anonymous shared memory that several processes map: zero copy,
 /// for bulk numeric data. The counterpart of Python's multiprocessing.Array
@@ -18,6 +19,14 @@
 ///
 /// Thread safety: the handle is immutable after create/attach; accesses to
 /// the elements follow the C++ memory model as for any shared memory.
+///
+/// Lifetimes: a handle owns its descriptor and mapping; its destructor
+/// unmaps and closes them, and the memory goes away with the last of them in
+/// any process. Element pointers are valid while the handle lives. A
+/// moved-from handle is empty (valid() false, fd() -1).
+///
+/// Errors: create() and attach() return caf::expected (invalid_argument,
+/// type_mismatch, system_error); nothing throws.
 
 #include <cstddef>
 #include <cstdint>
@@ -39,11 +48,15 @@ constexpr uint64_t max_shm_array_bytes = uint64_t{1} << 40;
 /// The untyped memory of a shm_array. Move-only; unmaps on destruction.
 class shm_buffer {
 public:
+  /// An empty buffer (valid() false).
   shm_buffer() noexcept = default;
+  /// Takes over `other`'s mapping and descriptor; `other` becomes empty.
   shm_buffer(shm_buffer&& other) noexcept;
+  /// Unmaps the current memory, then takes over `other`'s.
   shm_buffer& operator=(shm_buffer&& other) noexcept;
   shm_buffer(const shm_buffer&) = delete;
   shm_buffer& operator=(const shm_buffer&) = delete;
+  /// Unmaps the memory and closes the descriptor.
   ~shm_buffer();
 
   /// `count` elements of `element_size` bytes, zero-filled; `tag` and
@@ -65,6 +78,7 @@ public:
   void* data() const noexcept {
     return data_;
   }
+  /// The number of elements (0 for an empty buffer).
   uint64_t count() const noexcept {
     return count_;
   }
@@ -72,6 +86,7 @@ public:
   int fd() const noexcept {
     return fd_.get();
   }
+  /// True unless empty (default-constructed or moved from).
   bool valid() const noexcept {
     return base_ != nullptr;
   }
@@ -91,15 +106,20 @@ uint64_t array_type_tag(const std::type_info& type, size_t size) noexcept;
 
 } // namespace detail
 
+/// A typed view of a shm_buffer; the contract is at the top of this header.
+/// Move-only. Bounds are not checked.
 template <class T>
 class shm_array {
 public:
   static_assert(std::is_trivially_copyable<T>::value,
                 "shm_array holds plain values: T must be trivially copyable");
 
+  /// An empty array (valid() false).
   shm_array() noexcept = default;
 
-  /// An array of `count` zero-filled elements in new shared memory.
+  /// An array of `count` zero-filled elements in new shared memory. Errors:
+  /// invalid_argument (count zero, or above max_shm_array_bytes),
+  /// system_error.
   static caf::expected<shm_array> create(size_t count) {
     auto buf = shm_buffer::create(count, sizeof(T), tag(), typeid(T).name());
     if (!buf)
@@ -108,7 +128,8 @@ public:
   }
 
   /// Maps the array behind `fd` (another handle's fd(), e.g. received in
-  /// child_context::fds). Errors: type_mismatch, invalid_argument.
+  /// child_context::fds). Errors: type_mismatch, invalid_argument,
+  /// system_error (as shm_buffer::attach()).
   static caf::expected<shm_array> attach(unique_fd fd) {
     auto buf = shm_buffer::attach(std::move(fd), sizeof(T), tag(),
                                   typeid(T).name());
@@ -117,24 +138,32 @@ public:
     return shm_array{std::move(*buf)};
   }
 
+  /// The first element (aligned to 64 bytes); nullptr for an empty array.
   T* data() const noexcept {
     return static_cast<T*>(buf_.data());
   }
+  /// The number of elements.
   size_t size() const noexcept {
     return static_cast<size_t>(buf_.count());
   }
+  /// Element `i` (unchecked: `i` < size()).
   T& operator[](size_t i) const noexcept {
     return data()[i];
   }
+  /// data(), for range-for.
   T* begin() const noexcept {
     return data();
   }
+  /// One past the last element.
   T* end() const noexcept {
     return data() + size();
   }
+  /// The memfd, to pass to another process (process_options::fds); owned by
+  /// the handle; -1 for an empty array.
   int fd() const noexcept {
     return buf_.fd();
   }
+  /// True unless empty (default-constructed or moved from).
   bool valid() const noexcept {
     return buf_.valid();
   }

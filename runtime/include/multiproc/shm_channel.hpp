@@ -1,5 +1,6 @@
 #pragma once
 
+/// \file
 /// shm_channel: the frames of a frame_channel carried by two shared-memory
 /// queues (shm_queue.hpp) instead of a socket, one queue per direction. It
 /// serves worker actors that choose worker_transport::shared_memory: a
@@ -22,6 +23,13 @@
 /// Ends: stop() closes both queues (the peer's reads end with peer_closed
 /// after what was sent); the peer's stop() or the death of its process
 /// (death_fd) ends this end's I/O thread with peer_closed.
+///
+/// Lifetimes: an end owns its two queue handles; its destructor calls stop()
+/// (no linger: backlog not yet in the queue is dropped). A frame_handler
+/// passed to start() must outlive the end or the call to stop().
+///
+/// Errors are values: peer_closed, closed (after this end's stop()),
+/// truncated_frame, frame_too_large, timeout, and those of the queues.
 
 #include <atomic>
 #include <chrono>
@@ -42,6 +50,8 @@
 
 namespace multiproc {
 
+/// One end of a shared-memory channel; the contract is at the top of this
+/// header. Neither copyable nor movable.
 class shm_channel final : public frame_link {
 public:
   /// Slots of each queue.
@@ -57,30 +67,44 @@ public:
   /// An end that reads `in` and writes `out` (the peer's end has them the
   /// other way round).
   shm_channel(shm_queue in, shm_queue out, channel_options opts = {});
+  /// Calls stop() (no linger).
   ~shm_channel() override;
   shm_channel(const shm_channel&) = delete;
   shm_channel& operator=(const shm_channel&) = delete;
 
+  /// The options given to the constructor.
   const channel_options& options() const noexcept override {
     return opts_;
   }
 
+  /// As frame_channel::send(); the frame may travel in several queue
+  /// messages. Errors: frame_too_large, closed, peer_closed.
   caf::error send(const std::string_view* parts, size_t num_parts,
                   send_mode mode = send_mode::immediate) override;
   using frame_link::send;
+  /// As frame_channel::send_framed().
   caf::error send_framed(std::string_view frames,
                          send_mode mode = send_mode::immediate) override;
   /// Writes backlog while the queue has room, without waiting.
   void flush() override {
     flush_backlog();
   }
+  /// As frame_channel::receive(): the view stays valid until the next
+  /// receive(). Errors: timeout, peer_closed, truncated_frame,
+  /// frame_too_large, closed.
   caf::expected<std::string_view>
   receive(std::optional<std::chrono::milliseconds> timeout
           = std::nullopt) override;
+  /// As frame_channel::start(): `death_fd` readable ends the I/O thread with
+  /// peer_closed once the input is drained.
   void start(frame_handler* handler, int death_fd = -1) override;
+  /// Waits up to `linger` for the backlog to reach the queue, closes both
+  /// queues and ends the I/O thread (joined unless called from it).
   void stop(std::chrono::milliseconds linger
             = std::chrono::milliseconds{0}) override;
+  /// As frame_channel::fail().
   void fail(caf::error reason) override;
+  /// True on this end's own I/O thread.
   bool on_io_thread() const noexcept override;
 
 private:

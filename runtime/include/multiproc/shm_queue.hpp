@@ -1,5 +1,6 @@
 #pragma once
 
+/// \file
 /// shm_queue: a bounded many-to-many queue of byte messages in anonymous
 /// shared memory (memfd_create), for any number of producer and consumer
 /// processes. It is the untyped core of multiproc::queue<T> (queue.hpp);
@@ -26,6 +27,14 @@
 /// Thread safety: a handle keeps per-handle records (its last slot, its
 /// leases): use it from one thread at a time and give each thread its own
 /// handle (clone()). The observers may be called from any thread.
+///
+/// Lifetimes: a handle owns its descriptor and mapping; its destructor ends
+/// its leases (see above) and unmaps. The queue lives until the last handle
+/// and descriptor in any process are gone. A moved-from handle is empty
+/// (valid() false): its fallible calls fail with invalid_argument, its
+/// observers return 0 or false.
+///
+/// Errors are values (caf::error, caf::expected); each call names its codes.
 
 #include <chrono>
 #include <cstddef>
@@ -60,8 +69,9 @@ struct shm_spin_state {
 };
 } // namespace detail
 
-/// The largest queue shm_queue::create() makes: slots, and bytes per message.
+/// The most slots shm_queue::create() accepts.
 constexpr uint32_t max_queue_capacity = 1u << 20;
+/// The largest shm_queue_options::max_message_size, in bytes.
 constexpr uint32_t max_queue_message_size = 16u << 20;
 
 /// Options of shm_queue::create().
@@ -100,13 +110,17 @@ public:
   /// A message taken by get(): the bytes stay valid (in shared memory) until
   /// the lease ends (the handle's next get, ack or task_done).
   struct message {
+    /// The message's bytes, in shared memory.
     std::string_view bytes;
     /// 1 for a first delivery; more when a consumer died holding it.
     uint32_t deliveries = 1;
   };
 
+  /// An empty handle (valid() false).
   shm_queue() noexcept = default;
+  /// Takes over `other`'s mapping and leases; `other` becomes empty.
   shm_queue(shm_queue&& other) noexcept;
+  /// Releases this handle as the destructor does, then takes over `other`.
   shm_queue& operator=(shm_queue&& other) noexcept;
   shm_queue(const shm_queue&) = delete;
   shm_queue& operator=(const shm_queue&) = delete;
@@ -124,11 +138,13 @@ public:
   static caf::expected<shm_queue> attach(unique_fd fd);
 
   /// A new handle on the same queue (its own descriptor, mapping and leases).
+  /// Errors: invalid_argument (an empty handle), those of attach().
   caf::expected<shm_queue> clone() const;
 
   /// The memfd, to pass to another process; owned by the handle.
   int fd() const noexcept { return fd_.get(); }
 
+  /// True unless empty (default-constructed or moved from).
   bool valid() const noexcept { return header_ != nullptr; }
 
   // -- producers ------------------------------------------------------------
@@ -168,13 +184,19 @@ public:
 
   /// Messages waiting to be taken (not counting leased ones).
   size_t size() const noexcept;
+  /// True if size() is 0.
   bool empty() const noexcept { return size() == 0; }
   /// True if a put would find no room now.
   bool full() const noexcept;
+  /// True once close() was called by any handle.
   bool closed() const noexcept;
+  /// Slots of the queue (shm_queue_options::capacity, rounded up).
   uint32_t capacity() const noexcept;
+  /// The largest message in bytes.
   uint32_t max_message_size() const noexcept;
+  /// True for a joinable queue.
   bool joinable() const noexcept;
+  /// The application tag given at create().
   uint64_t tag() const noexcept;
   /// Messages put and not yet done (joinable queues), else 0.
   uint64_t unfinished() const noexcept;

@@ -1,8 +1,10 @@
 #pragma once
 
+/// \file
 /// How a child process comes to life: the three start methods of Python's
 /// multiprocessing. See docs/processes.md for the trade-offs.
-/// Thread-safe: everything here may be called from any thread.
+/// Thread-safe: everything here may be called from any thread. Only
+/// parse_start_method() fails (a value, invalid_argument); nothing throws.
 
 #include <string>
 #include <vector>

@@ -1,5 +1,6 @@
 #pragma once
 
+/// \file
 /// The envelope: the fixed 20-byte header at the start of every frame body,
 /// then the payload (docs/wire_format.md):
 ///
@@ -11,7 +12,9 @@
 ///     12     8    request id   (0 for messages that expect no reply)
 ///     20     ...  payload      (Cereal binary encoding of one value)
 ///
-/// All integers are little-endian. Pure functions; thread-safe.
+/// All integers are little-endian. Pure functions; thread-safe. Errors are
+/// values (protocol_error, unknown_type, encode_failed, decode_failed,
+/// fingerprint_mismatch): Cereal's exceptions are caught here.
 
 #include <cstdint>
 #include <string>
@@ -24,9 +27,12 @@
 
 #include "multiproc/message_registry.hpp"
 
+/// The wire protocol between a parent and its workers (docs/wire_format.md).
 namespace multiproc::wire {
 
+/// The envelope's `version` this build writes and accepts.
 constexpr uint8_t protocol_version = 2;
+/// Bytes of an envelope, before the payload.
 constexpr size_t envelope_size = 20;
 
 /// What a frame carries.
@@ -41,14 +47,16 @@ enum class kind : uint8_t {
   chunk_response = 8, ///< outcomes of some items of a chunk_request
 };
 
+/// "hello", "request", ...
 const char* to_string(kind k) noexcept;
 
+/// The decoded fields of an envelope (the table above).
 struct envelope {
-  uint8_t version = protocol_version;
-  kind what = kind::async;
-  uint16_t flags = 0;
-  type_id type = 0;
-  uint64_t request_id = 0;
+  uint8_t version = protocol_version; ///< wire::protocol_version
+  kind what = kind::async;            ///< what the frame carries
+  uint16_t flags = 0;                 ///< reserved, 0
+  type_id type = 0;                   ///< the payload's type id; 0: empty
+  uint64_t request_id = 0;            ///< pairs a response with its request
 };
 
 /// Writes `env` into `out` (envelope_size bytes).
@@ -62,9 +70,10 @@ caf::expected<envelope> read_envelope(std::string_view body,
 
 /// The payload of a `kind::error` frame.
 struct wire_error {
-  uint8_t code = 0;
-  std::string category;
-  std::string text;
+  uint8_t code = 0;     ///< the error's code within its category
+  std::string category; ///< the category atom, e.g. "multiproc"
+  std::string text;     ///< multiproc: text_of(); others: describe()
+  /// Cereal.
   template <class Archive>
   void serialize(Archive& ar) {
     ar(code, category, text);
@@ -73,10 +82,11 @@ struct wire_error {
 
 /// The payload of a `kind::hello` frame.
 struct hello {
-  uint32_t pid = 0;
-  std::string name;
-  uint64_t fingerprint = 0;
-  std::vector<std::string> types;
+  uint32_t pid = 0;               ///< the sender's pid
+  std::string name;               ///< the sender's process name
+  uint64_t fingerprint = 0;       ///< message_registry::fingerprint()
+  std::vector<std::string> types; ///< the registered type names
+  /// Cereal.
   template <class Archive>
   void serialize(Archive& ar) {
     ar(pid, name, fingerprint, types);
@@ -88,15 +98,16 @@ struct hello {
 /// chunk_response, `index` names the request item it answers and `failed`
 /// marks an error (`payload` is then a wire_error).
 struct chunk_item {
-  uint32_t index = 0;
-  bool failed = false;
-  type_id type = 0;
-  std::string_view payload;
+  uint32_t index = 0;       ///< position (request) or the answered item
+  bool failed = false;      ///< response only: `payload` is a wire_error
+  type_id type = 0;         ///< the payload's type id
+  std::string_view payload; ///< into the frame; valid while the frame is
 };
 
 /// Bytes before an item's payload: a request item {u64 type, u32 size}; a
 /// response item {u32 index, u8 failed, u64 type, u32 size}.
 constexpr size_t chunk_request_item_head = 12;
+/// Bytes before a response item's payload (see chunk_request_item_head).
 constexpr size_t chunk_response_item_head = 17;
 /// Bytes of the item count at the start of a chunk payload.
 constexpr size_t chunk_count_size = 4;

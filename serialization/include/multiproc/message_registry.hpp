@@ -1,5 +1,6 @@
 #pragma once
 
+/// \file
 /// The message type registry: every type that crosses a process boundary is
 /// registered once, at static-initialisation time, under a stable name:
 ///
@@ -12,7 +13,14 @@
 /// or one name for two types, abort at start-up with a message naming both.
 ///
 /// Thread safety: registration happens during static initialisation; lookups
-/// are safe from any thread afterwards.
+/// are safe from any thread afterwards (add() takes no lock: never call it
+/// once threads run).
+///
+/// Lifetimes: the registry lives for the whole program; a message_type
+/// pointer that find() returns stays valid until exit.
+///
+/// Errors: encode() and decode() catch Cereal's exceptions and return
+/// encode_failed / decode_failed; a registration conflict aborts.
 
 #include <cstdint>
 #include <cstring>
@@ -50,8 +58,11 @@ constexpr type_id type_id_of(std::string_view name) noexcept {
 
 /// What the registry knows about one message type.
 struct message_type {
+  /// The stable name given to MULTIPROC_MESSAGE.
   std::string name;
+  /// type_id_of(name).
   type_id id;
+  /// The C++ type.
   std::type_index type;
   /// CAF's builtin type number (0 for user types).
   uint16_t caf_type_nr;
@@ -69,15 +80,20 @@ struct message_type {
   void (*decode_into)(std::string_view bytes, void* value);
 };
 
+/// The process-wide set of registered message types (a singleton).
 class message_registry {
 public:
+  /// The registry of this process.
   static message_registry& instance();
 
   /// Adds a type; aborts the program with a clear message on a conflict.
   void add(message_type entry);
 
+  /// The type with wire id `id`, or nullptr.
   const message_type* find(type_id id) const noexcept;
+  /// The registered entry of C++ type `type`, or nullptr.
   const message_type* find(const std::type_info& type) const noexcept;
+  /// The type registered under `name`, or nullptr.
   const message_type* find(const std::string& name) const noexcept;
   /// Finds the type of element `pos` of a CAF message.
   const message_type* find(const caf::message& msg, size_t pos) const noexcept;
@@ -175,9 +191,23 @@ bool register_message(const char* name) {
 /// one, else its demangled C++ name.
 std::string type_name_of(const std::type_info& type);
 
+/// type_name_of(typeid(T)).
 template <class T>
 std::string type_name_of() {
   return type_name_of(typeid(T));
+}
+
+/// T's registered type id. Errors: unknown_type naming T and the macro that
+/// registers it.
+template <class T>
+caf::expected<type_id> registered_id_of() {
+  auto* entry = message_registry::instance().find(typeid(T));
+  if (entry == nullptr)
+    return make_error(errc::unknown_type,
+                      "type " + type_name_of<T>()
+                        + " is not registered; add MULTIPROC_MESSAGE(T, "
+                          "\"name\")");
+  return entry->id;
 }
 
 /// Encodes a registered value into `out` (appending). Fails with

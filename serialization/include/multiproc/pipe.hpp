@@ -1,5 +1,6 @@
 #pragma once
 
+/// \file
 /// pipe_end: one end of a typed, message-preserving channel between two
 /// processes (or threads), the counterpart of a Python `Connection` from
 /// `multiprocessing.Pipe()`. Any type registered with MULTIPROC_MESSAGE can
@@ -12,6 +13,14 @@
 /// received, recv() fails with errc::peer_closed. A recv<T>() that finds a
 /// message of another type fails with type_mismatch and keeps the message for
 /// the next recv: nothing is lost.
+///
+/// Lifetimes: an end owns its socket; destroying it or close() closes it
+/// (the peer sees EOF). A moved-from or closed end is closed: its calls fail
+/// with errc::closed; a call that a one-way end does not allow fails with
+/// invalid_argument.
+///
+/// Errors are values (caf::error, caf::expected); nothing throws (a Cereal
+/// exception becomes encode_failed or decode_failed).
 
 #include <chrono>
 #include <optional>
@@ -28,8 +37,10 @@
 
 namespace multiproc {
 
+/// One end of a pipe; the contract is at the top of this header. Move-only.
 class pipe_end {
 public:
+  /// A closed end (is_open() false).
   pipe_end() = default;
 
   /// Wraps a connected SOCK_STREAM socket. A one-way end may only receive
@@ -37,7 +48,9 @@ public:
   explicit pipe_end(unique_fd socket, bool readable = true,
                     bool writable = true, channel_options opts = {});
 
+  /// Takes over `other`'s socket; `other` is closed.
   pipe_end(pipe_end&&) noexcept = default;
+  /// Closes this end, then takes over `other`'s socket.
   pipe_end& operator=(pipe_end&&) noexcept = default;
 
   /// Sends one value. Fails at the call site with unknown_type or
@@ -63,7 +76,8 @@ public:
     return send_frame(entry->id, buf, &gather);
   }
 
-  /// Sends a CAF message holding zero or one registered value.
+  /// Sends a CAF message holding zero or one registered value. Errors as
+  /// send().
   caf::error send_message(const caf::message& msg);
 
   /// Receives one value of type T; waits at most `timeout` (forever if
@@ -84,7 +98,8 @@ public:
                         + ", the next message is " + got);
   }
 
-  /// Receives the next message whatever its type.
+  /// Receives the next message whatever its type. Errors as recv(), without
+  /// type_mismatch; protocol_error for a frame that is not a message.
   caf::expected<caf::message>
   recv_message(std::optional<std::chrono::milliseconds> timeout = std::nullopt);
 
@@ -95,8 +110,11 @@ public:
   /// Closes this end; the peer sees EOF after draining.
   void close();
 
+  /// False once closed, moved from or default-constructed.
   bool is_open() const noexcept { return ch_ != nullptr; }
+  /// True if this end may receive.
   bool readable() const noexcept { return readable_; }
+  /// True if this end may send.
   bool writable() const noexcept { return writable_; }
 
 private:
@@ -111,7 +129,8 @@ private:
 };
 
 /// Python's `Pipe(duplex)`: two connected ends. With duplex == false the
-/// first end only receives and the second only sends.
+/// first end only receives and the second only sends. Errors: system_error
+/// (socketpair failed).
 caf::expected<std::pair<pipe_end, pipe_end>> make_pipe(bool duplex = true);
 
 } // namespace multiproc

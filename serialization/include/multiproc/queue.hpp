@@ -1,5 +1,6 @@
 #pragma once
 
+/// \file
 /// queue<T>: a bounded many-to-many queue of typed messages between
 /// processes, the counterpart of Python's multiprocessing.Queue and
 /// JoinableQueue, without their pitfalls: no feeder thread (a put is in
@@ -20,6 +21,13 @@
 ///
 /// Thread safety: as shm_queue: one thread at a time per handle; clone()
 /// gives a thread its own handle.
+///
+/// Lifetimes: as shm_queue (a handle owns its mapping; its destructor ends
+/// its leases; a moved-from handle is empty). A value returned by get() is a
+/// decoded copy: it stays valid after the lease ends.
+///
+/// Errors are values; Cereal's exceptions become encode_failed and
+/// decode_failed. Each call names its codes.
 
 #include <chrono>
 #include <optional>
@@ -52,17 +60,21 @@ struct queue_options {
   bool joinable = false;
 };
 
+/// A typed handle on a shared queue; the contract is at the top of this
+/// header. Move-only.
 template <class T>
 class queue {
 public:
+  /// The wait of a call: nullopt waits forever, zero does not wait.
   using timeout_type = shm_queue::timeout_type;
 
+  /// An empty handle (valid() false).
   queue() noexcept = default;
 
   /// Creates a queue of T in new shared memory. Errors: unknown_type (T is
   /// not registered), invalid_argument, system_error.
   static caf::expected<queue> create(const queue_options& opts = {}) {
-    auto id = type_tag();
+    auto id = registered_id_of<T>();
     if (!id)
       return std::move(id.error());
     shm_queue_options raw;
@@ -81,7 +93,7 @@ public:
   /// child_context::fds). Errors: type_mismatch (a queue of another type),
   /// and those of shm_queue::attach.
   static caf::expected<queue> attach(unique_fd fd) {
-    auto id = type_tag();
+    auto id = registered_id_of<T>();
     if (!id)
       return std::move(id.error());
     auto q = shm_queue::attach(std::move(fd));
@@ -165,10 +177,15 @@ public:
     return q_.join(timeout);
   }
 
+  /// Values waiting to be taken (approximate); see shm_queue::size().
   size_t size() const noexcept { return q_.size(); }
+  /// True if size() is 0.
   bool empty() const noexcept { return q_.empty(); }
+  /// True if a put would find no room now.
   bool full() const noexcept { return q_.full(); }
+  /// True once close() was called by any handle.
   bool closed() const noexcept { return q_.closed(); }
+  /// True unless empty (default-constructed or moved from).
   bool valid() const noexcept { return q_.valid(); }
   /// Values acknowledged by every handle; see shm_queue::consumed().
   uint64_t consumed() const noexcept { return q_.consumed(); }
@@ -183,20 +200,11 @@ public:
 
   /// The untyped queue underneath.
   shm_queue& raw() noexcept { return q_; }
+  /// The untyped queue underneath.
   const shm_queue& raw() const noexcept { return q_; }
 
 private:
   explicit queue(shm_queue q) noexcept : q_(std::move(q)) {}
-
-  static caf::expected<type_id> type_tag() {
-    auto* entry = message_registry::instance().find(typeid(T));
-    if (entry == nullptr)
-      return make_error(errc::unknown_type,
-                        "type " + type_name_of<T>()
-                          + " is not registered; add MULTIPROC_MESSAGE(T, "
-                            "\"name\")");
-    return entry->id;
-  }
 
   shm_queue q_;
   uint32_t last_deliveries_ = 0;
