@@ -1,7 +1,8 @@
 #pragma once
 
 // Helpers shared by the test files: reading a child's channel with a bound,
-// counting what a queue leaves behind in this process, and raw frames on
+// counting what a queue leaves behind in this process, collecting a child's
+// output lines, and raw frames on
 // abstract Unix sockets.
 
 #include <cerrno>
@@ -10,8 +11,10 @@
 #include <cstdint>
 #include <cstring>
 #include <fstream>
+#include <mutex>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include <dirent.h>
 #include <endian.h>
@@ -20,7 +23,28 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "multiproc/output.hpp"
+
 namespace multiproc::test {
+
+/// Collects a child's output lines (process_options::sink) from the
+/// forwarder thread.
+struct line_collector {
+  std::mutex mtx;
+  std::vector<output_line> lines;
+
+  output_sink sink() {
+    return [this](const output_line& line) {
+      std::lock_guard<std::mutex> guard{mtx};
+      lines.push_back(line);
+    };
+  }
+
+  std::vector<output_line> snapshot() {
+    std::lock_guard<std::mutex> guard{mtx};
+    return lines;
+  }
+};
 
 /// Reads `fd` until EOF or `timeout`, whichever comes first.
 inline std::string read_until_eof(int fd, std::chrono::milliseconds timeout) {

@@ -43,23 +43,7 @@ MULTIPROC_REGISTER_ENTRY("log_test.log_some", log_some);
 
 // -- helpers ------------------------------------------------------------------
 
-/// Collects a child's output lines (process_options::sink).
-struct line_collector {
-  std::mutex mtx;
-  std::vector<output_line> lines;
-
-  output_sink sink() {
-    return [this](const output_line& line) {
-      std::lock_guard<std::mutex> guard{mtx};
-      lines.push_back(line);
-    };
-  }
-
-  std::vector<output_line> snapshot() {
-    std::lock_guard<std::mutex> guard{mtx};
-    return lines;
-  }
-};
+using test::line_collector;
 
 /// The lines of `lines` that are records at `level`.
 std::vector<std::string> records_at(const std::vector<output_line>& lines,

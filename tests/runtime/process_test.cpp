@@ -175,23 +175,7 @@ MULTIPROC_REGISTER_ENTRY("test.count_fds", count_fds);
 
 namespace {
 
-/// Collects output lines from the forwarder thread.
-struct line_collector {
-  std::mutex mtx;
-  std::vector<output_line> lines;
-
-  output_sink sink() {
-    return [this](const output_line& line) {
-      std::lock_guard<std::mutex> guard{mtx};
-      lines.push_back(line);
-    };
-  }
-
-  std::vector<output_line> snapshot() {
-    std::lock_guard<std::mutex> guard{mtx};
-    return lines;
-  }
-};
+using test::line_collector;
 
 /// True if `pid` is gone or a zombie.
 bool dead_or_zombie(pid_t pid) {
