@@ -35,15 +35,20 @@
 #include "bench_remote.hpp"
 #include "bench_shared.hpp"
 #include "bench_report.hpp"
+#include "bench_targets.hpp"
+#include "os_peers.hpp"
+#include "python_peers.hpp"
 
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <future>
 #include <map>
 #include <memory>
@@ -638,63 +643,157 @@ void bench_pool(reporter& out, const std::string& part) {
   }
 }
 
+// -- peers and the table ---------------------------------------------------------
+
+// Reads `path`'s lines in the peers' format (zmq_bench, caf_bench output).
+bool read_peer_lines(const std::string& path,
+                     std::vector<bench_targets::figure>& out) {
+  std::FILE* f = std::fopen(path.c_str(), "r");
+  if (f == nullptr)
+    return false;
+  char buf[1024];
+  while (std::fgets(buf, sizeof(buf), f) != nullptr) {
+    std::string text{buf};
+    while (!text.empty() && (text.back() == '\n' || text.back() == '\r'))
+      text.pop_back();
+    bench_peers::peer_line line;
+    if (bench_peers::parse_peer_line(text, line))
+      out.push_back({line, "file"});
+  }
+  std::fclose(f);
+  return true;
+}
+
+bench_targets::figure figure_of(const result_line& l, const char* source) {
+  auto [lo, hi] = std::minmax_element(l.values.begin(), l.values.end());
+  bench_peers::peer_line line{l.metric, l.unit,       median(l.values),
+                              *lo,      *hi,          l.values.size()};
+  return {line, source};
+}
+
+template <class T>
+void add_unique(std::vector<T>& xs, const T& x) {
+  if (std::find(xs.begin(), xs.end(), x) == xs.end())
+    xs.push_back(x);
+}
+
+// The peers the selected targets compare with, measured in this run: the OS
+// limits first (they fork: this process has no threads yet), then Python's
+// multiprocessing, then the lines of --peer-lines.
+void measure_peers(bench_targets::run_results& run) {
+  using bench_targets::peer_kind;
+  std::vector<std::string> os_sections;
+  std::vector<std::string> py_sections;
+  for (auto& t : bench_targets::all_targets()) {
+    if (t.peer.empty()
+        || std::find(run.parts.begin(), run.parts.end(), t.part)
+             == run.parts.end())
+      continue;
+    auto src = bench_targets::source_of(t.peer);
+    if (src.kind == peer_kind::os)
+      add_unique(os_sections, src.section);
+    else if (src.kind == peer_kind::python)
+      add_unique(py_sections, src.section);
+  }
+  for (auto& section : os_sections) {
+    std::fprintf(stderr, "# OS peers: %s\n", section.c_str());
+    for (auto& l : bench_peers::measure_os(section, run.notes)) {
+      run.peers.push_back(figure_of(l, "os"));
+      auto& f = run.peers.back().line;
+      std::fprintf(stderr, "%s %s %s min=%s max=%s n=%zu\n", f.metric.c_str(),
+                   bench_report::fmt(f.median).c_str(), f.unit.c_str(),
+                   bench_report::fmt(f.min).c_str(),
+                   bench_report::fmt(f.max).c_str(), f.n);
+    }
+  }
+  if (!py_sections.empty()) {
+    run.python_needed = true;
+    std::string list;
+    for (auto& s : py_sections)
+      list += " " + s;
+    std::fprintf(stderr, "# Python peers:%s\n", list.c_str());
+    watchdog dog{"the Python peers", std::chrono::seconds{120 + 120 * reps()}};
+    run.python = bench_peers::run_python_peers(py_sections);
+    for (auto& l : run.python.lines)
+      run.peers.push_back({l, "python"});
+    if (run.python.status != "measured")
+      run.notes.push_back("Python peers: " + run.python.status);
+  }
+  if (!run.peer_lines_file.empty()) {
+    std::vector<bench_targets::figure> lines;
+    read_peer_lines(run.peer_lines_file, lines);
+    for (auto& f : lines) {
+      bool known = false;
+      for (auto& p : run.peers)
+        known = known || p.line.metric == f.line.metric;
+      if (!known) // what the tool measured itself wins
+        run.peers.push_back(f);
+    }
+  }
+}
+
 } // namespace
 
-int run_bench(const std::vector<std::string>& what, bool json) {
-  reporter out{json};
-  bool any = false;
+int run_bench(const std::vector<std::string>& what_in, bool json,
+              const std::string& peer_lines) {
+  auto what = what_in.empty() ? std::vector<std::string>{"pipe"} : what_in;
+  bench_targets::run_results run;
+  run.what = what;
+  run.peer_lines_file = peer_lines;
   for (auto& w : what) {
-    bool known = false;
-    if (w == "pipe" || w == "all") {
-      bench_pipe(out, "");
-      known = true;
-    } else if (w.rfind("pipe.", 0) == 0) {
-      bench_pipe(out, w.substr(5));
-      known = true;
-    }
-    if (w == "queue" || w == "all") {
-      bench_queue(out, "");
-      known = true;
-    } else if (w.rfind("queue.", 0) == 0) {
-      bench_queue(out, w.substr(6));
-      known = true;
-    }
-    if (w == "pool" || w == "all") {
-      bench_pool(out, "");
-      known = true;
-    } else if (w.rfind("pool.", 0) == 0) {
-      bench_pool(out, w.substr(5));
-      known = true;
-    }
-    if (w == "shared" || w == "all") {
-      bench_shared(out, "");
-      known = true;
-    } else if (w.rfind("shared.", 0) == 0) {
-      bench_shared(out, w.substr(7));
-      known = true;
-    }
-    if (w == "remote" || w == "all") {
-      bench_remote(out, "");
-      known = true;
-    } else if (w.rfind("remote.", 0) == 0) {
-      bench_remote(out, w.substr(7));
-      known = true;
-    }
-    if (!known) {
+    if (!bench_targets::expand_parts(w, run.parts)) {
       std::fprintf(stderr,
                    "multiproc bench: unknown benchmark '%s' (known: pipe, "
                    "pipe.rtt, pipe.tput, pipe.bw, pipe.spawn, pool, pool.map1, "
                    "pool.auto, pool.auto_behavior, pool.latency, pool.chaos, "
-                   "queue, queue.1p1c, "
-                   "queue.2p2c, queue.rtt, shared, shared.incr, shared.dict, "
-                   "shared.rtt, remote, remote.rtt, remote.tput, all)\n",
+                   "queue, queue.1p1c, queue.2p2c, queue.tput, queue.rtt, "
+                   "shared, shared.incr, shared.dict, shared.rtt, remote, "
+                   "remote.rtt, remote.tput, all)\n",
                    w.c_str());
       return 2;
     }
-    any = true;
   }
-  if (!any)
-    bench_pipe(out, "");
-  out.finish();
+  if (!peer_lines.empty()) {
+    std::vector<bench_targets::figure> probe;
+    if (!read_peer_lines(peer_lines, probe)) {
+      std::fprintf(stderr, "multiproc bench: cannot read --peer-lines %s: %s\n",
+                   peer_lines.c_str(), std::strerror(errno));
+      return 2;
+    }
+  }
+  measure_peers(run);
+  // Ours: lines and notes on stderr as they come, the table at the end.
+  reporter out{false};
+  out.echo_to(stderr);
+  for (auto& w : what) {
+    if (w == "pipe" || w == "all")
+      bench_pipe(out, "");
+    else if (w.rfind("pipe.", 0) == 0)
+      bench_pipe(out, w.substr(5));
+    if (w == "queue" || w == "all")
+      bench_queue(out, "");
+    else if (w.rfind("queue.", 0) == 0)
+      bench_queue(out, w.substr(6));
+    if (w == "pool" || w == "all")
+      bench_pool(out, "");
+    else if (w.rfind("pool.", 0) == 0)
+      bench_pool(out, w.substr(5));
+    if (w == "shared" || w == "all")
+      bench_shared(out, "");
+    else if (w.rfind("shared.", 0) == 0)
+      bench_shared(out, w.substr(7));
+    if (w == "remote" || w == "all")
+      bench_remote(out, "");
+    else if (w.rfind("remote.", 0) == 0)
+      bench_remote(out, w.substr(7));
+  }
+  for (auto& l : out.lines())
+    run.ours.push_back(figure_of(l, "multiproc"));
+  run.notes.insert(run.notes.end(), out.notes().begin(), out.notes().end());
+  if (json)
+    std::printf("%s\n", bench_targets::to_json(run).dump(2).c_str());
+  else
+    bench_targets::print_table(run);
+  std::fflush(stdout);
   return 0;
 }

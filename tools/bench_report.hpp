@@ -61,7 +61,15 @@ inline double median(std::vector<double> v) {
 
 class reporter {
 public:
+  /// `json`: print nothing as results come, one JSON object at finish().
   explicit reporter(bool json) : json_(json) {
+  }
+
+  /// Prints each line and note as it comes to `stream` (stdout by default;
+  /// `multiproc bench` shows them on stderr as progress and prints its table
+  /// at the end), unless constructed with `json`.
+  void echo_to(std::FILE* stream) {
+    echo_ = stream;
   }
 
   /// `integer`: a count, printed without decimals.
@@ -72,20 +80,30 @@ public:
     if (!json_) {
       auto f = integer ? fmt_count : fmt;
       auto [lo, hi] = std::minmax_element(values.begin(), values.end());
-      std::printf("%s %s %s min=%s max=%s n=%zu\n", metric.c_str(),
-                  f(median(values)).c_str(), unit.c_str(), f(*lo).c_str(),
-                  f(*hi).c_str(), values.size());
-      std::fflush(stdout);
+      std::fprintf(echo_, "%s %s %s min=%s max=%s n=%zu\n", metric.c_str(),
+                   f(median(values)).c_str(), unit.c_str(), f(*lo).c_str(),
+                   f(*hi).c_str(), values.size());
+      std::fflush(echo_);
     }
     lines_.push_back({std::move(metric), std::move(unit), std::move(values)});
   }
 
   void note(const std::string& text) {
     if (!json_) {
-      std::printf("# %s\n", text.c_str());
-      std::fflush(stdout);
+      std::fprintf(echo_, "# %s\n", text.c_str());
+      std::fflush(echo_);
     }
     notes_.push_back(text);
+  }
+
+  /// The lines added so far, in order.
+  const std::vector<result_line>& lines() const {
+    return lines_;
+  }
+
+  /// The notes added so far, in order.
+  const std::vector<std::string>& notes() const {
+    return notes_;
   }
 
   void finish() {
@@ -106,6 +124,7 @@ public:
 
 private:
   bool json_;
+  std::FILE* echo_ = stdout;
   std::vector<result_line> lines_;
   std::vector<std::string> notes_;
 };

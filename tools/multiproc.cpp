@@ -102,27 +102,38 @@ int main(int argc, char** argv) {
 
   std::vector<std::string> what;
   bool json = false;
-  auto* bench_cmd = app.add_subcommand("bench", "Run benchmarks");
+  auto* bench_cmd = app.add_subcommand(
+    "bench", "Run benchmarks and, in the same run, the peers they are "
+             "compared with (the OS limits; Python's multiprocessing when "
+             "python3 is on PATH); print one table with ratios and targets");
   bench_cmd
     ->add_option("what", what,
                  "Benchmark groups: pipe, pool, queue, shared, remote, all, or one "
                  "part of a group: pipe.rtt, pipe.tput, pipe.bw, pipe.spawn, "
                  "pool.map1, pool.auto, pool.auto_behavior, pool.latency, "
-                 "pool.chaos, queue.1p1c, queue.2p2c, queue.rtt, "
+                 "pool.chaos, queue.1p1c, queue.2p2c, queue.tput, queue.rtt, "
                  "shared.incr, shared.dict, shared.rtt, remote, remote.rtt, "
                  "remote.tput")
     ->check(CLI::IsMember({"pipe", "pool", "queue", "shared", "all",
                            "pipe.rtt", "pipe.tput", "pipe.bw", "pipe.spawn",
                            "pool.map1", "pool.auto", "pool.auto_behavior",
                            "pool.latency", "pool.chaos", "queue.1p1c",
-                           "queue.2p2c", "queue.rtt", "shared.incr",
+                           "queue.2p2c", "queue.tput", "queue.rtt", "shared.incr",
                            "shared.dict", "shared.rtt", "remote", "remote.rtt",
                            "remote.tput"}));
-  bench_cmd->add_flag("--json", json, "Print one JSON object");
+  std::string peer_lines;
+  bench_cmd->add_flag("--json", json,
+                      "Print one JSON object instead of the table: our "
+                      "figures, the peers', the targets with ratios and "
+                      "verdicts");
+  bench_cmd->add_option("--peer-lines", peer_lines,
+                        "A file of peer lines ('<metric> <median> <unit> "
+                        "min= max= n=') for peers the tool does not measure "
+                        "itself (ZeroMQ, CAF: bench/*_vs_peers.sh)");
   bench_cmd->callback([&] {
     if (what.empty())
       what.emplace_back("all");
-    rc = run_bench(what, json);
+    rc = run_bench(what, json, peer_lines);
   });
 
   chaos_options chaos;
