@@ -1,5 +1,6 @@
 #pragma once
 
+/// \file
 /// Metrics: counters, gauges and latency histograms of pools, queues and
 /// supervisors, readable through the API and exported as JSON or in the
 /// Prometheus text format (to a file or stdout; no HTTP server).
@@ -51,6 +52,8 @@ class latency_histogram {
 public:
   /// The buckets' upper bounds in seconds; the last bucket is unbounded.
   static constexpr size_t bounded_buckets = 19;
+  /// The bounds, ascending: bucket i holds the values in (bounds[i-1],
+  /// bounds[i]].
   static constexpr std::array<double, bounded_buckets> bounds{
     1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2,
     2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0};
@@ -98,6 +101,7 @@ using metric_labels = std::map<std::string, std::string>;
 
 /// One value of a family, told apart from the family's others by its labels.
 struct metric_sample {
+  /// What tells this sample apart: label name to value.
   metric_labels labels;
   /// The value (counter, gauge).
   double value = 0;
@@ -108,10 +112,10 @@ struct metric_sample {
 /// A metric: its name (Prometheus syntax: [a-zA-Z_:][a-zA-Z0-9_:]*), a
 /// one-line help text, its type and its samples.
 struct metric_family {
-  std::string name;
-  std::string help;
-  metric_type type = metric_type::counter;
-  std::vector<metric_sample> samples;
+  std::string name;                        ///< e.g. multiproc_pool_tasks_done_total
+  std::string help;                        ///< One line, for # HELP.
+  metric_type type = metric_type::counter; ///< counter, gauge or histogram.
+  std::vector<metric_sample> samples;      ///< In the order added.
 };
 
 /// The two export formats.
@@ -128,11 +132,14 @@ public:
   /// sample is dropped).
   void counter(std::string_view name, std::string_view help,
                metric_labels labels, double value);
+  /// counter() for a gauge: a value that goes up and down.
   void gauge(std::string_view name, std::string_view help,
              metric_labels labels, double value);
+  /// counter() for a histogram sample: a copy of `h`.
   void histogram(std::string_view name, std::string_view help,
                  metric_labels labels, const latency_histogram& h);
 
+  /// Every family, in the order first added.
   const std::vector<metric_family>& families() const noexcept {
     return families_;
   }
@@ -182,6 +189,7 @@ private:
 void add_metrics(metrics_snapshot& out, const std::string& name,
                  const shm_queue& q);
 
+/// A queue<T>'s metrics: those of its shm_queue (above).
 template <class T>
 void add_metrics(metrics_snapshot& out, const std::string& name,
                  const queue<T>& q) {

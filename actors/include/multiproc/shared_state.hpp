@@ -235,6 +235,8 @@ namespace multiproc {
 template <class R, class Self>
 class pending {
 public:
+  /// Made by a handle's call from(self); `body` is the encoded operation,
+  /// sent to the owner's client actor `client` when then() is called.
   pending(Self* self, caf::actor client, std::chrono::milliseconds timeout,
           std::string body)
     : self_(self),
@@ -314,12 +316,14 @@ class transaction_state;
 /// The place of an operation's result in a transaction's results.
 template <class R>
 struct tx_slot {
+  /// The operation's position in its transaction (0 is the first).
   size_t index = 0;
 };
 
 /// The results of a committed transaction, one per operation.
 class transaction_results {
 public:
+  /// The encoded results as the owner sent them, in operation order.
   explicit transaction_results(std::vector<std::string> results)
     : results_(std::move(results)) {
   }
@@ -335,6 +339,7 @@ public:
     return detail::decode_result<R>(results_[slot.index]);
   }
 
+  /// The number of results: the number of operations committed.
   size_t size() const noexcept {
     return results_.size();
   }
@@ -602,6 +607,7 @@ template <class T, class Exec>
 class basic_sequence : public detail::basic_node<std::vector<T>, Exec> {
 public:
   using detail::basic_node<std::vector<T>, Exec>::basic_node;
+  /// The operation codes of the wire format (detail::shared_op).
   using op = detail::shared_op;
 
   /// The number of elements.
@@ -666,6 +672,7 @@ public:
     return this->at(i).add(delta);
   }
 
+  /// The same handle for calls from an actor (see basic_value::from()).
   template <class Self>
   basic_array<T, detail::actor_exec<Self>> from(Self* self) const {
     return {this->ref_, detail::actor_exec<Self>{self, this->ref_.address}};
@@ -677,6 +684,7 @@ template <class T, class Exec = detail::blocking_exec>
 class basic_list : public basic_sequence<T, Exec> {
 public:
   using basic_sequence<T, Exec>::basic_sequence;
+  /// The operation codes of the wire format (detail::shared_op).
   using op = detail::shared_op;
 
   /// Appends `x`.
@@ -714,6 +722,7 @@ public:
     return this->template run<void>(op::clear);
   }
 
+  /// The same handle for calls from an actor (see basic_value::from()).
   template <class Self>
   basic_list<T, detail::actor_exec<Self>> from(Self* self) const {
     return {this->ref_, detail::actor_exec<Self>{self, this->ref_.address}};
@@ -725,6 +734,7 @@ template <class K, class V, class Exec = detail::blocking_exec>
 class basic_dict : public detail::basic_node<std::map<K, V>, Exec> {
 public:
   using detail::basic_node<std::map<K, V>, Exec>::basic_node;
+  /// The operation codes of the wire format (detail::shared_op).
   using op = detail::shared_op;
 
   /// The value of `key`; key_not_found (naming it) if there is none.
@@ -799,6 +809,7 @@ public:
     return this->template child<V>(key);
   }
 
+  /// The same handle for calls from an actor (see basic_value::from()).
   template <class Self>
   basic_dict<K, V, detail::actor_exec<Self>> from(Self* self) const {
     return {this->ref_, detail::actor_exec<Self>{self, this->ref_.address}};
@@ -822,7 +833,10 @@ using dict = basic_dict<K, V>;
 /// use). Copyable and Cereal-serializable; shared_state (the owner) is one.
 class shared_client {
 public:
+  /// A client of no owner: every call fails until it is assigned one.
   shared_client() = default;
+  /// A client of the owner on `address` whose handles' blocking calls wait
+  /// at most `timeout` (connect() says the same).
   shared_client(std::string address, std::chrono::milliseconds timeout)
     : address_(std::move(address)), timeout_(timeout) {
   }
@@ -887,14 +901,18 @@ public:
     return detail::blocking_sync(address_, timeout_);
   }
 
+  /// The owner's address (pass it to connect() in another process).
   const std::string& address() const noexcept {
     return address_;
   }
 
+  /// The timeout of the blocking calls of this client and its handles.
   std::chrono::milliseconds timeout() const noexcept {
     return timeout_;
   }
 
+  /// Cereal: the address and the timeout, so a client sent to a worker
+  /// reaches the same owner.
   template <class Archive>
   void serialize(Archive& ar) {
     int64_t ms = timeout_.count();
@@ -903,9 +921,14 @@ public:
   }
 
 protected:
+  /// Asks the owner to create cell `name` of type key `type` holding the
+  /// encoded `initial`, unless it exists with that type (type_mismatch if
+  /// with another).
   caf::error create(const std::string& name, const char* type,
                     bool fixed_length, const std::string& initial) const;
 
+  /// create() for a T, then a Handle to the cell (encode_failed if
+  /// `initial` cannot be encoded).
   template <class Handle, class T>
   caf::expected<Handle> make(const std::string& name, T initial,
                              bool fixed_length) const {
@@ -924,8 +947,8 @@ protected:
                   detail::blocking_exec{}};
   }
 
-  std::string address_;
-  std::chrono::milliseconds timeout_{10000};
+  std::string address_;                      ///< The owner's socket name.
+  std::chrono::milliseconds timeout_{10000}; ///< Of every blocking call.
 };
 
 /// A namespace: named fields of different types (Python's
@@ -933,7 +956,9 @@ protected:
 /// a transaction may span fields.
 class shared_namespace {
 public:
+  /// A namespace of no owner (assign one before use).
   shared_namespace() = default;
+  /// The namespace `name` of `client`'s owner (as make_namespace()).
   shared_namespace(shared_client client, std::string name)
     : client_(std::move(client)), name_(std::move(name)) {
   }
@@ -962,10 +987,13 @@ public:
   /// The names of the fields (without the namespace's prefix).
   caf::expected<std::vector<std::string>> fields() const;
 
+  /// The namespace's name, the prefix of its cells' names.
   const std::string& name() const noexcept {
     return name_;
   }
 
+  /// Cereal: the client and the name; a worker that receives it reaches
+  /// the same fields.
   template <class Archive>
   void serialize(Archive& ar) {
     ar(client_, name_);
@@ -999,16 +1027,19 @@ public:
     return {h.ref(), detail::tx_exec{state_.get()}};
   }
 
+  /// The handle `h`, whose operations are added to this transaction.
   template <class T, class E>
   basic_array<T, detail::tx_exec> operator()(const basic_array<T, E>& h) {
     return {h.ref(), detail::tx_exec{state_.get()}};
   }
 
+  /// The handle `h`, whose operations are added to this transaction.
   template <class T, class E>
   basic_list<T, detail::tx_exec> operator()(const basic_list<T, E>& h) {
     return {h.ref(), detail::tx_exec{state_.get()}};
   }
 
+  /// The handle `h`, whose operations are added to this transaction.
   template <class K, class V, class E>
   basic_dict<K, V, detail::tx_exec> operator()(const basic_dict<K, V, E>& h) {
     return {h.ref(), detail::tx_exec{state_.get()}};

@@ -1,5 +1,6 @@
 #pragma once
 
+/// \file
 /// The library's one logger (spdlog), shared by the parent and its children.
 ///
 /// `multiproc::logger()` is an ordinary spdlog logger named "multiproc": the

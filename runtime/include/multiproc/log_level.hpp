@@ -1,5 +1,6 @@
 #pragma once
 
+/// \file
 /// The severity of a log record: multiproc's own spelling of spdlog's levels,
 /// so that headers which only carry a level (output.hpp) need no spdlog.
 /// See docs/logging.md.

@@ -1,5 +1,6 @@
 #pragma once
 
+/// \file
 /// Forwarding of child processes' stdout and stderr to the parent.
 ///
 /// The parent reads every child's stdout and stderr pipes on one runtime
