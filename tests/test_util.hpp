@@ -71,6 +71,14 @@ inline std::string read_until_eof(int fd, std::chrono::milliseconds timeout) {
   }
 }
 
+/// The whole content of the file at `path` ("" if it cannot be read).
+inline std::string read_file(const std::string& path) {
+  std::ifstream in{path};
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
 /// CPU time (user + system) the process `pid` has used, in clock ticks.
 inline long cpu_ticks(pid_t pid) {
   std::ifstream in{"/proc/" + std::to_string(pid) + "/stat"};

@@ -7,8 +7,6 @@
 #include "multiproc/metrics.hpp"
 
 #include <chrono>
-#include <fstream>
-#include <sstream>
 #include <string>
 
 #include <sys/stat.h>
@@ -16,6 +14,8 @@
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+
+#include "test_util.hpp"
 
 using namespace multiproc;
 using namespace std::chrono_literals;
@@ -26,12 +26,7 @@ bool contains(const std::string& haystack, const std::string& needle) {
   return haystack.find(needle) != std::string::npos;
 }
 
-std::string slurp(const std::string& path) {
-  std::ifstream in{path};
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using multiproc::test::read_file;
 
 } // namespace
 
@@ -138,12 +133,12 @@ TEST(WriteMetrics, ReplacesTheFileWhole) {
   metrics_snapshot snap;
   snap.counter("a_total", "A.", {}, 1);
   ASSERT_FALSE(write_metrics(snap, metrics_format::prometheus, path));
-  EXPECT_EQ(slurp(path), "# HELP a_total A.\n# TYPE a_total counter\n"
+  EXPECT_EQ(read_file(path), "# HELP a_total A.\n# TYPE a_total counter\n"
                          "a_total 1\n");
   metrics_snapshot next;
   next.counter("b_total", "B.", {}, 2);
   ASSERT_FALSE(write_metrics(next, metrics_format::json, path));
-  auto j = nlohmann::json::parse(slurp(path));
+  auto j = nlohmann::json::parse(read_file(path));
   EXPECT_EQ(j["metrics"][0]["name"], "b_total");
   // No temporary file is left next to it.
   struct stat st{};

@@ -15,6 +15,7 @@
 
 #include <gtest/gtest.h>
 #include <spdlog/sinks/base_sink.h>
+#include <spdlog/sinks/basic_file_sink.h>
 
 #include "multiproc/bootstrap.hpp"
 #include "multiproc/error.hpp"
@@ -40,6 +41,25 @@ int log_some(child_context& ctx) {
   return 0;
 }
 MULTIPROC_REGISTER_ENTRY("log_test.log_some", log_some);
+
+/// Starts log_test.log_some (with its own args) as "grandchild" with the
+/// default sink, so that the grandchild's records are logged again by this
+/// child's logger; prints "grandchild pid <pid>" on stdout once it ended.
+int log_through_a_grandchild(child_context& ctx) {
+  process_options opts;
+  opts.method = start_method::spawn;
+  opts.name = "grandchild";
+  auto proc = start_process("log_test.log_some", ctx.args, std::move(opts));
+  if (!proc)
+    return 2;
+  auto st = proc->join(10s);
+  if (!st || !st->success())
+    return 3;
+  std::printf("grandchild pid %d\n", static_cast<int>(proc->pid()));
+  return 0;
+}
+MULTIPROC_REGISTER_ENTRY("log_test.log_through_a_grandchild",
+                         log_through_a_grandchild);
 
 // -- helpers ------------------------------------------------------------------
 
@@ -127,14 +147,16 @@ struct scoped_env {
   }
 };
 
-/// Runs log_test.log_some with `method`, "logger-child" as its name and
-/// `sink` (empty: the default sink); returns the child's pid, or -1.
-pid_t run_log_some(start_method method, output_sink sink) {
+/// Runs `entry` (default log_test.log_some) with `method`, "logger-child" as
+/// its name, args "7" and `sink` (empty: the default sink); returns the
+/// child's pid, or -1.
+pid_t run_log_some(start_method method, output_sink sink,
+                   const char* entry = "log_test.log_some") {
   process_options opts;
   opts.method = method;
   opts.name = "logger-child";
   opts.sink = std::move(sink);
-  auto proc = start_process("log_test.log_some", "7", std::move(opts));
+  auto proc = start_process(entry, "7", std::move(opts));
   EXPECT_TRUE(proc) << describe(proc.error());
   if (!proc)
     return -1;
@@ -291,6 +313,60 @@ TEST(LogForwarding, PlainStdoutAndStderrLinesAreForwardedAsBefore) {
     EXPECT_EQ(out_lines, (std::vector<std::string>{"plain stdout line"}));
     EXPECT_EQ(err_lines, (std::vector<std::string>{"plain stderr line"}));
   }
+}
+
+TEST(LogForwarding, AGrandchildsRecordsReachTheParentTaggedWithItsNameAndPid) {
+  line_collector out;
+  auto pid = run_log_some(start_method::spawn, out.sink(),
+                          "log_test.log_through_a_grandchild");
+  auto lines = out.snapshot();
+  std::string grandchild_pid;
+  for (auto& line : lines) {
+    EXPECT_EQ(line.process_name, "logger-child");
+    EXPECT_EQ(line.pid, pid);
+    if (!line.level && line.text.rfind("grandchild pid ", 0) == 0)
+      grandchild_pid = line.text.substr(15);
+  }
+  ASSERT_FALSE(grandchild_pid.empty()) << "the child did not report";
+  EXPECT_NE(grandchild_pid, std::to_string(pid));
+  auto tag = "[grandchild " + grandchild_pid + "] ";
+  // Records keep their level through two forwarders and carry the
+  // grandchild's name and pid in front of their text.
+  EXPECT_EQ(records_at(lines, log_level::warn),
+            (std::vector<std::string>{tag + "disk 7 almost full",
+                                      tag + "line one", tag + "line two"}));
+  EXPECT_EQ(records_at(lines, log_level::error),
+            (std::vector<std::string>{tag + "an error"}));
+}
+
+TEST(LogForwarding, AForkChildLogsToItsParentNotThroughTheInheritedSinks) {
+  auto path = testing::TempDir() + "log_test_fork_"
+              + std::to_string(::getpid()) + ".log";
+  auto file = std::make_shared<spdlog::sinks::basic_file_sink_mt>(path, true);
+  logger()->sinks().push_back(file);
+  // Buffered in the sink's FILE when the child is forked: a child that
+  // flushed or closed its copy would write it a second time.
+  logger()->warn("the parent's record before the fork");
+  line_collector out;
+  auto pid = run_log_some(start_method::fork, out.sink());
+  logger()->sinks().pop_back();
+  file->flush();
+  file.reset();
+  auto text = multiproc::test::read_file(path);
+  ::unlink(path.c_str());
+  // The child's records came through the pipe, as records...
+  EXPECT_GT(pid, 0);
+  EXPECT_EQ(records_at(out.snapshot(), log_level::warn),
+            (std::vector<std::string>{"disk 7 almost full", "line one",
+                                      "line two"}));
+  // ...and not through its copy of the parent's file sink.
+  EXPECT_EQ(text.find("almost full"), std::string::npos) << text;
+  auto first = text.find("the parent's record before the fork");
+  ASSERT_NE(first, std::string::npos) << text;
+  EXPECT_EQ(text.find("the parent's record before the fork", first + 1),
+            std::string::npos)
+    << "written twice:\n"
+    << text;
 }
 
 // -- default_output_sink -----------------------------------------------------------
