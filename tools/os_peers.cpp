@@ -20,6 +20,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "multiproc/fd.hpp"
+
 namespace bench_peers {
 
 namespace {
@@ -86,18 +88,7 @@ bool read_all(int fd, void* p, size_t n) {
 
 // In a child: write with plain write(2), as os_limits does.
 bool write_all(int fd, const void* p, size_t n) {
-  auto* c = static_cast<const char*>(p);
-  while (n > 0) {
-    ssize_t w = ::write(fd, c, n);
-    if (w < 0) {
-      if (errno == EINTR)
-        continue;
-      return false;
-    }
-    c += w;
-    n -= size_t(w);
-  }
-  return true;
+  return multiproc::write_all(fd, {static_cast<const char*>(p), n});
 }
 
 void reap(pid_t pid) {

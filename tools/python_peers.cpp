@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "multiproc/fd.hpp"
 #include "python_peers_script.hpp" // generated: bench_peers::python_peers_script
 
 namespace bench_peers {
@@ -45,20 +46,11 @@ std::string write_script(std::string& why) {
     why = "mkstemps " + path + ": " + std::strerror(errno);
     return "";
   }
-  const char* p = python_peers_script;
-  size_t left = std::strlen(python_peers_script);
-  while (left > 0) {
-    ssize_t w = ::write(fd, p, left);
-    if (w < 0 && errno == EINTR)
-      continue;
-    if (w <= 0) {
-      why = "write " + path + ": " + std::strerror(errno);
-      ::close(fd);
-      ::unlink(path.c_str());
-      return "";
-    }
-    p += w;
-    left -= size_t(w);
+  if (!multiproc::write_all(fd, python_peers_script)) {
+    why = "write " + path + ": " + std::strerror(errno);
+    ::close(fd);
+    ::unlink(path.c_str());
+    return "";
   }
   ::close(fd);
   return path;

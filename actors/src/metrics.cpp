@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "multiproc/error.hpp"
+#include "multiproc/fd.hpp"
 
 namespace multiproc {
 
@@ -275,19 +276,11 @@ std::string metrics_snapshot::to_string(metrics_format format) const {
 
 namespace {
 
-caf::error write_all(int fd, const std::string& text, const std::string& what) {
-  size_t done = 0;
-  while (done < text.size()) {
-    auto n = ::write(fd, text.data() + done, text.size() - done);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n < 0)
-      return make_error(errc::system_error,
-                        "cannot write the metrics to " + what + ": "
-                          + std::strerror(errno));
-    done += static_cast<size_t>(n);
-  }
-  return caf::none;
+caf::error write_text(int fd, const std::string& text, const std::string& what) {
+  if (write_all(fd, text))
+    return caf::none;
+  return make_error(errc::system_error, "cannot write the metrics to " + what
+                                          + ": " + std::strerror(errno));
 }
 
 } // namespace
@@ -297,7 +290,7 @@ caf::error write_metrics(const metrics_snapshot& snapshot,
   auto text = snapshot.to_string(format);
   if (path == "-") {
     std::fflush(stdout);
-    return write_all(STDOUT_FILENO, text, "stdout");
+    return write_text(STDOUT_FILENO, text, "stdout");
   }
   if (path.empty())
     return make_error(errc::invalid_argument,
@@ -308,7 +301,7 @@ caf::error write_metrics(const metrics_snapshot& snapshot,
     return make_error(errc::system_error, "cannot create '" + tmp
                                             + "' for the metrics: "
                                             + std::strerror(errno));
-  auto err = write_all(fd, text, "'" + tmp + "'");
+  auto err = write_text(fd, text, "'" + tmp + "'");
   if (::close(fd) != 0 && !err)
     err = make_error(errc::system_error, "cannot close '" + tmp
                                            + "': " + std::strerror(errno));

@@ -33,4 +33,20 @@ bool set_nonblocking(int fd, bool on) noexcept {
   return ::fcntl(fd, F_SETFL, flags) == 0;
 }
 
+bool write_all(int fd, std::string_view data) noexcept {
+  while (!data.empty()) {
+    auto n = ::write(fd, data.data(), data.size());
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0)
+      return false;
+    if (n == 0) {
+      errno = EIO;
+      return false;
+    }
+    data.remove_prefix(static_cast<size_t>(n));
+  }
+  return true;
+}
+
 } // namespace multiproc

@@ -4,7 +4,6 @@
 
 #include "multiproc/log.hpp"
 
-#include <cerrno>
 #include <cstdlib>
 #include <string>
 #include <string_view>
@@ -17,6 +16,7 @@
 
 #include "log_internal.hpp"
 #include "multiproc/error.hpp"
+#include "multiproc/fd.hpp"
 
 namespace multiproc {
 
@@ -78,15 +78,7 @@ protected:
         break;
       text.remove_prefix(pos + 1);
     }
-    size_t done = 0;
-    while (done < buf_.size()) {
-      auto n = ::write(STDERR_FILENO, buf_.data() + done, buf_.size() - done);
-      if (n < 0 && errno == EINTR)
-        continue;
-      if (n <= 0)
-        return; // the parent is gone: nobody to tell
-      done += static_cast<size_t>(n);
-    }
+    write_all(STDERR_FILENO, buf_); // on failure, the parent is gone
   }
 
   void flush_() override {

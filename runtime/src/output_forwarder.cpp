@@ -14,6 +14,7 @@
 
 #include "log_internal.hpp"
 #include "multiproc/error.hpp"
+#include "multiproc/fd.hpp"
 #include "multiproc/log.hpp"
 #include "process_internal.hpp"
 
@@ -34,15 +35,7 @@ output_sink default_output_sink() {
     buf += "] ";
     buf += line.text;
     buf += '\n';
-    size_t done = 0;
-    while (done < buf.size()) {
-      auto n = ::write(STDERR_FILENO, buf.data() + done, buf.size() - done);
-      if (n < 0 && errno == EINTR)
-        continue;
-      if (n <= 0)
-        return;
-      done += static_cast<size_t>(n);
-    }
+    write_all(STDERR_FILENO, buf); // on failure: no stderr to tell
   };
 }
 

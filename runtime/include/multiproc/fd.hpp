@@ -6,6 +6,7 @@
 /// leaves the source empty (-1). Errors: the free functions report failure
 /// as false and errno; nothing throws.
 
+#include <string_view>
 #include <utility>
 
 namespace multiproc {
@@ -51,5 +52,11 @@ bool make_socketpair(unique_fd& a, unique_fd& b) noexcept;
 
 /// Sets or clears O_NONBLOCK; returns false and sets errno on failure.
 bool set_nonblocking(int fd, bool on) noexcept;
+
+/// Writes all of `data` to the blocking descriptor `fd`, retrying after
+/// EINTR and short writes. Returns false and sets errno on failure (EPIPE
+/// when a pipe's reader is gone and SIGPIPE is ignored; a write of 0
+/// bytes gives EIO).
+bool write_all(int fd, std::string_view data) noexcept;
 
 } // namespace multiproc
