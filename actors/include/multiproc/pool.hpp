@@ -8,7 +8,9 @@
 /// worker. A task is a registered message; its result is the worker's typed
 /// reply:
 ///
-///     auto p = multiproc::pool::start(sys, "squarer", {.workers = 4});
+///     multiproc::pool_options opts;
+///     opts.workers = 4;
+///     auto p = multiproc::pool::start(sys, "squarer", opts);
 ///     auto f = p->submit<int32_t>(square{7});        // a task_future
 ///     auto ys = p->map<int32_t>(std::vector<square>{...});
 ///
