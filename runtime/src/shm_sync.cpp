@@ -4,6 +4,7 @@
 
 #include "multiproc/shm_sync.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <climits>
@@ -11,11 +12,13 @@
 #include <ctime>
 #include <new>
 #include <string>
+#include <vector>
 
 #include <linux/futex.h>
 #include <pthread.h>
 #include <semaphore.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -156,6 +159,53 @@ pthread_mutex_t* mutex_of(const detail::shm_sync_page& page) noexcept {
   return static_cast<pthread_mutex_t*>(page.object());
 }
 
+/// The shm_locks this thread holds, by the inode of their memfd (two
+/// handles of one lock map it at two addresses). Checked before the mutex
+/// is touched, so that relocking and foreign unlocks are refused without
+/// asking pthread (whose answer ThreadSanitizer would report).
+thread_local std::vector<uint64_t> held_by_this_thread;
+
+bool holds(uint64_t key) noexcept {
+  auto& held = held_by_this_thread;
+  return std::find(held.begin(), held.end(), key) != held.end();
+}
+
+uint64_t inode_of(int fd) noexcept {
+  struct stat st {};
+  return ::fstat(fd, &st) == 0 ? static_cast<uint64_t>(st.st_ino) : 0;
+}
+
+/// A forked child runs on a copy of the forking thread, which holds nothing
+/// there: the locks are its parent's.
+const bool forget_held_in_fork_children = [] {
+  ::pthread_atfork(nullptr, nullptr, [] { held_by_this_thread.clear(); });
+  return true;
+}();
+
+/// pthread_mutex_clocklock on CLOCK_MONOTONIC. ThreadSanitizer (GCC 12)
+/// intercepts neither it nor an EOWNERDEAD from pthread_mutex_timedlock, so
+/// under TSan the wait polls pthread_mutex_trylock, which it follows.
+int lock_until(pthread_mutex_t* m, int64_t nanos) noexcept {
+#if defined(__SANITIZE_THREAD__)
+  auto until = deadline_after(nanos);
+  for (;;) {
+    int rc = pthread_mutex_trylock(m);
+    if (rc != EBUSY)
+      return rc;
+    timespec now;
+    ::clock_gettime(CLOCK_MONOTONIC, &now);
+    if (now.tv_sec > until.tv_sec
+        || (now.tv_sec == until.tv_sec && now.tv_nsec >= until.tv_nsec))
+      return ETIMEDOUT;
+    timespec pause{0, 200000};
+    ::nanosleep(&pause, nullptr);
+  }
+#else
+  auto until = deadline_after(nanos);
+  return pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &until);
+#endif
+}
+
 } // namespace
 
 caf::expected<shm_lock> shm_lock::create() {
@@ -171,7 +221,8 @@ caf::expected<shm_lock> shm_lock::create() {
   pthread_mutexattr_destroy(&attr);
   if (rc != 0)
     return make_system_error("cannot initialise a shm_lock", rc);
-  return shm_lock{std::move(*page)};
+  auto key = inode_of(page->fd());
+  return shm_lock{std::move(*page), key};
 }
 
 caf::expected<shm_lock> shm_lock::attach(unique_fd fd) {
@@ -179,52 +230,66 @@ caf::expected<shm_lock> shm_lock::attach(unique_fd fd) {
                                             detail::shm_sync_page::kind::lock);
   if (!page)
     return std::move(page.error());
-  return shm_lock{std::move(*page)};
+  auto key = inode_of(page->fd());
+  return shm_lock{std::move(*page), key};
 }
 
 bool shm_lock::acquired(int rc) noexcept {
+  if (rc != 0 && rc != EOWNERDEAD)
+    return false;
   if (rc == EOWNERDEAD) {
     // The holder died: the lock is ours, and usable again once marked so.
     pthread_mutex_consistent(mutex_of(page_));
-    holder_died_ = true;
-    return true;
   }
-  if (rc == 0) {
-    holder_died_ = false;
-    return true;
-  }
-  return false;
+  holder_died_ = rc == EOWNERDEAD;
+  held_by_this_thread.push_back(key_);
+  return true;
 }
+
+namespace {
+
+caf::error already_held() {
+  return make_error(errc::invalid_argument,
+                    "this thread holds the shm_lock already (it is not "
+                    "recursive)");
+}
+
+} // namespace
 
 caf::error shm_lock::lock() {
   if (!valid())
     return not_valid("shm_lock");
+  if (holds(key_))
+    return already_held();
   int rc = pthread_mutex_lock(mutex_of(page_));
   if (acquired(rc))
     return caf::none;
   if (rc == EDEADLK)
-    return make_error(errc::invalid_argument,
-                      "this thread holds the shm_lock already (it is not "
-                      "recursive)");
+    return already_held();
   return make_system_error("cannot lock a shm_lock", rc);
 }
 
 bool shm_lock::try_lock() noexcept {
-  return valid() && acquired(pthread_mutex_trylock(mutex_of(page_)));
+  return valid() && !holds(key_)
+         && acquired(pthread_mutex_trylock(mutex_of(page_)));
 }
 
 bool shm_lock::timed_lock(int64_t nanos) noexcept {
-  if (!valid())
-    return false;
-  auto until = deadline_after(nanos);
-  return acquired(
-    pthread_mutex_clocklock(mutex_of(page_), CLOCK_MONOTONIC, &until));
+  return valid() && !holds(key_)
+         && acquired(lock_until(mutex_of(page_), nanos));
 }
 
 caf::error shm_lock::unlock() {
   if (!valid())
     return not_valid("shm_lock");
-  int rc = pthread_mutex_unlock(mutex_of(page_));
+  auto* m = mutex_of(page_);
+  auto& held = held_by_this_thread;
+  auto i = std::find(held.begin(), held.end(), key_);
+  if (i == held.end())
+    return make_error(errc::invalid_argument,
+                      "this thread does not hold the shm_lock it unlocks");
+  held.erase(i);
+  int rc = pthread_mutex_unlock(m);
   if (rc == 0)
     return caf::none;
   if (rc == EPERM)

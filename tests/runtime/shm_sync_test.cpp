@@ -156,6 +156,16 @@ TEST(ShmLock, RelockingAndForeignUnlockAreErrorsNotDeadlocks) {
   EXPECT_FALSE(lock->unlock());
   EXPECT_TRUE(lock->try_lock());
   EXPECT_FALSE(lock->unlock());
+  // A second handle of the same lock (another mapping) is the same lock.
+  auto second = shm_lock::attach(unique_fd{::dup(lock->fd())});
+  ASSERT_TRUE(second) << describe(second.error());
+  ASSERT_FALSE(lock->lock());
+  EXPECT_EQ(second->lock(), errc::invalid_argument);
+  EXPECT_FALSE(second->try_lock());
+  EXPECT_FALSE(second->try_lock_for(10ms));
+  EXPECT_FALSE(lock->unlock());
+  EXPECT_TRUE(second->try_lock());
+  EXPECT_FALSE(second->unlock());
 }
 
 TEST(ShmLock, WorksWithUniqueLockAndTimeouts) {

@@ -149,8 +149,8 @@ public:
   }
 
 private:
-  explicit shm_lock(detail::shm_sync_page page) noexcept
-    : page_(std::move(page)) {
+  shm_lock(detail::shm_sync_page page, uint64_t key) noexcept
+    : page_(std::move(page)), key_(key) {
   }
 
   bool timed_lock(int64_t nanos) noexcept;
@@ -159,6 +159,8 @@ private:
   bool acquired(int rc) noexcept;
 
   detail::shm_sync_page page_;
+  /// Identifies the lock in this thread's list of held ones (the inode).
+  uint64_t key_ = 0;
   bool holder_died_ = false;
 };
 
