@@ -143,6 +143,14 @@ timespec deadline_after(int64_t nanos) noexcept {
   return ts;
 }
 
+/// Nanoseconds from now (CLOCK_MONOTONIC) to `until`; 0 or less once past.
+int64_t nanos_left(const timespec& until) noexcept {
+  timespec now;
+  ::clock_gettime(CLOCK_MONOTONIC, &now);
+  return (until.tv_sec - now.tv_sec) * int64_t{1000000000}
+         + (until.tv_nsec - now.tv_nsec);
+}
+
 caf::error not_valid(const char* what) {
   return make_error(errc::invalid_argument,
                     std::string{"an empty "} + what
@@ -192,10 +200,7 @@ int lock_until(pthread_mutex_t* m, int64_t nanos) noexcept {
     int rc = pthread_mutex_trylock(m);
     if (rc != EBUSY)
       return rc;
-    timespec now;
-    ::clock_gettime(CLOCK_MONOTONIC, &now);
-    if (now.tv_sec > until.tv_sec
-        || (now.tv_sec == until.tv_sec && now.tv_nsec >= until.tv_nsec))
+    if (nanos_left(until) <= 0)
       return ETIMEDOUT;
     timespec pause{0, 200000};
     ::nanosleep(&pause, nullptr);
@@ -463,10 +468,7 @@ bool shm_event::timed_wait(int64_t nanos) const noexcept {
     return true;
   auto until = deadline_after(nanos);
   while (word->load(std::memory_order_acquire) == w) {
-    timespec now;
-    ::clock_gettime(CLOCK_MONOTONIC, &now);
-    int64_t left = (until.tv_sec - now.tv_sec) * int64_t{1000000000}
-                   + (until.tv_nsec - now.tv_nsec);
+    auto left = nanos_left(until);
     if (left <= 0)
       return false;
     timespec rel{static_cast<time_t>(left / 1000000000),
