@@ -102,32 +102,50 @@ double p50_us(std::vector<uint64_t>& lat) {
   return double(lat[lat.size() / 2]) / 1000.0;
 }
 
-// -- rtt: socketpair ping-pong -----------------------------------------------
+/// A forked child on the other end of a socketpair(AF_UNIX, SOCK_STREAM).
+struct peer_child {
+  int fd = -1; // this process's end
+  pid_t pid = -1;
+};
 
-bool socketpair_rtt(std::vector<result_line>& out,
-                    std::vector<std::string>& notes) {
-  const int n = 20000;
+/// Forks a child that runs `body` on its end of a new socketpair and exits
+/// with its result (0 or 1). On failure, a note and fd -1.
+template <class Body>
+peer_child fork_peer(std::vector<std::string>& notes, Body body) {
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) {
     notes.push_back(failed("socketpair"));
-    return false;
+    return {};
   }
   pid_t pid = ::fork();
   if (pid < 0) {
     notes.push_back(failed("fork"));
     ::close(sv[0]);
     ::close(sv[1]);
-    return false;
+    return {};
   }
-  if (pid == 0) { // echo until EOF
+  if (pid == 0) {
     ::close(sv[0]);
-    char buf[msg_size];
-    while (read_all(sv[1], buf, msg_size) && write_all(sv[1], buf, msg_size)) {
-    }
-    ::_exit(0);
+    ::_exit(body(sv[1]) ? 0 : 1);
   }
   ::close(sv[1]);
-  int fd = sv[0];
+  return {sv[0], pid};
+}
+
+// -- rtt: socketpair ping-pong -----------------------------------------------
+
+bool socketpair_rtt(std::vector<result_line>& out,
+                    std::vector<std::string>& notes) {
+  const int n = 20000;
+  auto peer = fork_peer(notes, [](int fd) { // echo until EOF
+    char buf[msg_size];
+    while (read_all(fd, buf, msg_size) && write_all(fd, buf, msg_size)) {
+    }
+    return true;
+  });
+  if (peer.fd < 0)
+    return false;
+  int fd = peer.fd;
   char buf[msg_size];
   std::memset(buf, 'x', msg_size);
   bool ok = true;
@@ -150,7 +168,7 @@ bool socketpair_rtt(std::vector<result_line>& out,
   if (!ok)
     notes.push_back(failed("socketpair ping-pong"));
   ::close(fd);
-  reap(pid);
+  reap(peer.pid);
   if (!ok)
     return false;
   out.push_back({"os_socketpair_rtt_p50", "us", p50s});
@@ -167,38 +185,26 @@ bool socketpair_bw(std::vector<result_line>& out,
   std::vector<char> buf(mib, 'q'); // the child's copy is its receive buffer
   std::vector<double> vals;
   for (int r = 0; r < reps(); ++r) {
-    int sv[2];
-    if (::socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) {
-      notes.push_back(failed("socketpair"));
-      return false;
-    }
-    pid_t pid = ::fork();
-    if (pid < 0) {
-      notes.push_back(failed("fork"));
-      ::close(sv[0]);
-      ::close(sv[1]);
-      return false;
-    }
-    if (pid == 0) { // read them all, then ack
-      ::close(sv[0]);
+    auto peer = fork_peer(notes, [&](int fd) { // read them all, then ack
       for (int i = 0; i < count; ++i)
-        if (!read_all(sv[1], buf.data(), mib))
-          ::_exit(1);
+        if (!read_all(fd, buf.data(), mib))
+          return false;
       char k = 'k';
-      ::_exit(write_all(sv[1], &k, 1) ? 0 : 1);
-    }
-    ::close(sv[1]);
+      return write_all(fd, &k, 1);
+    });
+    if (peer.fd < 0)
+      return false;
     uint64_t t0 = now_ns();
     bool ok = true;
     for (int i = 0; ok && i < count; ++i)
-      ok = send_all(sv[0], buf.data(), mib);
+      ok = send_all(peer.fd, buf.data(), mib);
     char k = 0;
-    ok = ok && read_all(sv[0], &k, 1);
+    ok = ok && read_all(peer.fd, &k, 1);
     uint64_t t1 = now_ns();
     if (!ok)
       notes.push_back(failed("1 MiB writes to a socketpair"));
-    ::close(sv[0]);
-    reap(pid);
+    ::close(peer.fd);
+    reap(peer.pid);
     if (!ok)
       return false;
     vals.push_back(double(count) * double(mib) / (double(t1 - t0) / 1e9)
