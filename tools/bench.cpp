@@ -742,14 +742,12 @@ int run_bench(const std::vector<std::string>& what_in, bool json,
   run.peer_lines_file = peer_lines;
   for (auto& w : what) {
     if (!bench_targets::expand_parts(w, run.parts)) {
+      std::string known;
+      for (auto& name : bench_targets::benchmark_names())
+        known += (known.empty() ? "" : ", ") + name;
       std::fprintf(stderr,
-                   "multiproc bench: unknown benchmark '%s' (known: pipe, "
-                   "pipe.rtt, pipe.tput, pipe.bw, pipe.spawn, pool, pool.map1, "
-                   "pool.auto, pool.auto_behavior, pool.latency, pool.chaos, "
-                   "queue, queue.1p1c, queue.2p2c, queue.tput, queue.rtt, "
-                   "shared, shared.incr, shared.dict, shared.rtt, remote, "
-                   "remote.rtt, remote.tput, all)\n",
-                   w.c_str());
+                   "multiproc bench: unknown benchmark '%s' (known: %s)\n",
+                   w.c_str(), known.c_str());
       return 2;
     }
   }

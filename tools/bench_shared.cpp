@@ -9,6 +9,10 @@
 //                                        sync(), timed likewise
 //   cpp_value_fetch_add_rtt_p50  us      a blocking fetch_add(1) from a child
 //                                        process to the owner, p50
+//   cpp_lock_incr_2proc          incr/s  2 child processes each add 1 to a
+//                                        plain int64 in a shm_array N times,
+//                                        each under a shm_lock (Python's
+//                                        Value with its lock), timed likewise
 // The owner runs on a thread of this process (the default). The final count,
 // the dict's size and every fetch_add's result are checked: a run that loses
 // or duplicates an operation prints a note and no figure.
@@ -27,6 +31,8 @@
 #include "multiproc/pipe.hpp"
 #include "multiproc/process.hpp"
 #include "multiproc/shared_state.hpp"
+#include "multiproc/shm_array.hpp"
+#include "multiproc/shm_sync.hpp"
 
 namespace {
 
@@ -123,8 +129,35 @@ int rtt_child(pipe_end& parent, multiproc::value<int64_t> counter, int32_t n,
   return 0;
 }
 
+/// Entry: adds 1 to element 0 of the array fds[1] `args` times, each under
+/// the lock fds[0], between the start signal and `done`.
+int lock_incr_child(multiproc::child_context& ctx) {
+  pipe_end parent{std::move(ctx.channel)};
+  auto lock = multiproc::shm_lock::attach(std::move(ctx.fds.at(0)));
+  auto a = multiproc::shm_array<int64_t>::attach(std::move(ctx.fds.at(1)));
+  if (!lock)
+    return fail(parent, "lock child: attach", lock.error());
+  if (!a)
+    return fail(parent, "lock child: attach", a.error());
+  int64_t n = std::stoll(ctx.args);
+  if (parent.send(int32_t{ready}))
+    return 2;
+  if (auto start = parent.recv<int32_t>(60s); !start)
+    return fail(parent, "lock child: before the start", start.error());
+  volatile int64_t* x = a->data();
+  for (int64_t i = 0; i < n; ++i) {
+    if (auto err = lock->lock())
+      return fail(parent, "lock child: lock", err);
+    *x = *x + 1;
+    if (auto err = lock->unlock())
+      return fail(parent, "lock child: unlock", err);
+  }
+  return parent.send(int32_t{done}) ? 2 : 0;
+}
+
 } // namespace
 
+MULTIPROC_REGISTER_ENTRY("bench.lock_incr", lock_incr_child);
 MULTIPROC_FUNCTION("bench.shared_incr", incr_child)
 MULTIPROC_FUNCTION("bench.shared_dict_set", dict_child)
 MULTIPROC_FUNCTION("bench.shared_rtt", rtt_child)
@@ -287,6 +320,43 @@ std::vector<double> dict_set(reporter& out, multiproc::shared_state& state,
   return values;
 }
 
+std::vector<double> lock_incr(reporter& out, int64_t n) {
+  const char* metric = "cpp_lock_incr_2proc";
+  auto lock = multiproc::shm_lock::create();
+  auto a = multiproc::shm_array<int64_t>::create(1);
+  if (!lock || !a) {
+    out.note(std::string{metric} + ": "
+             + describe(!lock ? lock.error() : a.error()));
+    return {};
+  }
+  std::vector<double> values;
+  for (int r = 0; r < reps(); ++r) {
+    (*a)[0] = 0;
+    auto secs = two_children_once(out, metric, [&](int32_t k) -> caf::expected<child> {
+      multiproc::process_options opts;
+      opts.name = "bench-lock-" + std::to_string(k);
+      opts.fds = {lock->fd(), a->fd()};
+      auto proc = multiproc::start_process("bench.lock_incr",
+                                           std::to_string(n), opts);
+      if (!proc)
+        return std::move(proc.error());
+      child c;
+      c.pipe = pipe_end{proc->take_channel()};
+      c.proc = std::move(*proc);
+      return c;
+    });
+    if (secs < 0)
+      return {};
+    if ((*a)[0] != 2 * n) {
+      out.note(std::string{metric} + ": the count is " + std::to_string((*a)[0])
+               + ", expected " + std::to_string(2 * n));
+      return {};
+    }
+    values.push_back(static_cast<double>(2 * n) / secs);
+  }
+  return values;
+}
+
 std::vector<double> fetch_add_rtt(reporter& out,
                                   multiproc::shared_state& state, int32_t n) {
   const char* metric = "cpp_value_fetch_add_rtt_p50";
@@ -348,5 +418,9 @@ void bench_shared(reporter& out, const std::string& part) {
     watchdog dog{"cpp_value_fetch_add_rtt_p50", limit};
     out.add("cpp_value_fetch_add_rtt_p50", "us",
             fetch_add_rtt(out, *state, 20000));
+  }
+  if (want("lock")) {
+    watchdog dog{"cpp_lock_incr_2proc", limit};
+    out.add("cpp_lock_incr_2proc", "incr/s", lock_incr(out, 1000000));
   }
 }

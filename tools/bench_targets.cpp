@@ -16,7 +16,7 @@ const std::map<std::string, std::vector<std::string>>& group_parts() {
     {"pipe", {"rtt", "tput", "bw", "spawn"}},
     {"pool", {"auto", "map1", "auto_behavior", "latency", "chaos"}},
     {"queue", {"1p1c", "2p2c", "rtt"}},
-    {"shared", {"incr", "dict", "rtt"}},
+    {"shared", {"incr", "dict", "rtt", "lock"}},
     {"remote", {"rtt", "tput"}},
   };
   return parts;
@@ -192,6 +192,8 @@ const std::vector<target>& all_targets() {
      20},
     {"shared.rtt", "cpp_value_fetch_add_rtt_p50", "os_socketpair_rtt_p50",
      "<=", 1.5},
+    {"shared.lock", "cpp_lock_incr_2proc", "py_value_locked_incr_2proc", "",
+     0},
     // issue 7: remote workers
     {"remote.rtt", "cpp_remote_rtt_p50", "caf_remote_request_rtt_int_p50", "<=",
      0.5},
@@ -228,6 +230,19 @@ peer_source source_of(const std::string& m) {
   if (starts("caf_"))
     return {peer_kind::external, "", "CAF"};
   return {peer_kind::external, "", "?"};
+}
+
+std::vector<std::string> benchmark_names() {
+  std::vector<std::string> names;
+  for (auto g : {"pipe", "pool", "queue", "shared", "remote"}) {
+    names.emplace_back(g);
+    for (auto& p : group_parts().at(g))
+      names.push_back(std::string{g} + "." + p);
+    if (std::string{g} == "queue")
+      names.emplace_back("queue.tput");
+  }
+  names.emplace_back("all");
+  return names;
 }
 
 bool expand_parts(const std::string& what, std::vector<std::string>& parts) {

@@ -49,6 +49,10 @@ peer_source source_of(const std::string& peer_metric);
 /// parts ("pipe.rtt", ...); false for an unknown name.
 bool expand_parts(const std::string& what, std::vector<std::string>& parts);
 
+/// Every name expand_parts() knows, in the order of the groups: each group,
+/// then its parts (and queue.tput), then "all".
+std::vector<std::string> benchmark_names();
+
 /// A figure of ours or of a peer, with where it came from ("multiproc",
 /// "os", "python", "file").
 struct figure {
