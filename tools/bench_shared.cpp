@@ -198,19 +198,24 @@ caf::error await(child& c, int32_t expected, std::chrono::seconds timeout) {
   return caf::none;
 }
 
-/// Starts the registered function `fn` with `args` in a child named `name`.
-template <class... Args>
-caf::expected<child> start(const std::string& fn, const std::string& name,
-                           Args&&... args) {
-  multiproc::process_options opts;
-  opts.name = name;
-  auto proc = multiproc::start_function(fn, opts, std::forward<Args>(args)...);
+/// A started process as a child (its channel becomes the pipe).
+caf::expected<child> adopt(caf::expected<multiproc::process> proc) {
   if (!proc)
     return std::move(proc.error());
   child c;
   c.pipe = pipe_end{proc->take_channel()};
   c.proc = std::move(*proc);
   return c;
+}
+
+/// Starts the registered function `fn` with `args` in a child named `name`.
+template <class... Args>
+caf::expected<child> start(const std::string& fn, const std::string& name,
+                           Args&&... args) {
+  multiproc::process_options opts;
+  opts.name = name;
+  return adopt(
+    multiproc::start_function(fn, opts, std::forward<Args>(args)...));
 }
 
 /// One run of 2 children started by `start_child(k)`: waits for both to be
@@ -332,18 +337,12 @@ std::vector<double> lock_incr(reporter& out, int64_t n) {
   std::vector<double> values;
   for (int r = 0; r < reps(); ++r) {
     (*a)[0] = 0;
-    auto secs = two_children_once(out, metric, [&](int32_t k) -> caf::expected<child> {
+    auto secs = two_children_once(out, metric, [&](int32_t k) {
       multiproc::process_options opts;
       opts.name = "bench-lock-" + std::to_string(k);
       opts.fds = {lock->fd(), a->fd()};
-      auto proc = multiproc::start_process("bench.lock_incr",
-                                           std::to_string(n), opts);
-      if (!proc)
-        return std::move(proc.error());
-      child c;
-      c.pipe = pipe_end{proc->take_channel()};
-      c.proc = std::move(*proc);
-      return c;
+      return adopt(
+        multiproc::start_process("bench.lock_incr", std::to_string(n), opts));
     });
     if (secs < 0)
       return {};
