@@ -1307,16 +1307,18 @@ TEST_F(PoolLedger, AWindowOfOneLimitsWhatADeathTakesInAtMostOnceMode) {
 
 TEST_F(PoolLedger, FailsATaskPastItsDeadlineAndReplacesItsWorker) {
   auto opts = options(2);
-  // Long enough that a loaded machine cannot keep a warm worker from
-  // starting the task before it: the check is that it fails once past it.
-  opts.task_timeout = 2000ms;
   opts.window = 1; // nothing waits behind the slow task on its worker
   auto p = start(opts);
   ASSERT_TRUE(p) << describe(p.error());
   ASSERT_NO_FATAL_FAILURE(warm_workers(*p, 2));
   auto log = path("runs");
+  // Long enough that a loaded machine cannot keep a warm worker from
+  // starting the task before it: the check is that it fails once past it.
+  // Only this task has it, so a square slowed by the load is not timed out.
+  task_options deadline_2s;
+  deadline_2s.timeout = 2000ms;
   auto t0 = clock_type::now();
-  auto slow = p->submit<tagged>(nap{20000, 1, log, 0});
+  auto slow = p->submit<tagged>(nap{20000, 1, log, 0}, deadline_2s);
   auto victim = wait_started(log, 1);
   ASSERT_NE(victim, 0) << "the slow task did not start";
   remember(victim);
@@ -2669,7 +2671,6 @@ TEST_F(PoolMetrics, CountRestartsByCauseAndEveryTasksLatency) {
   auto opts = options(2);
   opts.window = 1;         // each death is charged to the one task it held
   opts.max_attempts = 2;   // a faulty task is quarantined after two deaths
-  opts.task_timeout = 1500ms;
   auto p = start(opts);
   ASSERT_TRUE(p) << describe(p.error());
   auto squares = submit_squares(*p, 0, 10);
@@ -2677,7 +2678,11 @@ TEST_F(PoolMetrics, CountRestartsByCauseAndEveryTasksLatency) {
     run_fault{pool_test::segfault, 7, "pool_test-note: metrics crash"});
   auto exits = p->submit<caf::message>(
     run_fault{pool_test::exit_3, 8, "pool_test-note: metrics exit"});
-  auto hang = p->submit<tagged>(nap{20000, 9, "", 0});
+  // Only the nap has a deadline: on a loaded machine (tsan, 2 cores) a
+  // square once took longer than a pool-wide 1.5 s and was timed out too.
+  task_options nap_deadline;
+  nap_deadline.timeout = 1500ms;
+  auto hang = p->submit<tagged>(nap{20000, 9, "", 0}, nap_deadline);
   expect_squares(squares, 0);
   ASSERT_TRUE(is_ready(crash, kBound) && is_ready(exits, kBound)
               && is_ready(hang, kBound))
