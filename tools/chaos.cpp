@@ -59,6 +59,7 @@
 
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "bench_report.hpp"
@@ -876,12 +877,6 @@ void run_queue(caf::actor_system& sys, const chaos_options& opts,
 
 // -- the report ---------------------------------------------------------------
 
-std::string fmt(const char* format, double x) {
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), format, x);
-  return buf;
-}
-
 std::string plural(size_t n, const char* one, const char* many) {
   return std::to_string(n) + " " + (n == 1 ? one : many);
 }
@@ -900,14 +895,14 @@ std::string round_line(size_t i, const round_figures& r) {
   auto& q = r.queue;
   auto& h = r.after;
   return "round " + std::to_string(i) + ": pool " + std::to_string(p.tasks)
-         + " tasks in " + fmt("%.2f", p.secs) + " s: "
+         + " tasks in " + fmt::format("{:.2f}", p.secs) + " s: "
          + std::to_string(p.lost) + " lost, " + std::to_string(p.duplicated)
          + " duplicated, " + std::to_string(p.quarantined) + " quarantined, "
          + std::to_string(p.timed_out) + " timed out; "
          + plural(p.monkey.kills, "kill", "kills") + ", "
          + freezes_text(p.monkey, true) + ", "
          + std::to_string(p.stats.workers_died) + " workers replaced | queue "
-         + std::to_string(q.items) + " items in " + fmt("%.2f", q.secs)
+         + std::to_string(q.items) + " items in " + fmt::format("{:.2f}", q.secs)
          + " s: " + std::to_string(q.lost) + " lost, "
          + std::to_string(q.unexplained) + " unexplained duplicates, "
          + std::to_string(q.redelivered_dups) + " redelivered duplicates; "
@@ -917,7 +912,7 @@ std::string round_line(size_t i, const round_figures& r) {
          + std::to_string(h.zombies) + ", children left "
          + std::to_string(h.children_left) + ", fds " + std::to_string(h.fds)
          + ", shm " + std::to_string(h.shm_maps + h.dev_shm_new) + ", rss "
-         + fmt("%.1f", h.rss) + " MiB";
+         + fmt::format("{:.1f}", h.rss) + " MiB";
 }
 
 nlohmann::json to_json(const monkey_counts& m) {
@@ -994,7 +989,7 @@ int run_chaos(const chaos_options& opts) {
   say("chaos: seed " + std::to_string(seed) + ", method "
       + multiproc::to_string(method) + ", " + std::to_string(opts.workers)
       + " pool workers, " + std::to_string(std::max<size_t>(2, opts.workers / 2))
-      + " consumers, " + fmt("%.0f", opts.seconds) + " s; pool "
+      + " consumers, " + fmt::format("{:.0f}", opts.seconds) + " s; pool "
       + std::to_string(opts.pool_tasks)
       + " tasks a round (task_timeout 1000 ms, retry_timeouts, max_attempts "
         "20); queue "
@@ -1100,8 +1095,8 @@ int run_chaos(const chaos_options& opts) {
   std::string rss_not_applied = rss_check_not_applied_why();
   if (rss_not_applied.empty())
     check("rss_growth", rss_growth <= rss_bound_mib,
-          "VmRSS grew by " + fmt("%.1f", rss_growth) + " MiB after the first "
-            "round (bound " + fmt("%.0f", rss_bound_mib) + " MiB)");
+          "VmRSS grew by " + fmt::format("{:.1f}", rss_growth) + " MiB after the first "
+            "round (bound " + fmt::format("{:.0f}", rss_bound_mib) + " MiB)");
   check("chaos_happened",
         pool.monkey.kills > 0 && pool.monkey.freezes > 0
           && queue.monkey.kills > 0 && queue.monkey.freezes > 0,
@@ -1141,7 +1136,7 @@ int run_chaos(const chaos_options& opts) {
 
   std::string summary
     = "chaos: " + std::to_string(rounds.size()) + " rounds in "
-      + fmt("%.1f", secs) + " s: pool " + std::to_string(pool.tasks)
+      + fmt::format("{:.1f}", secs) + " s: pool " + std::to_string(pool.tasks)
       + " tasks, " + std::to_string(pool.lost) + " lost, "
       + std::to_string(pool.duplicated) + " duplicated, "
       + std::to_string(pool.quarantined) + " quarantined, "
@@ -1158,15 +1153,15 @@ int run_chaos(const chaos_options& opts) {
       + std::to_string(children_left) + ", fds " + std::to_string(start.fds)
       + " -> " + std::to_string(last.fds) + ", shm "
       + std::to_string(shm_start) + " -> " + std::to_string(shm_end)
-      + ", rss " + fmt("%.1f", first.rss) + " -> " + fmt("%.1f", last.rss)
+      + ", rss " + fmt::format("{:.1f}", first.rss) + " -> " + fmt::format("{:.1f}", last.rss)
       + " MiB" + (rss_not_applied.empty() ? "" : " (not checked)") + ": "
       + (ok ? "OK" : "FAILED");
   std::string rss_note;
   if (!rss_not_applied.empty())
     rss_note = "chaos: rss check not applied: " + rss_not_applied
-               + " (VmRSS grew by " + fmt("%.1f", rss_growth)
+               + " (VmRSS grew by " + fmt::format("{:.1f}", rss_growth)
                + " MiB after the first round; bound "
-               + fmt("%.0f", rss_bound_mib) + " MiB in normal builds)";
+               + fmt::format("{:.0f}", rss_bound_mib) + " MiB in normal builds)";
 
   if (opts.json) {
     nlohmann::json out;
