@@ -129,7 +129,8 @@ run_tests() {
     test_preset tsan
   fi
   if [[ $fuzz != 0 ]]; then
-    step "Fuzz (${FUZZ_SECONDS:-30}s per target)" env FUZZ_SECONDS="${FUZZ_SECONDS:-30}" bash scripts/fuzz.sh
+    local fuzz_seconds=${FUZZ_SECONDS:-30}
+    step "Fuzz (${fuzz_seconds}s per target)" env FUZZ_SECONDS="$fuzz_seconds" bash scripts/fuzz.sh
   fi
 }
 
